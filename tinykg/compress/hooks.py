@@ -1,0 +1,154 @@
+"""Saved-tensor hooks: compress what autograd keeps for backward, and let observers count it.
+
+PyTorch applies only the innermost pair of ``saved_tensors_hooks``. tinykg therefore installs one hook
+implementation that does both jobs: it compresses eligible tensors when a `CompressionConfig` is given,
+and reports every tensor it finally keeps to the observers registered with `observe_saved_tensors`
+(the exact memory accounting in `tinykg.profile`). Entering either context inside the other composes.
+
+tinykg's compressed ops (`tinykg.nn`) save their already-packed state inside `saving_packed()`, so the
+generic hook observes it but never compresses it a second time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import weakref
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from .config import CompressionConfig
+from .packed import PackedActivation
+from .quantize import dequantize, quantize
+
+Observer = Callable[[torch.Tensor], None]
+
+_observers: contextvars.ContextVar[tuple[Observer, ...]] = contextvars.ContextVar("tinykg_observers", default=())
+_hooks_installed: contextvars.ContextVar[int] = contextvars.ContextVar("tinykg_hooks_installed", default=0)
+_saving_packed: contextvars.ContextVar[bool] = contextvars.ContextVar("tinykg_saving_packed", default=False)
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@contextlib.contextmanager
+def saving_packed() -> Iterator[None]:
+    """Mark saves made inside as final: observed, never compressed again by the generic hook."""
+    token = _saving_packed.set(True)
+    try:
+        yield
+    finally:
+        _saving_packed.reset(token)
+
+
+def is_parameter_like(t: torch.Tensor) -> bool:
+    """True for leaves that require grad (parameters) and views of them: they exist without backward."""
+    if t.is_leaf and t.requires_grad:
+        return True
+    base = t._base
+    return base is not None and base.is_leaf and base.requires_grad
+
+
+def storage_key(t: torch.Tensor) -> tuple[str, int]:
+    """Identity of the memory block behind ``t`` (views of one storage share it; a sparse tensor, which
+    has no single storage, is its own block)."""
+    if t.layout != torch.strided:
+        return ("sparse", id(t))
+    return (str(t.device), t.untyped_storage().data_ptr())
+
+
+def _notify(t: torch.Tensor) -> None:
+    for observer in _observers.get():
+        observer(t)
+
+
+class _SavedTensorHooks:
+    """One pack/unpack pair: optional compression, always observation."""
+
+    def __init__(self, config: CompressionConfig | None, exclude: Iterable[torch.Tensor] = ()) -> None:
+        self.config = config
+        self.excluded = {storage_key(t) for t in exclude}
+        # Dedupe within one context: a tensor saved by several ops is compressed once. Entries hold a
+        # weak reference to the saved tensor, so a freed block reused at the same address cannot hit.
+        self.cache: dict[tuple, tuple[weakref.ref, PackedActivation]] = {}
+
+    def eligible(self, t: torch.Tensor) -> bool:
+        config = self.config
+        return (
+            config is not None
+            and not _saving_packed.get()
+            and t.layout == torch.strided
+            and t.dtype in _FLOAT_DTYPES
+            and t.numel() >= max(config.min_numel, 1)
+            and not is_parameter_like(t)
+            and storage_key(t) not in self.excluded
+        )
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor | PackedActivation:
+        if not self.eligible(t):
+            _notify(t)
+            return t
+        key = (storage_key(t), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t._version)
+        hit = self.cache.get(key)
+        if hit is not None and hit[0]() is not None:
+            return hit[1]
+        packed = quantize(t, self.config)
+        self.cache[key] = (weakref.ref(t), packed)
+        for part in packed.tensors():
+            _notify(part)
+        return packed
+
+    @staticmethod
+    def unpack(obj: torch.Tensor | PackedActivation) -> torch.Tensor:
+        if isinstance(obj, PackedActivation):
+            return dequantize(obj)
+        return obj
+
+
+@contextlib.contextmanager
+def _installed(hooks: _SavedTensorHooks) -> Iterator[_SavedTensorHooks]:
+    token = _hooks_installed.set(_hooks_installed.get() + 1)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(hooks.pack, hooks.unpack):
+            yield hooks
+    finally:
+        _hooks_installed.reset(token)
+        hooks.cache.clear()
+
+
+@contextlib.contextmanager
+def compress_saved_tensors(
+    config: CompressionConfig, *, exclude: Iterable[torch.Tensor] = ()
+) -> Iterator[None]:
+    """Compress every floating tensor autograd saves inside this block.
+
+    Left alone: parameters (leaves requiring grad) and views of them, integer/bool tensors, tensors with
+    fewer than ``config.min_numel`` elements, and anything sharing storage with ``exclude`` (pass
+    ``model.buffers()`` to spare module buffers). Example::
+
+        with tinykg.compress.compress_saved_tensors(CompressionConfig(bits=2)):
+            loss = model(batch).sum()
+        loss.backward()
+    """
+    if not isinstance(config, CompressionConfig):
+        raise TypeError(f"compress_saved_tensors expects a CompressionConfig, got {type(config).__name__}")
+    with _installed(_SavedTensorHooks(config, exclude)):
+        yield
+
+
+@contextlib.contextmanager
+def observe_saved_tensors(observer: Observer) -> Iterator[None]:
+    """Call ``observer(t)`` for every tensor autograd keeps for backward inside this block.
+
+    Composes with `compress_saved_tensors` in either nesting order: inside a compression block the
+    observer sees the packed parts (codes, scale, zero-point, ...), not the original tensor.
+    """
+    token = _observers.set(_observers.get() + (observer,))
+    try:
+        if _hooks_installed.get():
+            yield
+        else:
+            with _installed(_SavedTensorHooks(None)):
+                yield
+    finally:
+        _observers.reset(token)

@@ -1,0 +1,95 @@
+"""Public quantize / dequantize, dispatching to a backend.
+
+Backends are registered in `BACKENDS`; each provides ``quantize(x, config, seed) -> PackedActivation``,
+``dequantize(packed) -> Tensor`` and ``available(device) -> bool``. The reference (``torch``) is always
+available. ``Backend.AUTO`` takes the first available backend in `AUTO_ORDER` for the tensor's device.
+A backend that is asked for explicitly but is unavailable falls back to the reference with one log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .config import Backend, CompressionConfig
+from .packed import PackedActivation
+from .reference import dequantize_ref, quantize_ref
+from .rng import draw_seed
+
+log = logging.getLogger("tinykg.compress")
+
+
+@dataclass(frozen=True)
+class BackendImpl:
+    quantize: Callable[[torch.Tensor, CompressionConfig, int], PackedActivation]
+    dequantize: Callable[[PackedActivation], torch.Tensor]
+    available: Callable[[torch.device], bool]
+
+
+BACKENDS: dict[Backend, BackendImpl] = {
+    Backend.TORCH: BackendImpl(quantize_ref, dequantize_ref, lambda device: True),
+}
+AUTO_ORDER: dict[str, tuple[Backend, ...]] = {"cuda": (Backend.TRITON,), "cpu": (Backend.CPU,)}
+_warned: set[tuple[Backend, str]] = set()
+
+
+def register_backend(backend: Backend, impl: BackendImpl) -> None:
+    """Make a fast backend selectable (called by the kernel modules on import)."""
+    BACKENDS[backend] = impl
+
+
+def resolve_backend(backend: Backend, device: torch.device) -> BackendImpl:
+    """The implementation that will run for ``backend`` on ``device``."""
+    if backend == Backend.AUTO:
+        for candidate in AUTO_ORDER.get(device.type, ()):
+            impl = BACKENDS.get(candidate)
+            if impl is not None and impl.available(device):
+                return impl
+        return BACKENDS[Backend.TORCH]
+    impl = BACKENDS.get(backend)
+    if impl is not None and impl.available(device):
+        return impl
+    if (backend, device.type) not in _warned:
+        _warned.add((backend, device.type))
+        log.warning("tinykg: backend %r is not available on %s; using the PyTorch reference", backend.value, device.type)
+    return BACKENDS[Backend.TORCH]
+
+
+def _check_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"quantize expects a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"quantize expects a float32, float16 or bfloat16 tensor, got {x.dtype}")
+
+
+def quantize(
+    x: torch.Tensor,
+    config: CompressionConfig,
+    *,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+) -> PackedActivation:
+    """Quantize ``x`` with unbiased stochastic rounding into a `PackedActivation`.
+
+    Args:
+        x: any shape, fp32/fp16/bf16, contiguous or not, possibly empty.
+        config: bits, group size, metadata dtype, rounding mode, backend.
+        generator: CPU ``torch.Generator`` from which the per-tensor seed is drawn (default: the global
+            CPU generator, so ``torch.manual_seed`` makes runs reproducible).
+        seed: use this 32-bit seed instead of drawing one. Same seed, same input -> identical codes on
+            every backend.
+    """
+    _check_input(x)
+    if seed is None:
+        seed = draw_seed(generator) if config.stochastic else 0
+    impl = resolve_backend(Backend(config.backend), x.device)
+    return impl.quantize(x.detach(), config, seed)
+
+
+def dequantize(packed: PackedActivation, config: CompressionConfig | None = None) -> torch.Tensor:
+    """Tensor of the original shape and dtype (contiguous) from a `PackedActivation`."""
+    backend = Backend(config.backend) if config is not None else Backend.AUTO
+    return resolve_backend(backend, packed.device).dequantize(packed)

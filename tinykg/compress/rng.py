@@ -1,0 +1,65 @@
+"""Counter-based random source for stochastic rounding.
+
+The noise for element ``i`` of a tensor quantized with seed ``s`` is
+
+    u_i = (hash32(i mod 2**32  XOR  hash32(s mod 2**32)) >> 8) * 2**-24        in [0, 1 - 2**-24]
+
+where ``hash32`` is an xorshift-multiply integer hash (two rounds, odd multipliers below 2**31). ``u`` is a
+multiple of 2**-24, so it is exact in fp32 and never reaches 1.0: a draw can never push a value past the
+top bin (a flaw of ``torch.rand``-based quantizers when a draw rounds up to 1.0).
+
+Because the noise is a pure function of (seed, index), any implementation -- this PyTorch reference, a
+Triton kernel, a CPU kernel -- produces identical noise and therefore identical codes, with no random
+state to carry between kernels. The multipliers are below 2**31 so the products of 32-bit values fit in
+int64 without overflow, which lets the reference compute it exactly with int64 tensor arithmetic. The
+index wraps at 2**32 elements: noise repeats only within tensors larger than that.
+
+The per-tensor seed is drawn from a ``torch.Generator`` (the global CPU generator by default), so
+``torch.manual_seed`` makes compression reproducible; drawing it on the CPU needs no device sync.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+HASH_MUL1 = 0x7FEB352D
+HASH_MUL2 = 0x2C1B3C6D
+NOISE_SHIFT = 8
+NOISE_SCALE = 2.0**-24
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """Integer hash of int64 values in [0, 2**32); returns int64 values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = (x * HASH_MUL1) & MASK32
+    x = x ^ (x >> 15)
+    x = (x * HASH_MUL2) & MASK32
+    return x ^ (x >> 16)
+
+
+def hash32_int(x: int) -> int:
+    """`hash32` of one Python int (used to derive the per-tensor key without a device round-trip)."""
+    x &= MASK32
+    x ^= x >> 16
+    x = (x * HASH_MUL1) & MASK32
+    x ^= x >> 15
+    x = (x * HASH_MUL2) & MASK32
+    return x ^ (x >> 16)
+
+
+def seed_key(seed: int) -> int:
+    """The 32-bit key mixed into every element index."""
+    return hash32_int(seed)
+
+
+def uniform_noise(numel: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Noise u_0 .. u_{numel-1} in [0, 1) as fp32, defined by the module docstring."""
+    index = torch.arange(numel, device=device, dtype=torch.int64) & MASK32
+    bits = hash32(index ^ seed_key(seed))
+    return (bits >> NOISE_SHIFT).to(torch.float32) * NOISE_SCALE
+
+
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """A fresh 32-bit seed from ``generator`` (a CPU generator) or the global CPU generator."""
+    return int(torch.randint(0, 2**32, (), generator=generator, dtype=torch.int64).item())

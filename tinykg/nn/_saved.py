@@ -1,0 +1,110 @@
+"""Saving mixed state (plain tensors, packed activations, bit masks, absent values) through
+``ctx.save_for_backward`` so that autograd owns every byte and the accounting hooks see it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..compress import (
+    CompressionConfig,
+    PackedActivation,
+    PackedMeta,
+    dequantize,
+    is_parameter_like,
+    pack_codes,
+    quantize,
+    saving_packed,
+    unpack_codes,
+)
+from ..compress.packed import narrowest_int_dtype
+
+
+@dataclass(frozen=True)
+class BitMask:
+    """A bool tensor packed 8 per byte (1-bit storage of ReLU/LeakyReLU/dropout masks)."""
+
+    bits: torch.Tensor  # uint8 (ceil(numel / 8),)
+    shape: torch.Size
+
+    @classmethod
+    def pack(cls, mask: torch.Tensor) -> "BitMask":
+        return cls(pack_codes(mask.reshape(-1), 1), mask.shape)
+
+    def unpack(self) -> torch.Tensor:
+        return unpack_codes(self.bits, 1, self.shape.numel()).view(self.shape).bool()
+
+
+def narrow_index(index: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """``index`` (values in [0, num_rows)) in the narrowest integer dtype; no copy if already narrow.
+
+    The dtype follows from ``num_rows`` rather than ``index.max()``, which would need a device sync.
+    """
+    dtype = narrowest_int_dtype(max(num_rows - 1, 0))
+    return index if index.dtype == dtype else index.to(dtype)
+
+
+def maybe_quantize(x: torch.Tensor, config: CompressionConfig) -> torch.Tensor | PackedActivation:
+    """Packed copy of an activation; parameters (held anyway) are kept by reference."""
+    if is_parameter_like(x):
+        return x
+    return quantize(x, config)
+
+
+_PACKED_PARTS = 5  # codes, scale, zero_point, exact_index, exact_values
+
+Item = torch.Tensor | PackedActivation | BitMask | None
+
+
+def save(ctx, *items: Item) -> None:
+    """Save a mix of items; restore them with `load`. Non-tensor layout goes on ``ctx`` as plain data."""
+    tensors: list[torch.Tensor] = []
+    layout: list[tuple] = []
+    for item in items:
+        if item is None:
+            layout.append(("none",))
+        elif isinstance(item, PackedActivation):
+            layout.append(("packed", item.meta))
+            tensors.extend(item.tensors())
+        elif isinstance(item, BitMask):
+            layout.append(("mask", item.shape))
+            tensors.append(item.bits)
+        else:
+            layout.append(("tensor",))
+            tensors.append(item)
+    ctx.tinykg_layout = layout
+    with saving_packed():
+        ctx.save_for_backward(*tensors)
+
+
+def load(ctx) -> list:
+    """Items saved by `save`, packed activations dequantized and masks unpacked."""
+    tensors = list(ctx.saved_tensors)
+    out: list = []
+    pos = 0
+    for entry in ctx.tinykg_layout:
+        kind = entry[0]
+        if kind == "none":
+            out.append(None)
+        elif kind == "packed":
+            meta: PackedMeta = entry[1]
+            packed = PackedActivation.from_tensors(tensors[pos : pos + _PACKED_PARTS], meta)
+            out.append(dequantize(packed))
+            pos += _PACKED_PARTS
+        elif kind == "mask":
+            out.append(BitMask(tensors[pos], entry[1]).unpack())
+            pos += 1
+        else:
+            out.append(tensors[pos])
+            pos += 1
+    return out
+
+
+def compression_active(config: CompressionConfig | None, *tensors: torch.Tensor | None) -> bool:
+    """Compressed path only when a config is given, grad mode is on and some input needs a gradient."""
+    return (
+        config is not None
+        and torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in tensors)
+    )

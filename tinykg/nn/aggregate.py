@@ -1,0 +1,164 @@
+"""Gathers and neighbour aggregation, the core of sampled-neighbourhood KG recommenders.
+
+Shapes: N rows in the source table, D features, K neighbours per target, ``*`` any leading dims.
+Index tensors saved for backward are narrowed to the smallest integer dtype that holds ``N - 1``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..compress import CompressionConfig
+from ._saved import compression_active, load, maybe_quantize, narrow_index, save
+
+REDUCES = ("sum", "mean")
+
+
+def _check_reduce(reduce: str) -> None:
+    if reduce not in REDUCES:
+        raise ValueError(f"reduce must be one of {REDUCES}, got {reduce!r}")
+
+
+class _EmbeddingFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, index, weight):
+        ctx.num_rows = weight.shape[0]
+        save(ctx, narrow_index(index, weight.shape[0]))
+        return F.embedding(index, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (index,) = load(ctx)
+        grad_w = grad_out.new_zeros(ctx.num_rows, grad_out.shape[-1])
+        grad_w.index_add_(0, index.reshape(-1).long(), grad_out.reshape(-1, grad_out.shape[-1]))
+        return None, grad_w
+
+
+def compressed_embedding(index: torch.Tensor, weight: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
+    """``weight[index]`` -> (*index.shape, D), saving only the narrowed index (F.embedding keeps int64)."""
+    if not compression_active(config, weight):
+        return F.embedding(index, weight)
+    return _EmbeddingFunction.apply(index, weight)
+
+
+class CompressedEmbedding(nn.Embedding):
+    """Drop-in ``nn.Embedding`` (dense gradients) whose saved index is narrowed."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, config: CompressionConfig | None = None, **kw):
+        super().__init__(num_embeddings, embedding_dim, **kw)
+        self.config = config
+
+    def forward(self, index):
+        if self.padding_idx is not None or self.max_norm is not None or self.sparse:
+            return super().forward(index)
+        return compressed_embedding(index, self.weight, self.config if self.training else None)
+
+
+class _WeightedSumFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, weights, scale, config):
+        # values: (*, K, D), weights: (*, K) -> (*, D)
+        ctx.scale = scale
+        save(
+            ctx,
+            maybe_quantize(values, config) if weights.requires_grad else None,
+            maybe_quantize(weights, config) if values.requires_grad else None,
+        )
+        return (values * weights.unsqueeze(-1)).sum(-2) * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        values, weights = load(ctx)
+        g = grad_out.unsqueeze(-2) * ctx.scale  # (*, 1, D)
+        grad_v = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_v = g * weights.to(g.dtype).unsqueeze(-1)
+        if ctx.needs_input_grad[1]:
+            grad_w = (g * values.to(g.dtype)).sum(-1)
+        return grad_v, grad_w, None, None
+
+
+def weighted_sum(
+    values: torch.Tensor, weights: torch.Tensor | None = None, reduce: str = "sum", config: CompressionConfig | None = None
+) -> torch.Tensor:
+    """Sum (or mean) over the neighbour axis of ``weights[..., k] * values[..., k, :]``.
+
+    This is KGCN's attention-weighted neighbour vector (softmax weights, ``reduce="mean"``) and, with
+    ``weights=None``, the plain sum/mean aggregator. values: (*, K, D), weights: (*, K) -> (*, D).
+    """
+    _check_reduce(reduce)
+    scale = 1.0 / values.shape[-2] if reduce == "mean" else 1.0
+    if weights is None:
+        out = values.sum(-2)  # linear: saves nothing
+        return out * scale if reduce == "mean" else out
+    if not compression_active(config, values, weights):
+        return (values * weights.unsqueeze(-1)).sum(-2) * scale
+    return _WeightedSumFunction.apply(values, weights, scale, config)
+
+
+class _GatherAggregateFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, source, index, weights, scale, config):
+        # source: (N, D), index: (*, K) in [0, N), weights: (*, K) or None -> (*, D)
+        gathered = source[index]  # (*, K, D), freed after forward
+        ctx.num_rows, ctx.scale, ctx.has_weights = source.shape[0], scale, weights is not None
+        need_source = weights is not None and weights.requires_grad
+        save(
+            ctx,
+            narrow_index(index, source.shape[0]),
+            maybe_quantize(source, config) if need_source else None,
+            maybe_quantize(weights, config) if weights is not None and source.requires_grad else None,
+        )
+        if weights is None:
+            return gathered.sum(-2) * scale
+        return (gathered * weights.unsqueeze(-1)).sum(-2) * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        index, source, weights = load(ctx)
+        index = index.long()
+        g = grad_out * ctx.scale  # (*, D)
+        grad_s = grad_w = None
+        if ctx.needs_input_grad[0]:
+            per_edge = g.unsqueeze(-2).expand(*index.shape, g.shape[-1])  # (*, K, D)
+            if weights is not None:
+                per_edge = per_edge * weights.to(g.dtype).unsqueeze(-1)
+            grad_s = g.new_zeros(ctx.num_rows, g.shape[-1])
+            grad_s.index_add_(0, index.reshape(-1), per_edge.reshape(-1, g.shape[-1]))
+        if ctx.has_weights and ctx.needs_input_grad[2]:
+            grad_w = (source.to(g.dtype)[index] * g.unsqueeze(-2)).sum(-1)
+        return grad_s, None, grad_w, None, None
+
+
+def gather_aggregate(
+    source: torch.Tensor,
+    index: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    reduce: str = "sum",
+    config: CompressionConfig | None = None,
+) -> torch.Tensor:
+    """``reduce_k weights[..., k] * source[index[..., k]]`` without keeping the gathered (*, K, D) tensor.
+
+    Saves the narrowed index, a quantized ``source`` only when ``weights`` needs a gradient (a parameter
+    table is kept by reference, costing nothing), and quantized ``weights`` when ``source`` needs one.
+    """
+    _check_reduce(reduce)
+    scale = 1.0 / index.shape[-1] if reduce == "mean" else 1.0
+    if not compression_active(config, source, weights):
+        gathered = source[index]
+        if weights is not None:
+            gathered = gathered * weights.unsqueeze(-1)
+        return gathered.sum(-2) * scale
+    return _GatherAggregateFunction.apply(source, index, weights, scale, config)
+
+
+class GatherAggregate(nn.Module):
+    def __init__(self, reduce: str = "sum", config: CompressionConfig | None = None):
+        super().__init__()
+        _check_reduce(reduce)
+        self.reduce, self.config = reduce, config
+
+    def forward(self, source, index, weights=None):
+        return gather_aggregate(source, index, weights, self.reduce, self.config if self.training else None)

@@ -1,0 +1,88 @@
+"""Element-wise product and row L2-normalisation with quantized saved state."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..compress import CompressionConfig, quantize
+from ._saved import compression_active, load, maybe_quantize, save
+
+
+class _CompressedMulFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, config):
+        # Each factor is needed only for the other's gradient.
+        ctx.shapes = (a.shape, b.shape)
+        save(
+            ctx,
+            maybe_quantize(a, config) if b.requires_grad else None,
+            maybe_quantize(b, config) if a.requires_grad else None,
+        )
+        return a * b
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        a_hat, b_hat = load(ctx)
+        shape_a, shape_b = ctx.shapes
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = (grad_out * b_hat.to(grad_out.dtype)).sum_to_size(shape_a)
+        if ctx.needs_input_grad[1]:
+            grad_b = (grad_out * a_hat.to(grad_out.dtype)).sum_to_size(shape_b)
+        return grad_a, grad_b, None
+
+
+def compressed_mul(a: torch.Tensor, b: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
+    """``a * b`` (broadcasting) saving quantized factors."""
+    if not compression_active(config, a, b):
+        return a * b
+    return _CompressedMulFunction.apply(a, b, config)
+
+
+class CompressedMul(nn.Module):
+    def __init__(self, config: CompressionConfig | None = None):
+        super().__init__()
+        self.config = config
+
+    def forward(self, a, b):
+        return compressed_mul(a, b, self.config if self.training else None)
+
+
+class _CompressedNormalizeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dim, eps, config):
+        norm = x.norm(dim=dim, keepdim=True)  # (..., 1, ...): one value per row, kept exactly
+        denom = norm.clamp_min(eps)
+        y = x / denom
+        ctx.dim, ctx.eps = dim, eps
+        save(ctx, quantize(y, config), denom)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        y, denom = load(ctx)
+        y = y.to(grad_out.dtype)
+        # d(x/|x|) = (g - y <g, y>) / |x|; where the norm was clamped to eps, y = x / eps is linear in x.
+        projected = grad_out - y * (grad_out * y).sum(ctx.dim, keepdim=True)
+        grad = torch.where(denom > ctx.eps, projected, grad_out) / denom
+        return grad, None, None, None
+
+
+def compressed_normalize(
+    x: torch.Tensor, dim: int = -1, eps: float = 1e-12, config: CompressionConfig | None = None
+) -> torch.Tensor:
+    """``F.normalize(x, p=2, dim=dim, eps=eps)`` saving the quantized output and the exact row norms."""
+    if not compression_active(config, x):
+        return F.normalize(x, p=2.0, dim=dim, eps=eps)
+    return _CompressedNormalizeFunction.apply(x, dim, eps, config)
+
+
+class CompressedNormalize(nn.Module):
+    def __init__(self, dim: int = -1, eps: float = 1e-12, config: CompressionConfig | None = None):
+        super().__init__()
+        self.dim, self.eps, self.config = dim, eps, config
+
+    def forward(self, x):
+        return compressed_normalize(x, self.dim, self.eps, self.config if self.training else None)
