@@ -22,7 +22,9 @@ from .config import CompressionConfig
 from .packed import PackedActivation
 from .quantize import dequantize, quantize
 
-Observer = Callable[[torch.Tensor], None]
+# observer(stored, source): ``stored`` is the tensor autograd now holds, ``source`` the tensor it was
+# asked to save (the same data, or the original of a packed part).
+Observer = Callable[[torch.Tensor, torch.Tensor], None]
 
 _observers: contextvars.ContextVar[tuple[Observer, ...]] = contextvars.ContextVar("tinykg_observers", default=())
 _hooks_installed: contextvars.ContextVar[int] = contextvars.ContextVar("tinykg_hooks_installed", default=0)
@@ -57,9 +59,9 @@ def storage_key(t: torch.Tensor) -> tuple[str, int]:
     return (str(t.device), t.untyped_storage().data_ptr())
 
 
-def _notify(t: torch.Tensor) -> None:
+def _notify(stored: torch.Tensor, source: torch.Tensor) -> None:
     for observer in _observers.get():
-        observer(t)
+        observer(stored, source)
 
 
 class _SavedTensorHooks:
@@ -86,8 +88,11 @@ class _SavedTensorHooks:
 
     def pack(self, t: torch.Tensor) -> torch.Tensor | PackedActivation:
         if not self.eligible(t):
-            _notify(t)
-            return t
+            # Returning ``t`` itself would make a saved output reference its own grad_fn: a cycle that
+            # keeps the whole graph alive after it is dropped. A detached alias shares the data only.
+            stored = t.detach()
+            _notify(stored, t)
+            return stored
         key = (storage_key(t), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype, t._version)
         hit = self.cache.get(key)
         if hit is not None and hit[0]() is not None:
@@ -95,7 +100,7 @@ class _SavedTensorHooks:
         packed = quantize(t, self.config)
         self.cache[key] = (weakref.ref(t), packed)
         for part in packed.tensors():
-            _notify(part)
+            _notify(part, t)
         return packed
 
     @staticmethod
@@ -138,7 +143,7 @@ def compress_saved_tensors(
 
 @contextlib.contextmanager
 def observe_saved_tensors(observer: Observer) -> Iterator[None]:
-    """Call ``observer(t)`` for every tensor autograd keeps for backward inside this block.
+    """Call ``observer(stored, source)`` for every tensor autograd keeps for backward inside this block.
 
     Composes with `compress_saved_tensors` in either nesting order: inside a compression block the
     observer sees the packed parts (codes, scale, zero-point, ...), not the original tensor.

@@ -45,11 +45,27 @@ def narrow_index(index: torch.Tensor, num_rows: int) -> torch.Tensor:
     return index if index.dtype == dtype else index.to(dtype)
 
 
-def maybe_quantize(x: torch.Tensor, config: CompressionConfig) -> torch.Tensor | PackedActivation:
-    """Packed copy of an activation; parameters (held anyway) are kept by reference."""
-    if is_parameter_like(x):
+def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: bool = False) -> torch.Tensor | PackedActivation:
+    """Packed copy of an activation.
+
+    ``is_output``: ``x`` is the op's own fresh output (it has no grad_fn yet inside ``forward``).
+    Kept as is: parameters (held anyway, so a copy would only add memory) and float64 tensors (the
+    quantizer's inputs are fp32/fp16/bf16; float64 runs are gradchecks of the hand-written backwards).
+    """
+    if is_parameter_like(x) or x.dtype == torch.float64:
         return x
-    return quantize(x, config)
+    if x.grad_fn is None and not is_output:
+        # Inputs may be fed again next step: they need fresh noise every time, so no caching.
+        return quantize(x, config)
+    # An intermediate saved by two ops (tanh's output, which the next linear saves too) is quantized
+    # once: the packed copy rides on the tensor object, valid while its version counter is unchanged.
+    # Intermediates are created anew by every forward pass, so no noise is reused across steps.
+    cached = getattr(x, "_tinykg_packed", None)
+    if cached is not None and cached[0] == config and cached[1] == x._version:
+        return cached[2]
+    packed = quantize(x, config)
+    x._tinykg_packed = (config, x._version, packed)
+    return packed
 
 
 _PACKED_PARTS = 5  # codes, scale, zero_point, exact_index, exact_values

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compress import CompressionConfig, quantize
-from ._saved import BitMask, compression_active, load, save
+from ..compress import CompressionConfig
+from ._saved import BitMask, compression_active, load, maybe_quantize, save
 
 
 class _CompressedReLUFunction(torch.autograd.Function):
@@ -90,7 +90,7 @@ class _CompressedOutputActivation(torch.autograd.Function):
         else:
             y = torch.softmax(x, dim)
         ctx.kind, ctx.dim = kind, dim
-        save(ctx, quantize(y, config))
+        save(ctx, maybe_quantize(y, config, is_output=True))
         return y
 
     @staticmethod

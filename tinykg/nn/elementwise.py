@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compress import CompressionConfig, quantize
+from ..compress import CompressionConfig
 from ._saved import compression_active, load, maybe_quantize, save
 
 
@@ -57,7 +57,7 @@ class _CompressedNormalizeFunction(torch.autograd.Function):
         denom = norm.clamp_min(eps)
         y = x / denom
         ctx.dim, ctx.eps = dim, eps
-        save(ctx, quantize(y, config), denom)
+        save(ctx, maybe_quantize(y, config, is_output=True), denom)
         return y
 
     @staticmethod

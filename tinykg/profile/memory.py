@@ -80,8 +80,8 @@ class ActivationTracker:
         self._handles: list = []
         self._context = None
 
-    def _observe(self, t: torch.Tensor) -> None:
-        if is_parameter_like(t):
+    def _observe(self, t: torch.Tensor, source: torch.Tensor) -> None:
+        if is_parameter_like(source):
             return
         key = storage_key(t)
         if key in self._excluded:

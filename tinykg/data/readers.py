@@ -1,0 +1,668 @@
+"""Readers for the on-disk formats of KG recommendation datasets, with strict validation.
+
+Formats (``load_dataset(path, format)`` picks one, or detects it from the files present):
+
+* ``"kgcn"`` - KGCN / RippleNet / KGNN-LS / CKAN processed data: ``ratings_final.npy`` or
+  ``ratings_final.txt`` (user, item, label rows) and ``kg_final.txt`` (head, relation, tail rows),
+  whitespace separated, 0-based, items are entities ``0..num_items-1``.
+* ``"lastfm-raw"`` - the raw Last.FM files shipped in hwwang55/KGCN ``data/music``
+  (``user_artists.dat``, ``item_index2entity_id.txt``, ``kg.txt``), turned into the processed
+  form by the original KGCN preprocessing, reproduced row for row.
+* ``"kgat"`` - KGAT / KGIN data: ``train.txt`` and ``test.txt`` (``user item item ...`` per line)
+  and ``kg_final.txt``; top-K data, so every label is 1 and the test split is kept apart.
+* ``"recbole"`` - RecBole atomic files ``NAME.inter``, ``NAME.kg``, ``NAME.link``.
+
+Every problem with the input raises :class:`~tinykg.data.errors.DataError` whose one-line message
+names the file and, where one applies, the line (``.npy`` files: the row index).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ._arrays import first_occurrence
+from .errors import DataError
+from .graph import Dataset, Interactions, KnowledgeGraph
+from .sampling import add_negatives
+
+__all__ = [
+    "FORMATS",
+    "detect_format",
+    "load_dataset",
+    "read_kgcn",
+    "read_lastfm_raw",
+    "read_kgat",
+    "read_recbole",
+]
+
+FORMATS = ("kgcn", "lastfm-raw", "kgat", "recbole")
+
+_EXPECTED_FILES = (
+    "kgcn (ratings_final.txt or ratings_final.npy, kg_final.txt), "
+    "lastfm-raw (user_artists.dat, item_index2entity_id.txt, kg.txt), "
+    "kgat (train.txt, test.txt, kg_final.txt), "
+    "recbole (NAME.inter, NAME.kg, NAME.link)"
+)
+
+_INT64_MAX = np.iinfo(np.int64).max
+# Integer tables may only hold digits, signs and separators; anything else (letters, '.', '_',
+# exotic whitespace) is caught by one regex pass before the fast numpy conversion.
+_NOT_INTEGER_TEXT = re.compile(r"[^0-9+\- \t\r\n]")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+# --------------------------------------------------------------------------------------------
+# Low-level text handling
+# --------------------------------------------------------------------------------------------
+
+
+def _show(token: str) -> str:
+    """A short printable rendering of a token for an error message."""
+    return repr(token if len(token) <= 30 else token[:30] + "...")
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; DataError if missing, unreadable, empty, binary or not UTF-8."""
+    if not path.exists():
+        raise DataError("file not found", path)
+    if not path.is_file():
+        raise DataError("not a regular file", path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"cannot read file: {error.strerror or error}", path) from error
+    if not raw.strip():
+        raise DataError("file is empty", path)
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise DataError("binary data (NUL byte) in a text file", path, raw.count(b"\n", 0, nul) + 1)
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        byte = raw[error.start : error.start + 1].hex()
+        raise DataError(f"not UTF-8 text (undecodable byte 0x{byte})", path, line) from error
+
+
+def _check_int_tokens(path: Path, line: int, tokens: Sequence[str]) -> None:
+    """DataError for the first token that is not an int64 integer."""
+    for column, token in enumerate(tokens, start=1):
+        if not _INTEGER.fullmatch(token):
+            raise DataError(f"column {column}: expected an integer, got {_show(token)}", path, line)
+        if abs(int(token)) > _INT64_MAX:
+            raise DataError(f"column {column}: integer {_show(token)} is out of the int64 range", path, line)
+
+
+def _locate_bad_integer(path: Path, lines: list[str], line_numbers: np.ndarray, error: Exception) -> DataError:
+    """The DataError for the first malformed integer among ``lines`` (numpy only said 'somewhere')."""
+    for text, line in zip(lines, line_numbers):
+        _check_int_tokens(path, int(line), text.split())
+    return DataError(f"cannot parse integers: {str(error).splitlines()[0]}", path)
+
+
+def _split_lines(path: Path, text: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Non-blank lines, their 1-based line numbers and their token counts; checks the charset."""
+    bad = _NOT_INTEGER_TEXT.search(text)
+    if bad:
+        line = text.count("\n", 0, bad.start()) + 1
+        start = text.rfind("\n", 0, bad.start()) + 1
+        end = text.find("\n", bad.start())
+        tokens = text[start : None if end < 0 else end].split()
+        _check_int_tokens(path, line, tokens)
+        raise DataError(f"unexpected character {_show(bad.group())}", path, line)
+    all_lines = text.split("\n")
+    counts = np.fromiter((len(line.split()) for line in all_lines), np.int64, len(all_lines))
+    keep = np.flatnonzero(counts)
+    lines = [all_lines[i] for i in keep]
+    return lines, keep + 1, counts[keep]
+
+
+def _int_table(path: Path, num_columns: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(table, line_numbers)``: a ``(N, num_columns)`` int64 table of non-negative integers.
+
+    Blank lines are skipped; ``line_numbers`` gives each row's 1-based line in the file.
+    """
+    lines, line_numbers, counts = _split_lines(path, _read_text(path))
+    wrong = np.flatnonzero(counts != num_columns)
+    if len(wrong):
+        row = wrong[0]
+        raise DataError(f"expected {num_columns} integer columns ({what}), got {counts[row]}", path, line_numbers[row])
+    try:
+        table = np.loadtxt(lines, dtype=np.int64, comments=None, ndmin=2)
+    except ValueError as error:
+        raise _locate_bad_integer(path, lines, line_numbers, error) from error
+    _check_non_negative(path, table, line_numbers, what.split(", "))
+    return table, line_numbers
+
+
+def _check_non_negative(path: Path, table: np.ndarray, line_numbers, names: Sequence[str]) -> None:
+    """DataError naming the first row of ``table`` that holds a negative id."""
+    negative = np.flatnonzero((table < 0).any(axis=1))
+    if len(negative):
+        row = negative[0]
+        column = int(np.flatnonzero(table[row] < 0)[0])
+        raise _at(path, line_numbers, row, f"negative {names[column]} {table[row, column]}")
+
+
+def _at(path: Path, line_numbers: np.ndarray | None, row: int, reason: str) -> DataError:
+    """A DataError for row ``row``: by line number for text files, by row index for ``.npy``."""
+    if line_numbers is None:
+        return DataError(f"row {row}: {reason}", path)
+    return DataError(reason, path, int(line_numbers[row]))
+
+
+def _require_files(directory: Path, names: Sequence[str]) -> None:
+    for name in names:
+        if not (directory / name).is_file():
+            raise DataError("file not found", directory / name)
+
+
+# --------------------------------------------------------------------------------------------
+# KGCN / RippleNet processed format
+# --------------------------------------------------------------------------------------------
+
+
+def _read_kg_final(path: Path) -> KnowledgeGraph:
+    """``kg_final.txt``: (head, relation, tail) rows; entity/relation counts are max id + 1."""
+    table, _ = _int_table(path, 3, "head, relation, tail")
+    return KnowledgeGraph(
+        table[:, 0], table[:, 1], table[:, 2],
+        num_entities=int(max(table[:, 0].max(), table[:, 2].max())) + 1,
+        num_relations=int(table[:, 1].max()) + 1,
+    )
+
+
+def _read_ratings_npy(path: Path) -> np.ndarray:
+    """A ``(N, 3)`` int64 array from ``ratings_final.npy``, refusing pickles and odd shapes/dtypes."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError as error:
+        raise DataError("file not found", path) from error
+    except Exception as error:  # numpy raises ValueError, OSError, EOFError... for corrupt files
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"not a readable .npy array: {reason}", path) from error
+    if not isinstance(array, np.ndarray):
+        raise DataError("expected one array, got an .npz archive", path)
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise DataError(f"expected a 2-D array with 3 columns (user, item, label), got shape {array.shape}", path)
+    if array.dtype.kind not in "iu":
+        raise DataError(f"expected an integer array, got dtype {array.dtype}", path)
+    if len(array) == 0:
+        raise DataError("file is empty (0 rows)", path)
+    if array.dtype.kind == "u" and array.max() > _INT64_MAX:
+        row = int(np.flatnonzero((array > _INT64_MAX).any(axis=1))[0])
+        raise DataError(f"row {row}: value out of the int64 range", path)
+    return array.astype(np.int64)
+
+
+def _read_ratings(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(table, line_numbers)`` of a ratings_final file; ``line_numbers`` is None for ``.npy``."""
+    if path.suffix == ".npy":
+        table = _read_ratings_npy(path)
+        _check_non_negative(path, table, None, ("user", "item", "label"))
+        return table, None
+    return _int_table(path, 3, "user, item, label")
+
+
+def _check_labels(path: Path, labels: np.ndarray, line_numbers: np.ndarray | None) -> None:
+    bad = np.flatnonzero(labels > 1)
+    if len(bad):
+        raise _at(path, line_numbers, bad[0], f"label {labels[bad[0]]} is not 0 or 1")
+
+
+def _check_items_are_entities(
+    path: Path, items: np.ndarray, line_numbers: np.ndarray | None, kg: KnowledgeGraph, kg_name: str
+) -> None:
+    """Items must be KG entities 0..num_items-1: the original models index entity embeddings with them."""
+    bad = np.flatnonzero(items >= kg.num_entities)
+    if len(bad):
+        raise _at(
+            path, line_numbers, bad[0],
+            f"item {items[bad[0]]} is not an entity of {kg_name} ({kg.num_entities} entities); "
+            "items must be entities 0..num_items-1",
+        )
+
+
+def read_kgcn(directory: str | os.PathLike) -> Dataset:
+    """The KGCN/RippleNet processed format: ``ratings_final.{npy,txt}`` + ``kg_final.txt``.
+
+    ``ratings_final.npy`` is preferred when both rating files exist (as the original loaders do).
+    Sizes are max id + 1: ``num_users``/``num_items`` from the ratings, ``num_entities``/
+    ``num_relations`` from the KG. Every item must be below ``num_entities``.
+    """
+    directory = Path(directory)
+    ratings_path = directory / "ratings_final.npy"
+    if not ratings_path.exists():
+        ratings_path = directory / "ratings_final.txt"
+    if not ratings_path.exists():
+        raise DataError("file not found (nor ratings_final.npy)", ratings_path)
+    kg_path = directory / "kg_final.txt"
+    kg = _read_kg_final(kg_path)
+    table, line_numbers = _read_ratings(ratings_path)
+    _check_labels(ratings_path, table[:, 2], line_numbers)
+    _check_items_are_entities(ratings_path, table[:, 1], line_numbers, kg, kg_path.name)
+    interactions = Interactions(
+        table[:, 0], table[:, 1], table[:, 2],
+        num_users=int(table[:, 0].max()) + 1,
+        num_items=int(table[:, 1].max()) + 1,
+    )
+    return Dataset(_dataset_name(directory), interactions, kg)
+
+
+def _dataset_name(directory: Path) -> str:
+    return directory.resolve().name
+
+
+# --------------------------------------------------------------------------------------------
+# Raw Last.FM with the original KGCN preprocessing
+# --------------------------------------------------------------------------------------------
+
+
+def _tab_rows(path: Path, num_columns: int, what: str, skip_header: bool = False) -> list[tuple[int, list[str]]]:
+    """``(line_number, fields)`` for every non-blank line, split on tabs after stripping (as KGCN's
+    ``line.strip().split('\\t')``); DataError unless each has ``num_columns`` non-empty fields."""
+    lines = _read_text(path).split("\n")
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if skip_header and number == 1:
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        fields = line.split("\t")
+        if len(fields) != num_columns:
+            raise DataError(f"expected {num_columns} tab-separated columns ({what}), got {len(fields)}", path, number)
+        for column, field in enumerate(fields, start=1):
+            if not field.strip():
+                raise DataError(f"column {column} is empty", path, number)
+        rows.append((number, fields))
+    if not rows:
+        raise DataError("file has no data rows", path)
+    return rows
+
+
+def read_lastfm_raw(directory: str | os.PathLike, *, seed: int = 555) -> Dataset:
+    """Raw Last.FM (hwwang55/KGCN ``data/music``) preprocessed exactly as KGCN's preprocess.py.
+
+    Items are entities ``0..n_items-1`` in ``item_index2entity_id.txt`` order; rating rows whose
+    artist is not mapped are dropped; every play count is a positive (KGCN's music threshold 0;
+    a negative weight would make an excluded "negative rating"); users are numbered in first-
+    appearance order; per user, the positives (in Python set order) are followed by as many
+    negatives drawn by ``RandomState(seed).choice(list(unwatched), n, replace=False)`` from the
+    items the user never played - the same draws as the original's ``np.random.seed(555)`` global
+    stream, without touching numpy's global RNG. KG entities not yet seen get the next ids (head
+    before tail, file order); relations are numbered by first appearance. With the default seed
+    the result equals KGCN's ``ratings_final.txt`` and ``kg_final.txt`` element for element.
+    A user who played nearly every item gets all unplayed items as negatives (the original
+    raises). Python sets are used on purpose: their iteration order is part of the output.
+    """
+    directory = Path(directory)
+    _require_files(directory, ("item_index2entity_id.txt", "user_artists.dat", "kg.txt"))
+    mapping_path = directory / "item_index2entity_id.txt"
+    item_index_of: dict[str, int] = {}
+    entity_index_of: dict[str, int] = {}
+    for line, (artist, entity) in _tab_rows(mapping_path, 2, "artistID, entityID"):
+        if artist in item_index_of:
+            raise DataError(f"artistID {_show(artist)} is mapped twice", mapping_path, line)
+        if entity in entity_index_of:
+            raise DataError(f"entityID {_show(entity)} is mapped to two artists", mapping_path, line)
+        item_index_of[artist] = len(item_index_of)
+        entity_index_of[entity] = item_index_of[artist]
+
+    ratings_path = directory / "user_artists.dat"
+    header = _read_text(ratings_path).split("\n", 1)[0].strip().split("\t")
+    if _INTEGER.fullmatch(header[0].strip()):
+        raise DataError("expected a header line (userID, artistID, weight), got a data row", ratings_path, 1)
+    positive_items: dict[int, set[int]] = {}
+    negative_items: dict[int, set[int]] = {}
+    for line, (user, artist, weight) in _tab_rows(ratings_path, 3, "userID, artistID, weight", skip_header=True):
+        item = item_index_of.get(artist)
+        if item is None:
+            continue
+        if not _INTEGER.fullmatch(user):
+            raise DataError(f"column 1: expected an integer userID, got {_show(user)}", ratings_path, line)
+        try:
+            rating = float(weight)
+        except ValueError:
+            raise DataError(f"column 3: expected a number, got {_show(weight)}", ratings_path, line) from None
+        if not np.isfinite(rating):
+            raise DataError(f"column 3: weight {_show(weight)} is not finite", ratings_path, line)
+        # KGCN's music threshold is 0: every play count is a positive.
+        target = positive_items if rating >= 0 else negative_items
+        target.setdefault(int(user), set()).add(item)
+    if not positive_items:
+        raise DataError("no row has an artistID listed in item_index2entity_id.txt", ratings_path)
+
+    all_items = set(item_index_of.values())
+    random_state = np.random.RandomState(seed)
+    users, items, labels = [], [], []
+    for user_index, (user, positives) in enumerate(positive_items.items()):
+        unwatched = all_items - positives
+        if user in negative_items:
+            unwatched -= negative_items[user]
+        size = min(len(positives), len(unwatched))
+        negatives = random_state.choice(list(unwatched), size=size, replace=False) if size else []
+        users.extend([user_index] * (len(positives) + len(negatives)))
+        items.extend(positives)
+        items.extend(int(item) for item in negatives)
+        labels.extend([1] * len(positives) + [0] * len(negatives))
+    interactions = Interactions(
+        np.array(users, np.int64), np.array(items, np.int64), np.array(labels, np.int8),
+        num_users=len(positive_items), num_items=len(item_index_of),
+    )
+
+    relation_index_of: dict[str, int] = {}
+    triples = []
+    for _, (head, relation, tail) in _tab_rows(directory / "kg.txt", 3, "head, relation, tail"):
+        for entity in (head, tail):
+            if entity not in entity_index_of:
+                entity_index_of[entity] = len(entity_index_of)
+        if relation not in relation_index_of:
+            relation_index_of[relation] = len(relation_index_of)
+        triples.append((entity_index_of[head], relation_index_of[relation], entity_index_of[tail]))
+    table = np.array(triples, np.int64)
+    kg = KnowledgeGraph(
+        table[:, 0], table[:, 1], table[:, 2],
+        num_entities=len(entity_index_of), num_relations=len(relation_index_of),
+    )
+    return Dataset(_dataset_name(directory), interactions, kg)
+
+
+# --------------------------------------------------------------------------------------------
+# KGAT / KGIN format
+# --------------------------------------------------------------------------------------------
+
+
+def _read_user_item_lists(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(user, item, row_line, max_user)`` from ``user item item ...`` lines.
+
+    Returns one (user, item) pair per listed item, each pair's line number, and the largest
+    user id (users listed without items count too).
+    """
+    lines, line_numbers, counts = _split_lines(path, _read_text(path))
+    tokens = " ".join(lines).split()
+    try:
+        values = np.array(tokens, dtype=np.int64)
+    except (ValueError, OverflowError) as error:
+        raise _locate_bad_integer(path, lines, line_numbers, error) from error
+    negative = np.flatnonzero(values < 0)
+    if len(negative):
+        row = int(np.searchsorted(np.cumsum(counts), negative[0], side="right"))
+        raise DataError(f"negative id {values[negative[0]]}", path, int(line_numbers[row]))
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    is_user = np.zeros(len(values), bool)
+    is_user[first] = True
+    pair_user = np.repeat(values[first], counts - 1)
+    pair_line = np.repeat(line_numbers, counts - 1)
+    return pair_user, values[~is_user], pair_line, int(values[first].max())
+
+
+def read_kgat(directory: str | os.PathLike) -> Dataset:
+    """KGAT/KGIN top-K data: ``train.txt`` + ``test.txt`` + ``kg_final.txt``.
+
+    Each ``train.txt``/``test.txt`` line is ``user item item ...`` (a user with no items is
+    allowed). Returns a Dataset whose ``interactions`` are the training positives and whose
+    ``test_interactions`` are the test positives (all labels 1, no sampled negatives: top-K
+    evaluation ranks all items). ``num_users``/``num_items`` are max id + 1 over both files;
+    every item must be a KG entity (KGAT and KGIN index entity embeddings with item ids).
+    """
+    directory = Path(directory)
+    _require_files(directory, ("train.txt", "test.txt", "kg_final.txt"))
+    kg_path = directory / "kg_final.txt"
+    kg = _read_kg_final(kg_path)
+    parts = {}
+    for name in ("train.txt", "test.txt"):
+        user, item, line, max_user = _read_user_item_lists(directory / name)
+        _check_items_are_entities(directory / name, item, line, kg, kg_path.name)
+        parts[name] = (user, item, max_user)
+    num_users = max(part[2] for part in parts.values()) + 1
+    num_items = max((int(part[1].max()) + 1 for part in parts.values() if len(part[1])), default=0)
+    train, test = (
+        Interactions.from_positives(parts[name][0], parts[name][1], num_users, num_items)
+        for name in ("train.txt", "test.txt")
+    )
+    return Dataset(_dataset_name(directory), train, kg, test_interactions=test)
+
+
+# --------------------------------------------------------------------------------------------
+# RecBole atomic files
+# --------------------------------------------------------------------------------------------
+
+_RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+def _read_atomic(path: Path, required: dict[str, str], optional: dict[str, str]) -> tuple[dict[str, list[str]], list[int]]:
+    """Columns of a RecBole atomic file, found by header name.
+
+    ``required``/``optional`` map column name -> expected type. Returns ``(columns, line_numbers)``
+    with each present column as a list of strings, one per data row.
+    """
+    lines = _read_text(path).split("\n")
+    header = lines[0].rstrip("\r").split("\t")
+    names = []
+    for column, field in enumerate(header, start=1):
+        name, _, kind = field.partition(":")
+        if not name or kind not in _RECBOLE_TYPES:
+            raise DataError(
+                f"bad header field {_show(field)} in column {column}: expected name:type with type "
+                f"one of {', '.join(_RECBOLE_TYPES)}", path, 1,
+            )
+        if name in names:
+            raise DataError(f"header names column {_show(name)} twice", path, 1)
+        names.append(name)
+        wanted = required.get(name) or optional.get(name)
+        if wanted and kind != wanted:
+            raise DataError(f"header column {_show(name)} has type {kind}, expected {wanted}", path, 1)
+    missing = [name for name in required if name not in names]
+    if missing:
+        raise DataError(f"header lacks column(s) {', '.join(missing)} (found {', '.join(names)})", path, 1)
+
+    rows, line_numbers = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        # Extra trailing fields are ignored, as RecBole's pandas reader does: RecBole's own
+        # test.inter ends with a 5-field row under a 4-column header.
+        if len(fields) < len(names):
+            raise DataError(f"expected {len(names)} tab-separated columns, got {len(fields)}", path, number)
+        rows.append(fields)
+        line_numbers.append(number)
+    if not rows:
+        raise DataError("file has a header but no data rows", path)
+    wanted_names = [name for name in names if name in required or name in optional]
+    columns = {name: [row[names.index(name)] for row in rows] for name in wanted_names}
+    for name in required:
+        empty = next((i for i, value in enumerate(columns[name]) if not value.strip()), None)
+        if empty is not None:
+            raise DataError(f"column {_show(name)} is empty", path, line_numbers[empty])
+    return columns, line_numbers
+
+
+def _float_column(path: Path, values: list[str], line_numbers: list[int], name: str) -> np.ndarray:
+    try:
+        array = np.array(values, dtype=np.float64)
+    except ValueError:
+        array = None
+    if array is None or not np.isfinite(array).all():
+        for value, line in zip(values, line_numbers):
+            try:
+                number = float(value)
+            except ValueError:
+                raise DataError(f"column {_show(name)}: expected a number, got {_show(value)}", path, line) from None
+            if not np.isfinite(number):
+                raise DataError(f"column {_show(name)}: {_show(value)} is not finite", path, line)
+        array = np.array([float(value) for value in values], np.float64)
+    return array
+
+
+def _find_recbole_name(directory: Path) -> str:
+    names = sorted(path.stem for path in directory.glob("*.inter"))
+    if len(names) != 1:
+        found = "none" if not names else ", ".join(f"{name}.inter" for name in names)
+        raise DataError(f"expected exactly one NAME.inter file, found {found}", directory)
+    return names[0]
+
+
+def read_recbole(
+    directory: str | os.PathLike,
+    name: str | None = None,
+    *,
+    rating_threshold: float | None = 4,
+    seed: int = 555,
+) -> Dataset:
+    """RecBole atomic files ``NAME.inter`` + ``NAME.kg`` + ``NAME.link`` as a labelled CTR dataset.
+
+    Columns are found by header name (RecBole's default field names): ``user_id``, ``item_id``
+    and optional ``rating`` in ``.inter``; ``head_id``, ``relation_id``, ``tail_id`` in ``.kg``;
+    ``item_id``, ``entity_id`` in ``.link``. Other columns, and fields beyond the header's, are
+    ignored; a row with fewer fields than the header is an error. Tokens are strings and are
+    mapped to contiguous ids:
+
+    * items: first appearance in ``.inter``, then ``.link`` items that have no interaction;
+      items are entities ``0..num_items-1``;
+    * entities: a linked KG entity takes its item's id; unlinked KG entities get the next ids
+      (head before tail, file order); an unlinked item is an entity with no triple;
+    * relations: first appearance in ``.kg``;
+    * users: first appearance in ``.inter`` among users with at least one positive (KGCN drops
+      users without positives, since they would get no rows).
+
+    Positives are rows with ``rating >= rating_threshold``; with no rating column, or with
+    ``rating_threshold=None``, every row is positive. Lower-rated items are neither positives nor
+    negatives, and are never drawn as negatives (as in KGCN). Each user then gets as many sampled
+    negatives as positives (:func:`~tinykg.data.sampling.add_negatives` with ``seed``).
+
+    ``.item``/``.user`` files are not read, so items that appear only in ``.item`` are not counted
+    (RecBole counts them, plus a padding id). On RecBole's ``test`` dataset this gives 171 users,
+    200 items, 4,090 positives (6,017 raw rows, 1,927 rated below 4) + 3,948 negatives (user "1"
+    rated every item, so gets none; user "59" gets 81 for 100 positives): 8,038 rows; 24 relations, 11,338
+    triples and 6,035 entities: the KG's 6,033 plus the 2 items that have no ``.link`` entry.
+    """
+    directory = Path(directory)
+    name = name if name is not None else _find_recbole_name(directory)
+    inter_path, kg_path, link_path = (directory / f"{name}.{suffix}" for suffix in ("inter", "kg", "link"))
+    _require_files(directory, (inter_path.name, kg_path.name, link_path.name))
+
+    inter, inter_lines = _read_atomic(inter_path, {"user_id": "token", "item_id": "token"}, {"rating": "float"})
+    link, link_lines = _read_atomic(link_path, {"item_id": "token", "entity_id": "token"}, {})
+    triples, _ = _read_atomic(kg_path, {"head_id": "token", "relation_id": "token", "tail_id": "token"}, {})
+
+    if "rating" in inter and rating_threshold is not None:
+        rating = _float_column(inter_path, inter["rating"], inter_lines, "rating")
+        is_positive = rating >= rating_threshold
+    else:
+        is_positive = np.ones(len(inter["user_id"]), bool)
+
+    item_index_of = {token: index for index, token in enumerate(dict.fromkeys(inter["item_id"]))}
+    entity_index_of: dict[str, int] = {}
+    linked_items: set[str] = set()
+    for item, entity, line in zip(link["item_id"], link["entity_id"], link_lines):
+        if item in linked_items:
+            raise DataError(f"item {_show(item)} is linked twice", link_path, line)
+        if entity in entity_index_of:
+            raise DataError(f"entity {_show(entity)} is linked to two items", link_path, line)
+        linked_items.add(item)
+        entity_index_of[entity] = item_index_of.setdefault(item, len(item_index_of))
+    num_items = len(item_index_of)
+
+    relation_index_of: dict[str, int] = {}
+    next_entity = num_items
+    for head, tail in zip(triples["head_id"], triples["tail_id"]):
+        for entity in (head, tail):
+            if entity not in entity_index_of:
+                entity_index_of[entity] = next_entity
+                next_entity += 1
+    head_index = np.array([entity_index_of[token] for token in triples["head_id"]], np.int64)
+    tail_index = np.array([entity_index_of[token] for token in triples["tail_id"]], np.int64)
+    rel_type = np.array(
+        [relation_index_of.setdefault(token, len(relation_index_of)) for token in triples["relation_id"]], np.int64
+    )
+    kg = KnowledgeGraph(head_index, rel_type, tail_index, num_entities=next_entity, num_relations=len(relation_index_of))
+
+    user_tokens = np.array(inter["user_id"], dtype=object)
+    user_index_of = {token: index for index, token in enumerate(dict.fromkeys(user_tokens[is_positive]))}
+    if not user_index_of:
+        raise DataError(f"no interaction has rating >= {rating_threshold}", inter_path)
+    known_user = np.array([token in user_index_of for token in user_tokens], bool)
+    user = np.array([user_index_of.get(token, -1) for token in user_tokens], np.int64)
+    item = np.array([item_index_of[token] for token in inter["item_id"]], np.int64)
+    num_users = len(user_index_of)
+
+    # Keep the first of repeated (user, item) positives; a pair is positive if any row says so.
+    stride = max(num_items, 1)
+    positive_key = user[is_positive] * stride + item[is_positive]
+    first = first_occurrence(positive_key)
+    positives = Interactions.from_positives(
+        user[is_positive][first], item[is_positive][first], num_users, num_items
+    )
+    low = known_user & ~is_positive
+    low_rated = Interactions.from_positives(user[low], item[low], num_users, num_items)
+    interactions = add_negatives(positives, seed, exclude=low_rated)
+    return Dataset(name, interactions, kg)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+
+def detect_format(directory: str | os.PathLike) -> str:
+    """The format of a dataset directory, judged by which files it holds.
+
+    Order of preference: ``kgcn`` (processed files win over raw Last.FM files in the same folder),
+    ``kgat``, ``lastfm-raw``, ``recbole`` (exactly one ``NAME.inter`` with ``NAME.kg`` and
+    ``NAME.link``). DataError listing the expected files when nothing matches.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError("not a directory" if directory.exists() else "directory not found", directory)
+
+    def has(*names: str) -> bool:
+        return all((directory / name).is_file() for name in names)
+
+    if has("kg_final.txt") and (has("ratings_final.txt") or has("ratings_final.npy")):
+        return "kgcn"
+    if has("kg_final.txt", "train.txt", "test.txt"):
+        return "kgat"
+    if has("user_artists.dat", "item_index2entity_id.txt", "kg.txt"):
+        return "lastfm-raw"
+    inter_names = [path.stem for path in directory.glob("*.inter")]
+    if len(inter_names) == 1 and has(f"{inter_names[0]}.kg", f"{inter_names[0]}.link"):
+        return "recbole"
+    raise DataError(f"cannot detect the dataset format; expected the files of one of: {_EXPECTED_FILES}", directory)
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    format: str | None = None,
+    *,
+    rating_threshold: float | None = 4,
+    seed: int = 555,
+) -> Dataset:
+    """Read the dataset in directory ``path``; ``format`` is one of :data:`FORMATS` or None to detect.
+
+    ``rating_threshold`` applies to RecBole files with a rating column (None: every row is
+    positive); raw Last.FM always uses KGCN's threshold 0 (every play is positive). ``seed`` drives
+    negative sampling of the raw formats (``lastfm-raw``: 555 reproduces KGCN's files); the
+    processed formats ship their rows and ignore it.
+    """
+    directory = Path(path)
+    if format is None:
+        format = detect_format(directory)
+    elif format not in FORMATS:
+        raise DataError(f"unknown format {_show(str(format))}; allowed: {', '.join(FORMATS)}")
+    elif not directory.is_dir():
+        raise DataError("not a directory" if directory.exists() else "directory not found", directory)
+    if format == "kgcn":
+        return read_kgcn(directory)
+    if format == "lastfm-raw":
+        return read_lastfm_raw(directory, seed=seed)
+    if format == "kgat":
+        return read_kgat(directory)
+    return read_recbole(directory, rating_threshold=rating_threshold, seed=seed)
