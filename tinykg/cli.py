@@ -1,0 +1,194 @@
+"""The ``tinykg`` command: ``tinykg train`` and ``tinykg data info``. Thin: parses, calls, reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import __version__
+
+BITS_CHOICES = (32, 8, 4, 2, 1)
+
+
+def _group_size(text: str) -> int | str:
+    if text == "row":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a power of two or 'row', got {text!r}") from None
+
+
+def _override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _synthetic_size(text: str) -> str | int:
+    if text in ("toy", "default"):
+        return text
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'toy', 'default' or a number of triples, got {text!r}") from None
+    if value < 100:
+        raise argparse.ArgumentTypeError(f"synthetic size must be at least 100 triples, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinykg", description="Train KG recommenders with compressed activations.")
+    parser.add_argument("--version", action="version", version=f"tinykg {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train and evaluate a model (default: KGCN on synthetic data, 2-bit)")
+    train.add_argument("--model", default="kgcn", choices=("kgcn", "kgnn-ls", "ripplenet", "ckan"))
+    train.add_argument("--data", metavar="DIR", help="dataset directory (default: the built-in synthetic dataset)")
+    train.add_argument("--synthetic", default="default", type=_synthetic_size, metavar="SIZE", help="without --data: synthetic size 'toy', 'default' or a number of KG triples")
+    train.add_argument("--format", dest="fmt", choices=("kgcn", "lastfm-raw", "kgat", "recbole"), help="dataset format (default: detected)")
+    train.add_argument("--bits", type=int, default=2, choices=BITS_CHOICES, help="activation storage bits; 32 = no compression (default 2)")
+    train.add_argument("--group-size", type=_group_size, default=256, help="elements per quantization group, or 'row' (default 256)")
+    train.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "triton"), help="quantizer implementation")
+    train.add_argument("--epochs", type=_positive_int, help="training epochs (default: the model's published setting)")
+    train.add_argument("--batch-size", type=_positive_int, help="training batch size (default: published setting)")
+    train.add_argument("--lr", type=_positive_float, help="Adam learning rate (default: published setting)")
+    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--patience", type=_non_negative_int, default=0, help="early-stopping patience in epochs (0: off)")
+    train.add_argument("--hparams", choices=("lastfm", "book", "synthetic"), help="published hyper-parameter set to start from (default: from the dataset name)")
+    train.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override a model hyper-parameter, e.g. --set embedding_dim=32")
+    train.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    train.add_argument("--out", metavar="FILE", help="write the results JSON here")
+    train.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+    data = commands.add_parser("data", help="dataset utilities")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    info = data_commands.add_parser("info", help="print users, items, interactions, entities, relations, triples")
+    info.add_argument("directory", metavar="DIR")
+    info.add_argument("--format", dest="fmt", choices=("kgcn", "lastfm-raw", "kgat", "recbole"))
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _human_bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _cmd_train(args) -> int:
+    import torch
+
+    from .train.run import load_or_generate, train_ctr, write_json_atomic
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    dataset = load_or_generate(args.data, args.fmt, synthetic_size=args.synthetic)
+    overrides = dict(args.overrides)
+    for name in ("epochs", "batch_size", "lr"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    result = train_ctr(
+        args.model,
+        dataset,
+        bits=args.bits,
+        group_size=args.group_size,
+        backend=args.backend,
+        seed=args.seed,
+        overrides=overrides,
+        key=args.hparams,
+        device=args.device,
+        patience=args.patience,
+        progress=not args.quiet and sys.stderr.isatty(),
+        log=log,
+    )
+    if args.out:
+        write_json_atomic(args.out, result)
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
+    print(f"test {metrics}  (best epoch {result['best_epoch']} of {result['epochs']}, {result['epoch_seconds']:.2f} s/epoch)")
+    act, fp32 = result["activation_bytes"], result["activation_bytes_fp32"]
+    line = f"activation memory per step: {_human_bytes(act)}"
+    if args.bits != 32:
+        line += f"  (fp32: {_human_bytes(fp32)}, {fp32 / act:.1f}x less)"
+    print(line)
+    if args.out:
+        print(f"results written to {args.out}")
+    return 0
+
+
+def _cmd_data_info(args) -> int:
+    from .data import load_dataset
+
+    dataset = load_dataset(args.directory, args.fmt)
+    info = dataset.info()
+    if args.json:
+        print(json.dumps({"dataset": dataset.name, **info}, indent=2))
+    else:
+        print(f"dataset {dataset.name}")
+        for key, value in info.items():
+            print(f"  {key:<14}{value:>12,}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .data import DataError
+    from .train.loop import TrainingError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            return _cmd_train(args)
+        return _cmd_data_info(args)
+    except (DataError, TrainingError, ValueError, TypeError, OSError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"tinykg: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinykg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

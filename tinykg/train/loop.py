@@ -1,0 +1,181 @@
+"""One readable training loop for CTR models: Adam on mini-batches, early stopping on validation AUC,
+test AUC/F1 at the best epoch, exact activation memory of one training step."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..profile import ActivationTracker
+from .metrics import accuracy, f1_score, roc_auc
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss became NaN or infinite)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings. ``patience``: epochs without a better validation AUC before stopping
+    (0 = never stop early). ``drop_last``: skip the last incomplete training batch (KGCN's loop does)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    patience: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    drop_last: bool = True
+    eval_batch_size: int = 8192
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.patience < 0 or self.weight_decay < 0:
+            raise ValueError("patience and weight_decay must be >= 0")
+
+
+@dataclass
+class TrainResult:
+    metrics: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    epoch_seconds: list[float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    activation_bytes: int | None = None
+    activation_bytes_by_op: dict[str, int] = field(default_factory=dict)
+    peak_memory_bytes: int | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _tensors(interactions, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (
+        torch.as_tensor(interactions.user_index, dtype=torch.long, device=device),
+        torch.as_tensor(interactions.item_index, dtype=torch.long, device=device),
+        torch.as_tensor(interactions.label, dtype=torch.float32, device=device),
+    )
+
+
+@torch.no_grad()
+def evaluate_ctr(model: nn.Module, interactions, batch_size: int = 8192, device: str = "cpu") -> dict[str, float]:
+    """AUC, F1 (threshold 0.5) and accuracy of ``model`` on labelled rows, in eval mode (no compression)."""
+    was_training = model.training
+    model.eval()
+    users, items, labels = _tensors(interactions, device)
+    scores = [torch.sigmoid(model(users[i : i + batch_size], items[i : i + batch_size])) for i in range(0, len(users), batch_size)]
+    model.train(was_training)
+    probs = torch.cat(scores).float().cpu().numpy() if scores else np.zeros(0)
+    y = labels.cpu().numpy()
+    return {"auc": roc_auc(y, probs), "f1": f1_score(y, probs), "accuracy": accuracy(y, probs)}
+
+
+def measure_step_activation(model: nn.Module, batch: tuple[torch.Tensor, ...], exclude=()) -> ActivationTracker:
+    """Exact bytes held for backward by one training-mode loss of ``model`` on ``batch`` (no update;
+    the global RNG state is restored so the measurement does not change the run)."""
+    was_training = model.training
+    model.train()
+    with torch.random.fork_rng(devices=[]):
+        with ActivationTracker(model, exclude=exclude) as tracker:
+            loss = model.loss(*batch)
+        report = tracker.report()
+        del loss
+    model.train(was_training)
+    return report
+
+
+def fit_ctr(
+    model: nn.Module,
+    train,
+    valid,
+    test,
+    config: TrainConfig,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train ``model`` (a `tinykg.models.base.CTRModel`) and return test metrics at the best epoch.
+
+    Each epoch shuffles the training rows with a generator seeded by (seed, epoch), so a run is a pure
+    function of its seed on CPU. The activation memory reported is that of the first training batch.
+    """
+    device = torch.device(config.device)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    users, items, labels = _tensors(train, device)
+    num_rows = len(users)
+    num_batches = num_rows // config.batch_size if config.drop_last else math.ceil(num_rows / config.batch_size)
+    if num_batches == 0:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {num_rows} training rows")
+
+    first = (users[: config.batch_size], items[: config.batch_size], labels[: config.batch_size])
+    step_report = measure_step_activation(model, first, exclude=first)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    best_auc, best_epoch, best_state, bad_epochs = -math.inf, 0, None, 0
+    history: list[dict[str, float]] = []
+    epoch_seconds: list[float] = []
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)).to(device)
+        start = time.perf_counter()
+        total_loss = 0.0
+        bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not config.progress, unit="batch")
+        for step in bar:
+            rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+            loss = model.loss(users[rows], items[rows], labels[rows])
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_seconds.append(time.perf_counter() - start)
+        valid_metrics = evaluate_ctr(model, valid, config.eval_batch_size, config.device)
+        history.append({"epoch": epoch, "loss": total_loss / num_batches, **{f"valid_{k}": v for k, v in valid_metrics.items()}})
+        log(
+            f"epoch {epoch:>3}/{config.epochs}  loss {total_loss / num_batches:.4f}  "
+            f"valid auc {valid_metrics['auc']:.4f} f1 {valid_metrics['f1']:.4f}  {epoch_seconds[-1]:.1f}s"
+        )
+        if valid_metrics["auc"] > best_auc:
+            best_auc, best_epoch, bad_epochs = valid_metrics["auc"], epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+            if config.patience and bad_epochs >= config.patience:
+                log(f"early stop: no better validation AUC for {config.patience} epochs")
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    test_metrics = evaluate_ctr(model, test, config.eval_batch_size, config.device)
+    return TrainResult(
+        metrics={"auc": test_metrics["auc"], "f1": test_metrics["f1"], "accuracy": test_metrics["accuracy"]},
+        best_epoch=best_epoch,
+        epochs_run=len(epoch_seconds),
+        epoch_seconds=epoch_seconds,
+        history=history,
+        activation_bytes=step_report.total_bytes,
+        activation_bytes_by_op=step_report.by_op,
+        peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+    )

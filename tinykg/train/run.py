@@ -1,0 +1,146 @@
+"""From a dataset on disk (or the synthetic default) to a results dict: the job behind ``tinykg train``."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import __version__
+from ..compress import CompressionConfig
+from ..data import Dataset, SyntheticConfig, ctr_split, load_dataset, make_synthetic
+from .builders import build_ctr_model, hyperparameters
+from .loop import TrainConfig, fit_ctr, measure_step_activation, seed_everything
+
+CTR_MODELS = ("kgcn", "kgnn-ls", "ripplenet", "ckan")
+DATASET_KEYS = ("lastfm", "book", "synthetic")
+
+
+def dataset_key(name: str) -> str:
+    """Which published hyper-parameter set fits a dataset, from its name (``synthetic`` otherwise)."""
+    lowered = name.lower()
+    if "lastfm" in lowered or "last.fm" in lowered or "music" in lowered:
+        return "lastfm"
+    if "book" in lowered:
+        return "book"
+    return "synthetic"
+
+
+def load_or_generate(data: str | None, fmt: str | None = None, *, synthetic_size: str | int = "default") -> Dataset:
+    """The dataset at ``data`` (format detected unless ``fmt``), or a synthetic one: ``"toy"``,
+    ``"default"`` or about ``synthetic_size`` KG triples. Synthetic data is generated with seed 0 so
+    every training seed sees the same dataset."""
+    if data is not None:
+        return load_dataset(data, fmt)
+    if synthetic_size == "toy":
+        config = SyntheticConfig.toy()
+    elif synthetic_size == "default":
+        config = SyntheticConfig.default()
+    else:
+        config = SyntheticConfig.sized(int(synthetic_size))
+    return make_synthetic(config, seed=0)
+
+
+def compression_for(bits: int, group_size: int | str = 256, backend: str = "auto") -> CompressionConfig | None:
+    """``bits == 32`` means no compression."""
+    if bits == 32:
+        return None
+    return CompressionConfig(bits=bits, group_size=group_size, backend=backend)
+
+
+def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
+    """Write JSON to a temporary file beside ``path`` and rename it: no half-written results."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def train_ctr(
+    model_name: str,
+    dataset: Dataset,
+    *,
+    bits: int = 2,
+    group_size: int | str = 256,
+    backend: str = "auto",
+    seed: int = 0,
+    overrides: dict | None = None,
+    key: str | None = None,
+    device: str = "cpu",
+    patience: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Split, build, train and evaluate one CTR model; returns the results-file payload."""
+    if model_name not in CTR_MODELS:
+        raise ValueError(f"model must be one of {CTR_MODELS}, got {model_name!r}")
+    key = key or dataset_key(dataset.name)
+    params = hyperparameters(model_name, key, overrides)
+    seed_everything(seed)
+    train, valid, test = ctr_split(dataset.interactions, seed=seed)
+    compression = compression_for(bits, group_size, backend)
+    model = build_ctr_model(model_name, dataset, train, compression=compression, seed=seed, overrides=overrides, dataset_key=key)
+    config = TrainConfig(
+        epochs=params["epochs"],
+        batch_size=params["batch_size"],
+        lr=params["lr"],
+        weight_decay=getattr(model, "weight_decay", 0.0),
+        patience=patience,
+        seed=seed,
+        device=device,
+        drop_last=params.get("drop_last", True),
+        progress=progress,
+    )
+    fp32_bytes = None
+    if compression is not None:
+        # The same first batch through the same model with compression off: the baseline it saves.
+        model.compression = None
+        users = torch.as_tensor(train.user_index[: config.batch_size], dtype=torch.long)
+        items = torch.as_tensor(train.item_index[: config.batch_size], dtype=torch.long)
+        labels = torch.as_tensor(train.label[: config.batch_size], dtype=torch.float32)
+        model.to(device)
+        batch = tuple(t.to(device) for t in (users, items, labels))
+        fp32_bytes = measure_step_activation(model, batch, exclude=batch).total_bytes
+        model.compression = compression
+    log(
+        f"tinykg: {model_name} on {dataset.name} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
+        f"{dataset.kg.num_triples:,} triples), {'fp32' if compression is None else f'{bits}-bit'} activations, "
+        f"{params['epochs']} epochs, batch {params['batch_size']}, seed {seed}"
+    )
+    result = fit_ctr(model, train, valid, test, config, log=log)
+    fp32_bytes = fp32_bytes if fp32_bytes is not None else result.activation_bytes
+    payload = {
+        "model": model_name,
+        "dataset": dataset.name,
+        "bits": bits,
+        "seed": seed,
+        "metrics": {"auc": result.metrics["auc"], "f1": result.metrics["f1"]},
+        "activation_bytes": result.activation_bytes,
+        "activation_bytes_fp32": fp32_bytes,
+        "activation_ratio": fp32_bytes / result.activation_bytes if result.activation_bytes else None,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "epoch_seconds": sum(result.epoch_seconds) / len(result.epoch_seconds),
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "activation_bytes_by_op": result.activation_bytes_by_op,
+        "hyperparameters": {k: v for k, v in params.items()},
+        "compression": None if compression is None else {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(compression).items()},
+        "dataset_info": dataset.info(),
+        "device": device,
+        "versions": {"tinykg": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
+    return payload
