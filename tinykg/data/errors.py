@@ -18,7 +18,7 @@ class DataError(Exception):
     def __init__(self, reason: str, path: str | os.PathLike | None = None, line: int | None = None):
         self.reason = " ".join(str(reason).split())
         self.path = None if path is None else os.fspath(path)
-        self.line = line
+        self.line = None if line is None else int(line)
         super().__init__(self._render())
 
     def _render(self) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -180,14 +180,19 @@ def _read_kg_final(path: Path) -> KnowledgeGraph:
 def _read_ratings_npy(path: Path) -> np.ndarray:
     """A ``(N, 3)`` int64 array from ``ratings_final.npy``, refusing pickles and odd shapes/dtypes."""
     try:
+        with path.open("rb") as file:
+            magic = file.read(6)
+    except OSError as error:
+        raise DataError(f"cannot read file: {error.strerror or error}", path) from error
+    if magic != b"\x93NUMPY":
+        raise DataError("not a .npy file (no \\x93NUMPY magic at the start)", path)
+    try:
         array = np.load(path, allow_pickle=False)
-    except FileNotFoundError as error:
-        raise DataError("file not found", path) from error
     except Exception as error:  # numpy raises ValueError, OSError, EOFError... for corrupt files
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "allow_pickle" in reason:
+            reason = "it holds pickled Python objects, which are never unpickled"
         raise DataError(f"not a readable .npy array: {reason}", path) from error
-    if not isinstance(array, np.ndarray):
-        raise DataError("expected one array, got an .npz archive", path)
     if array.ndim != 2 or array.shape[1] != 3:
         raise DataError(f"expected a 2-D array with 3 columns (user, item, label), got shape {array.shape}", path)
     if array.dtype.kind not in "iu":
@@ -263,27 +268,29 @@ def _dataset_name(directory: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _tab_rows(path: Path, num_columns: int, what: str, skip_header: bool = False) -> list[tuple[int, list[str]]]:
-    """``(line_number, fields)`` for every non-blank line, split on tabs after stripping (as KGCN's
-    ``line.strip().split('\\t')``); DataError unless each has ``num_columns`` non-empty fields."""
+def _tab_rows(path: Path, num_columns: int, what: str, skip_header: bool = False) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, fields)`` for every non-blank line, split on tabs after stripping (as
+    KGCN's ``line.strip().split('\\t')``); DataError unless each has ``num_columns`` fields, none empty.
+
+    A generator on purpose: keeping ~100k small lists alive makes Python's cyclic GC rescan them
+    over and over, which doubled the load time of Last.FM.
+    """
     lines = _read_text(path).split("\n")
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if skip_header and number == 1:
-            continue
+    first = 2 if skip_header else 1
+    num_rows = 0
+    for number, line in enumerate(lines[first - 1 :], start=first):
         line = line.strip()
         if not line:
             continue
         fields = line.split("\t")
         if len(fields) != num_columns:
             raise DataError(f"expected {num_columns} tab-separated columns ({what}), got {len(fields)}", path, number)
-        for column, field in enumerate(fields, start=1):
-            if not field.strip():
-                raise DataError(f"column {column} is empty", path, number)
-        rows.append((number, fields))
-    if not rows:
+        if "" in fields:
+            raise DataError(f"column {fields.index('') + 1} is empty", path, number)
+        num_rows += 1
+        yield number, fields
+    if not num_rows:
         raise DataError("file has no data rows", path)
-    return rows
 
 
 def read_lastfm_raw(directory: str | os.PathLike, *, seed: int = 555) -> Dataset:
@@ -346,10 +353,12 @@ def read_lastfm_raw(directory: str | os.PathLike, *, seed: int = 555) -> Dataset
         if user in negative_items:
             unwatched -= negative_items[user]
         size = min(len(positives), len(unwatched))
-        negatives = random_state.choice(list(unwatched), size=size, replace=False) if size else []
+        # np.fromiter keeps the set's iteration order, like the original's list(unwatched).
+        candidates = np.fromiter(unwatched, np.int64, len(unwatched))
+        negatives = random_state.choice(candidates, size=size, replace=False).tolist() if size else []
         users.extend([user_index] * (len(positives) + len(negatives)))
         items.extend(positives)
-        items.extend(int(item) for item in negatives)
+        items.extend(negatives)
         labels.extend([1] * len(positives) + [0] * len(negatives))
     interactions = Interactions(
         np.array(users, np.int64), np.array(items, np.int64), np.array(labels, np.int8),
@@ -436,7 +445,9 @@ def read_kgat(directory: str | os.PathLike) -> Dataset:
 _RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
 
 
-def _read_atomic(path: Path, required: dict[str, str], optional: dict[str, str]) -> tuple[dict[str, list[str]], list[int]]:
+def _read_atomic(
+    path: Path, required: dict[str, str], optional: dict[str, str]
+) -> tuple[dict[str, list[str]], list[int]]:
     """Columns of a RecBole atomic file, found by header name.
 
     ``required``/``optional`` map column name -> expected type. Returns ``(columns, line_numbers)``
@@ -462,7 +473,12 @@ def _read_atomic(path: Path, required: dict[str, str], optional: dict[str, str])
     if missing:
         raise DataError(f"header lacks column(s) {', '.join(missing)} (found {', '.join(names)})", path, 1)
 
-    rows, line_numbers = [], []
+    wanted_names = [name for name in names if name in required or name in optional]
+    positions = [names.index(name) for name in wanted_names]
+    values: list[list[str]] = [[] for _ in wanted_names]
+    line_numbers = []
+    # Filled column by column (lists of str): keeping one list per row alive would make Python's
+    # cyclic GC rescan them all over and over on large files.
     for number, line in enumerate(lines[1:], start=2):
         line = line.rstrip("\r")
         if not line.strip():
@@ -472,34 +488,37 @@ def _read_atomic(path: Path, required: dict[str, str], optional: dict[str, str])
         # test.inter ends with a 5-field row under a 4-column header.
         if len(fields) < len(names):
             raise DataError(f"expected {len(names)} tab-separated columns, got {len(fields)}", path, number)
-        rows.append(fields)
+        for column, position in zip(values, positions):
+            column.append(fields[position])
         line_numbers.append(number)
-    if not rows:
+    if not line_numbers:
         raise DataError("file has a header but no data rows", path)
-    wanted_names = [name for name in names if name in required or name in optional]
-    columns = {name: [row[names.index(name)] for row in rows] for name in wanted_names}
+    columns = dict(zip(wanted_names, values))
     for name in required:
-        empty = next((i for i, value in enumerate(columns[name]) if not value.strip()), None)
+        empty = next((row for row, value in enumerate(columns[name]) if not value.strip()), None)
         if empty is not None:
             raise DataError(f"column {_show(name)} is empty", path, line_numbers[empty])
     return columns, line_numbers
 
 
 def _float_column(path: Path, values: list[str], line_numbers: list[int], name: str) -> np.ndarray:
+    """The column as finite float64 numbers; DataError naming the first bad line otherwise."""
     try:
         array = np.array(values, dtype=np.float64)
     except ValueError:
         array = None
-    if array is None or not np.isfinite(array).all():
-        for value, line in zip(values, line_numbers):
-            try:
-                number = float(value)
-            except ValueError:
-                raise DataError(f"column {_show(name)}: expected a number, got {_show(value)}", path, line) from None
-            if not np.isfinite(number):
-                raise DataError(f"column {_show(name)}: {_show(value)} is not finite", path, line)
-        array = np.array([float(value) for value in values], np.float64)
-    return array
+    if array is not None and np.isfinite(array).all():
+        return array
+    numbers = []
+    for value, line in zip(values, line_numbers):
+        try:
+            number = float(value)
+        except ValueError:
+            raise DataError(f"column {_show(name)}: expected a number, got {_show(value)}", path, line) from None
+        if not np.isfinite(number):
+            raise DataError(f"column {_show(name)}: {_show(value)} is not finite", path, line)
+        numbers.append(number)
+    return np.array(numbers, np.float64)
 
 
 def _find_recbole_name(directory: Path) -> str:
@@ -540,9 +559,10 @@ def read_recbole(
 
     ``.item``/``.user`` files are not read, so items that appear only in ``.item`` are not counted
     (RecBole counts them, plus a padding id). On RecBole's ``test`` dataset this gives 171 users,
-    200 items, 4,090 positives (6,017 raw rows, 1,927 rated below 4) + 3,948 negatives (user "1"
-    rated every item, so gets none; user "59" gets 81 for 100 positives): 8,038 rows; 24 relations, 11,338
-    triples and 6,035 entities: the KG's 6,033 plus the 2 items that have no ``.link`` entry.
+    200 items, 8,038 rows = 4,090 positives (of 6,017 raw rows, 1,927 are rated below 4) + 3,948
+    negatives (user "1" rated every item, so gets none; user "59" gets 81 for 100 positives),
+    24 relations, 11,338 triples and 6,035 entities: the KG's 6,033 plus the 2 items that have
+    no ``.link`` entry.
     """
     directory = Path(directory)
     name = name if name is not None else _find_recbole_name(directory)
@@ -583,14 +603,15 @@ def read_recbole(
     rel_type = np.array(
         [relation_index_of.setdefault(token, len(relation_index_of)) for token in triples["relation_id"]], np.int64
     )
-    kg = KnowledgeGraph(head_index, rel_type, tail_index, num_entities=next_entity, num_relations=len(relation_index_of))
+    kg = KnowledgeGraph(
+        head_index, rel_type, tail_index, num_entities=next_entity, num_relations=len(relation_index_of)
+    )
 
     user_tokens = np.array(inter["user_id"], dtype=object)
     user_index_of = {token: index for index, token in enumerate(dict.fromkeys(user_tokens[is_positive]))}
     if not user_index_of:
         raise DataError(f"no interaction has rating >= {rating_threshold}", inter_path)
-    known_user = np.array([token in user_index_of for token in user_tokens], bool)
-    user = np.array([user_index_of.get(token, -1) for token in user_tokens], np.int64)
+    user = np.array([user_index_of.get(token, -1) for token in user_tokens], np.int64)  # -1: no positive
     item = np.array([item_index_of[token] for token in inter["item_id"]], np.int64)
     num_users = len(user_index_of)
 
@@ -601,7 +622,7 @@ def read_recbole(
     positives = Interactions.from_positives(
         user[is_positive][first], item[is_positive][first], num_users, num_items
     )
-    low = known_user & ~is_positive
+    low = (user >= 0) & ~is_positive
     low_rated = Interactions.from_positives(user[low], item[low], num_users, num_items)
     interactions = add_negatives(positives, seed, exclude=low_rated)
     return Dataset(name, interactions, kg)

@@ -113,7 +113,7 @@ def kgcn_neighbors(kg: KnowledgeGraph, num_neighbors: int, seed: int) -> tuple[n
     t's. Each entity keeps exactly K neighbours: a uniform sample without replacement when its
     degree is >= K, with replacement otherwise. Isolated entities (degree 0, which the original
     KGCN never meets) get K self-loops with relation 0, RecBole's choice, so the tables stay valid
-    indices; a model that needs to tell them apart can check ``adj_entity[e] == e``.
+    indices.
     """
     _check_positive("num_neighbors", num_neighbors)
     rng = np.random.default_rng(seed)
