@@ -1,0 +1,104 @@
+"""The contract every CTR model of tinykg follows, and the helpers the models share.
+
+A CTR model scores (user, item) pairs:
+
+* ``forward(user_index (B,), item_index (B,)) -> logits (B,)`` (pre-sigmoid scores);
+* ``loss(user_index, item_index, label (B,)) -> scalar``: mean BCE-with-logits plus the model's own
+  regularisers (L2 where the original adds it to the loss, label smoothness, KG embedding term);
+* ``weight_decay``: the L2 the training loop must hand to Adam (CKAN's original regularises that way;
+  0 for the others).
+
+Compression (`CompressionConfig`) acts only in training mode: `CTRModel.active_config` returns ``None``
+in eval mode, so evaluation is the plain fp32 model. Graph structure lives in buffers with the narrowest
+integer dtype that holds it; per-batch index tensors are handed to the tinykg.nn ops as int32, the
+smallest dtype PyTorch's gather kernels accept (the ops narrow what they save further).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..compress import CompressionConfig
+from ..compress.packed import narrowest_int_dtype
+
+
+def index_buffer(values, num_rows: int) -> torch.Tensor:
+    """``values`` (numpy array or tensor of indices in ``[0, num_rows)``) as a tensor in the narrowest
+    integer dtype holding ``num_rows - 1``; the dtype follows from the table size, not the data."""
+    tensor = torch.as_tensor(np.asarray(values) if not isinstance(values, torch.Tensor) else values)
+    if tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
+        raise TypeError(f"index buffer must hold integers, got {tensor.dtype}")
+    if tensor.numel() and (int(tensor.min()) < 0 or int(tensor.max()) >= num_rows):
+        raise ValueError(f"index buffer has values outside [0, {num_rows})")
+    return tensor.to(narrowest_int_dtype(max(num_rows - 1, 0))).contiguous()
+
+
+def user_mask_buffer(mask, num_users: int) -> torch.Tensor:
+    """(num_users,) bool: which users have a triple set (all True when ``mask`` is None)."""
+    if mask is None:
+        return torch.ones(num_users, dtype=torch.bool)
+    mask = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).to(torch.bool)
+    if tuple(mask.shape) != (num_users,):
+        raise ValueError(f"user_mask must have shape ({num_users},), got {tuple(mask.shape)}")
+    return mask
+
+
+def op_index(index: torch.Tensor) -> torch.Tensor:
+    """A per-batch index as int32 for the gather ops (PyTorch rejects int16/uint8 indices)."""
+    return index if index.dtype == torch.int32 else index.to(torch.int32)
+
+
+def tf_l2(*tensors: torch.Tensor) -> torch.Tensor:
+    """TensorFlow's ``l2_loss`` summed over tensors: sum of 0.5 * ||t||^2."""
+    return sum(0.5 * t.pow(2).sum() for t in tensors)
+
+
+def check_count(name: str, value: int, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+class CTRModel(nn.Module):
+    """Base class: holds the compression config and the BCE part of the loss.
+
+    Subclasses implement ``forward`` and may override ``regularization`` (terms that need only the
+    parameters) or ``loss`` (terms that need the forward's intermediates).
+    """
+
+    weight_decay: float = 0.0
+
+    def __init__(self, compression: CompressionConfig | None = None) -> None:
+        super().__init__()
+        if compression is not None and not isinstance(compression, CompressionConfig):
+            raise TypeError(f"compression must be a CompressionConfig or None, got {type(compression).__name__}")
+        self.compression = compression
+
+    @property
+    def active_config(self) -> CompressionConfig | None:
+        """The config the ops get now: the model's in training mode, None (plain fp32) in eval."""
+        return self.compression if self.training else None
+
+    def regularization(self) -> torch.Tensor | float:
+        return 0.0
+
+    def loss(self, user_index: torch.Tensor, item_index: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        logits = self(user_index, item_index)
+        return bce(logits, label) + self.regularization()
+
+    def extra_repr(self) -> str:
+        return f"compression={self.compression}"
+
+
+def bce(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy on logits (B,) against 0/1 labels (B,)."""
+    return F.binary_cross_entropy_with_logits(logits, label.to(logits.dtype))

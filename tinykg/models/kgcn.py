@@ -1,0 +1,198 @@
+"""KGCN: Knowledge Graph Convolutional Networks for Recommender Systems (Wang et al., WWW 2019).
+
+Behaviour follows the authors' TF code (hwwang55/KGCN). Every entity has a fixed sample of K
+neighbours (KG made undirected, sampled once before training): ``adj_entity, adj_relation`` (E, K).
+For a batch of (user u, item v) the receptive field is hop-i entities e_i (B, K^i), i = 0..H.
+
+    attention   pi(u, r)  = mean_d (u * r)                         (a mean over dims, not a sum)
+                w_k       = softmax_k pi(u, r_k)                    over the K neighbours of a node
+    neighbours  v_N       = mean_k w_k e_k                          (a mean over K, not a sum)
+    aggregate   sum:       act(W (v + v_N) + b)
+                concat:    act(W [v || v_N] + b)                    (W: 2d -> d)
+                neighbor:  act(W v_N + b)
+    iterations  i = 1..H, iteration i updates hops 0..H-i with the weights of iteration i;
+                act = ReLU for i < H, tanh for i = H
+    score       y = sigmoid(u . v^(H))
+    loss        mean BCE + l2_weight * (l2(U) + l2(E) + l2(R) + sum_i l2(W_i)),  l2(x) = ||x||^2 / 2
+
+Memory layout (what autograd keeps with a `CompressionConfig`): mean_d(u * r) is computed as
+``(u R^T)[b, r_k] / d`` -- one (B, num_relations) product, saving a quantized u and the narrowed
+per-neighbour index, never the (B, K, d) relation vectors. The attention of hop h depends only on the
+user and the relations, so it is computed once and shared by all iterations (the TF code recomputes
+identical values). Neighbours of iteration 1 are gathered straight from the entity table
+(`gather_aggregate`: narrowed index + quantized weights saved, table by reference).
+
+Legend: B batch, K neighbours per entity, H iterations (hops), d embedding dim, E entities,
+N_r relations, n = K^h nodes of hop h per batch row.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..compress import CompressionConfig
+from ..nn import (
+    compressed_embedding,
+    compressed_linear,
+    compressed_mul,
+    compressed_relu,
+    compressed_softmax,
+    compressed_tanh,
+    gather_aggregate,
+    weighted_sum,
+)
+from .base import CTRModel, check_choice, check_count, index_buffer, op_index, tf_l2
+
+AGGREGATORS = ("sum", "concat", "neighbor")
+
+
+class KGCN(CTRModel):
+    """KGCN with sum, concat or neighbor aggregator.
+
+    Args:
+        num_users, num_entities, num_relations: table sizes (items are entities ``0..num_items-1``).
+        adj_entity, adj_relation: (E, K) sampled neighbours and their relations (numpy or tensor).
+        embedding_dim: d. num_layers: H (iterations = hops). num_neighbors: K (must match the tables).
+        aggregator: "sum", "concat" or "neighbor".
+        l2_weight: weight of the TF-style L2 term over all embedding tables and aggregator weights.
+        compression: how saved activations are stored in training; None = plain fp32.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_entities: int,
+        num_relations: int,
+        adj_entity,
+        adj_relation,
+        embedding_dim: int = 16,
+        num_layers: int = 1,
+        num_neighbors: int = 8,
+        aggregator: str = "sum",
+        l2_weight: float = 1e-4,
+        compression: CompressionConfig | None = None,
+    ) -> None:
+        super().__init__(compression)
+        self.num_users = check_count("num_users", num_users)
+        self.num_entities = check_count("num_entities", num_entities)
+        self.num_relations = check_count("num_relations", num_relations)
+        self.embedding_dim = check_count("embedding_dim", embedding_dim)
+        self.num_layers = check_count("num_layers", num_layers)
+        self.num_neighbors = check_count("num_neighbors", num_neighbors)
+        self.aggregator = check_choice("aggregator", aggregator, AGGREGATORS)
+        self.l2_weight = float(l2_weight)
+
+        adj_entity = index_buffer(adj_entity, num_entities)
+        adj_relation = index_buffer(adj_relation, num_relations)
+        expected = (num_entities, num_neighbors)
+        if tuple(adj_entity.shape) != expected or tuple(adj_relation.shape) != expected:
+            raise ValueError(
+                f"adj_entity and adj_relation must have shape {expected}, got "
+                f"{tuple(adj_entity.shape)} and {tuple(adj_relation.shape)}"
+            )
+        self.register_buffer("adj_entity", adj_entity)  # (E, K)
+        self.register_buffer("adj_relation", adj_relation)  # (E, K)
+
+        d = embedding_dim
+        self.user_embedding = nn.Parameter(torch.empty(num_users, d))
+        self.entity_embedding = nn.Parameter(torch.empty(num_entities, d))
+        self.relation_embedding = nn.Parameter(torch.empty(num_relations, d))
+        in_features = 2 * d if aggregator == "concat" else d
+        self.aggregator_weights = nn.ParameterList(nn.Parameter(torch.empty(d, in_features)) for _ in range(num_layers))
+        self.aggregator_biases = nn.ParameterList(nn.Parameter(torch.zeros(d)) for _ in range(num_layers))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform tables and weights, zero biases (the TF code's initializers)."""
+        for table in (self.user_embedding, self.entity_embedding, self.relation_embedding):
+            nn.init.xavier_uniform_(table)
+        for weight, bias in zip(self.aggregator_weights, self.aggregator_biases):
+            nn.init.xavier_uniform_(weight)
+            nn.init.zeros_(bias)
+
+    # -- receptive field ------------------------------------------------------------------------
+
+    def receptive_field(self, item_index: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Hop-h entities [(B, K^h) for h = 0..H] and relations [(B, K^(h+1)) for h = 0..H-1], int32."""
+        batch = item_index.shape[0]
+        entities = [op_index(item_index).view(batch, 1)]
+        relations = []
+        for hop in range(self.num_layers):
+            entities.append(op_index(self.adj_entity[entities[hop]].view(batch, -1)))
+            relations.append(op_index(self.adj_relation[entities[hop]].view(batch, -1)))
+        return entities, relations
+
+    def attention(self, user_vectors: torch.Tensor, relations: list[torch.Tensor], config) -> list[torch.Tensor]:
+        """Softmax weights [(B, K^h, K) for h = 0..H-1] of mean_d(u * r) over each node's K neighbours."""
+        batch, d, num_rel = user_vectors.shape[0], self.embedding_dim, self.num_relations
+        # mean_d(u * r) for every relation at once: (B, N_r); saves a quantized u only.
+        scores = compressed_linear(user_vectors, self.relation_embedding, None, config) / d
+        table = scores.reshape(batch * num_rel, 1)  # (B * N_r, 1)
+        row_offset = torch.arange(batch, device=scores.device, dtype=torch.int32).view(batch, 1) * num_rel
+        weights = []
+        for hop_relations in relations:  # (B, n * K)
+            picked = compressed_embedding(row_offset + hop_relations, table, config)  # (B, n * K, 1)
+            logits = picked.view(batch, -1, self.num_neighbors)  # (B, n, K)
+            weights.append(compressed_softmax(logits, -1, config))
+        return weights
+
+    def _aggregate(self, iteration: int, self_vectors, neighbor_vectors, config) -> torch.Tensor:
+        # self_vectors, neighbor_vectors: (B, n, d) -> (B, n, d)
+        if self.aggregator == "sum":
+            inputs = self_vectors + neighbor_vectors
+        elif self.aggregator == "concat":
+            inputs = torch.cat([self_vectors, neighbor_vectors], dim=-1)  # (B, n, 2d)
+        else:
+            inputs = neighbor_vectors
+        out = compressed_linear(inputs, self.aggregator_weights[iteration], self.aggregator_biases[iteration], config)
+        if iteration == self.num_layers - 1:
+            return compressed_tanh(out, config)
+        return compressed_relu(out, config)
+
+    def encode(self, user_index: torch.Tensor, item_index: torch.Tensor) -> dict[str, object]:
+        """User vectors (B, d), item vectors (B, d) and the receptive field with its attention."""
+        config = self.active_config
+        batch, d, k = item_index.shape[0], self.embedding_dim, self.num_neighbors
+        user_vectors = compressed_embedding(op_index(user_index), self.user_embedding, config)  # (B, d)
+        entities, relations = self.receptive_field(item_index)
+        weights = self.attention(user_vectors, relations, config)
+
+        # Iteration 1 reads raw embeddings: neighbours are gathered from the table directly.
+        vectors = []
+        for hop in range(self.num_layers):
+            self_vectors = None
+            if self.aggregator != "neighbor":
+                self_vectors = compressed_embedding(entities[hop], self.entity_embedding, config)  # (B, n, d)
+            neighbor_index = entities[hop + 1].view(batch, -1, k)  # (B, n, K)
+            neighbor_vectors = gather_aggregate(
+                self.entity_embedding, neighbor_index, weights[hop], reduce="mean", config=config
+            )  # (B, n, d)
+            vectors.append(self._aggregate(0, self_vectors, neighbor_vectors, config))
+        # Iterations 2..H read the previous iteration's vectors.
+        for iteration in range(1, self.num_layers):
+            next_vectors = []
+            for hop in range(self.num_layers - iteration):
+                neighbors = vectors[hop + 1].view(batch, -1, k, d)  # (B, n, K, d)
+                neighbor_vectors = weighted_sum(neighbors, weights[hop], reduce="mean", config=config)  # (B, n, d)
+                next_vectors.append(self._aggregate(iteration, vectors[hop], neighbor_vectors, config))
+            vectors = next_vectors
+        item_vectors = vectors[0].view(batch, d)
+        return {
+            "user": user_vectors,
+            "item": item_vectors,
+            "entities": entities,
+            "weights": weights,
+        }
+
+    def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """Logits u . v (B,)."""
+        return compressed_mul(user_vectors, item_vectors, self.active_config).sum(-1)
+
+    def forward(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
+        encoded = self.encode(user_index, item_index)
+        return self.score(encoded["user"], encoded["item"])
+
+    def regularization(self) -> torch.Tensor:
+        l2 = tf_l2(self.user_embedding, self.entity_embedding, self.relation_embedding, *self.aggregator_weights)
+        return self.l2_weight * l2

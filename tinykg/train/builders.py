@@ -1,0 +1,82 @@
+"""From a dataset and its training split to a ready CTR model, with its published hyper-parameters.
+
+The sampled structures (KGCN neighbour tables, RippleNet ripple sets, CKAN triple sets, the KGNN-LS
+label table) are computed from the TRAINING interactions and the KG only, never from validation or test
+rows. Override order: ``DEFAULTS[name][dataset_key]``, then ``overrides``; unknown keys are an error.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..compress import CompressionConfig
+from ..data import Dataset, Interactions, ckan_triple_sets, kgcn_neighbors, ripple_sets
+from ..models import DEFAULTS, MODELS
+
+# Keys the training loop reads; every other key is a model or sampling setting.
+TRAINING_KEYS = ("lr", "batch_size", "epochs", "drop_last")
+
+
+def _check_name(name: str) -> None:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
+
+
+def hyperparameters(name: str, dataset_key: str = "synthetic", overrides: dict | None = None) -> dict:
+    """``DEFAULTS[name][dataset_key]`` updated by ``overrides``: lr, batch_size, epochs, drop_last and the
+    model/sampling settings. Unknown model, dataset key or override key -> ValueError."""
+    _check_name(name)
+    table = DEFAULTS[name]
+    if dataset_key not in table:
+        raise ValueError(f"unknown dataset key {dataset_key!r} for {name}; allowed: {', '.join(table)}")
+    params = dict(table[dataset_key])
+    unknown = sorted(set(overrides or {}) - set(params))
+    if unknown:
+        raise ValueError(f"unknown hyper-parameter(s) for {name}: {', '.join(unknown)}; allowed: {', '.join(params)}")
+    params.update(overrides or {})
+    return params
+
+
+def build_ctr_model(
+    name: str,
+    dataset: Dataset,
+    train: Interactions,
+    *,
+    compression: CompressionConfig | None,
+    seed: int,
+    overrides: dict | None = None,
+    dataset_key: str = "synthetic",
+) -> nn.Module:
+    """Construct model ``name`` for ``dataset`` with structures sampled (seeded) from ``train`` and the KG."""
+    params = hyperparameters(name, dataset_key, overrides)
+    kg = dataset.kg
+    num_users, num_items = train.num_users, train.num_items
+    num_entities = max(kg.num_entities, num_items)
+    num_relations = max(kg.num_relations, 1)  # a KG without relations still needs one (self-loop) row
+    settings = {k: v for k, v in params.items() if k not in TRAINING_KEYS}
+
+    if name in ("kgcn", "kgnn-ls"):
+        adj_entity, adj_relation = kgcn_neighbors(kg, settings["num_neighbors"], seed)
+        if name == "kgcn":
+            return MODELS[name](
+                num_users, num_entities, num_relations, adj_entity, adj_relation, compression=compression, **settings
+            )
+        return MODELS[name](
+            num_users, num_entities, num_relations, adj_entity, adj_relation,
+            train.user_index, train.item_index, train.label, compression=compression, **settings,
+        )
+    if name == "ripplenet":
+        sets = ripple_sets(kg, train, settings.pop("num_hops"), settings.pop("num_memory"), seed)
+        return MODELS[name](
+            num_users, num_entities, num_relations, sets.head_index, sets.rel_type, sets.tail_index,
+            user_mask=sets.mask, compression=compression, **settings,
+        )
+    user_sets, item_sets = ckan_triple_sets(
+        kg, train, settings.pop("num_layers"), settings.pop("user_set_size"), settings.pop("item_set_size"), seed
+    )
+    return MODELS[name](
+        num_users, num_items, num_entities, num_relations,
+        user_sets.head_index, user_sets.rel_type, user_sets.tail_index,
+        item_sets.head_index, item_sets.rel_type, item_sets.tail_index,
+        user_mask=user_sets.mask, compression=compression, **settings,
+    )
