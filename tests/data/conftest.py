@@ -1,37 +1,13 @@
-"""Shared fixtures for the data-layer tests.
-
-The real datasets are read from ``$TINYKG_DATA_DIR`` (default ``<repo>/../shared/data``) and are
-never copied into the repository. When the folder is missing, tests that need it are skipped -
-except under ``CI=true``, where a missing folder is a failure, so CI cannot go green by skipping.
-"""
+"""Dataset fixtures for the data-layer tests (``data_dir`` comes from tests/conftest.py: it skips
+when the real data is missing, and fails under ``CI=true``)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tinykg.data import Dataset, load_dataset
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def real_data_root() -> Path:
-    """Where the real datasets live: ``$TINYKG_DATA_DIR`` or ``<repo>/../shared/data``."""
-    return Path(os.environ.get("TINYKG_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
-
-
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    """The real-data folder; skips (or fails under ``CI=true``) when it is missing."""
-    root = real_data_root()
-    if not root.is_dir():
-        message = f"real datasets not found at {root} (set TINYKG_DATA_DIR)"
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -240,3 +240,21 @@ def test_kgcn_style_gather_aggregate_at_most_tenth_of_fp32_at_2_bits():
         sizes[name] = tracker.report().total_bytes
         out.backward()
     assert sizes["2bit"] * 10 <= sizes["fp32"], sizes
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_index_ops_accept_narrow_indices_and_save_them_narrow(dtype):
+    table = torch.randn(200, 8, requires_grad=True)
+    index = torch.randint(0, 200, (64, 4)).to(dtype)
+    weights = torch.rand(64, 4, requires_grad=True)
+    expected = (table[index.long()] * weights.unsqueeze(-1)).sum(-2)
+    with ActivationTracker() as tracker:
+        out = gather_aggregate(table, index, weights, "sum", CFG)
+        emb = compressed_embedding(index, table, CFG)
+        edges = edge_aggregate(index[:, 0], index[:, 1], weights[:, 0], table, 200, CFG)
+    assert torch.allclose(out, expected)
+    assert torch.equal(emb, table[index.long()])
+    ints = [r for r in tracker._records.values() if r.ref() is not None and not r.ref().is_floating_point()]
+    assert all(r.ref().dtype in (torch.uint8, torch.int16) for r in ints if r.ref().numel() > 0)
+    (out.sum() + emb.sum() + edges.sum()).backward()
+    assert table.grad is not None and weights.grad is not None

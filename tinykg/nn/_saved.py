@@ -45,6 +45,15 @@ def narrow_index(index: torch.Tensor, num_rows: int) -> torch.Tensor:
     return index if index.dtype == dtype else index.to(dtype)
 
 
+def gather_index(index: torch.Tensor) -> torch.Tensor:
+    """``index`` in a dtype PyTorch's gather/scatter kernels accept (int32 or int64).
+
+    Narrow (uint8/int16) indices are widened to int32 only for the duration of the op, so callers can
+    hand the ops the narrow tensors they keep anyway.
+    """
+    return index if index.dtype in (torch.int32, torch.int64) else index.int()
+
+
 def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: bool = False) -> torch.Tensor | PackedActivation:
     """Packed copy of an activation.
 

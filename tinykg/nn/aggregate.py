@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import compression_active, load, maybe_quantize, narrow_index, save
+from ._saved import compression_active, gather_index, load, maybe_quantize, narrow_index, save
 
 REDUCES = ("sum", "mean")
 
@@ -26,7 +26,7 @@ class _EmbeddingFunction(torch.autograd.Function):
     def forward(ctx, index, weight):
         ctx.num_rows = weight.shape[0]
         save(ctx, narrow_index(index, weight.shape[0]))
-        return F.embedding(index, weight)
+        return F.embedding(gather_index(index), weight)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -37,9 +37,10 @@ class _EmbeddingFunction(torch.autograd.Function):
 
 
 def compressed_embedding(index: torch.Tensor, weight: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
-    """``weight[index]`` -> (*index.shape, D), saving only the narrowed index (F.embedding keeps int64)."""
+    """``weight[index]`` -> (*index.shape, D), saving only the narrowed index (F.embedding keeps int64).
+    ``index`` may be any integer dtype (uint8/int16 included)."""
     if not compression_active(config, weight):
-        return F.embedding(index, weight)
+        return F.embedding(gather_index(index), weight)
     return _EmbeddingFunction.apply(index, weight)
 
 
@@ -102,7 +103,7 @@ class _GatherAggregateFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, source, index, weights, scale, config):
         # source: (N, D), index: (*, K) in [0, N), weights: (*, K) or None -> (*, D)
-        gathered = source[index]  # (*, K, D), freed after forward
+        gathered = source[gather_index(index)]  # (*, K, D), freed after forward
         ctx.num_rows, ctx.scale, ctx.has_weights = source.shape[0], scale, weights is not None
         need_source = weights is not None and weights.requires_grad
         save(
@@ -147,7 +148,7 @@ def gather_aggregate(
     _check_reduce(reduce)
     scale = 1.0 / index.shape[-1] if reduce == "mean" else 1.0
     if not compression_active(config, source, weights):
-        gathered = source[index]
+        gathered = source[gather_index(index)]
         if weights is not None:
             gathered = gathered * weights.unsqueeze(-1)
         return gathered.sum(-2) * scale

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import compression_active, load, maybe_quantize, narrow_index, save
+from ._saved import compression_active, gather_index, load, maybe_quantize, narrow_index, save
 
 
 class _SparseMatmulFunction(torch.autograd.Function):
@@ -44,10 +44,10 @@ class _EdgeAggregateFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, target_index, source_index, edge_weight, x, num_targets, config):
         # target_index, source_index: (E,); edge_weight: (E,) or None; x: (M, D) -> (N, D)
-        messages = x.index_select(0, source_index)  # (E, D), freed after forward
+        messages = x.index_select(0, gather_index(source_index))  # (E, D), freed after forward
         if edge_weight is not None:
             messages = messages * edge_weight.unsqueeze(1)
-        out = x.new_zeros(num_targets, x.shape[1]).index_add_(0, target_index, messages)
+        out = x.new_zeros(num_targets, x.shape[1]).index_add_(0, gather_index(target_index), messages)
         ctx.num_sources = x.shape[0]
         ctx.has_weight = edge_weight is not None
         need_x = edge_weight is not None and edge_weight.requires_grad
@@ -89,10 +89,10 @@ def edge_aggregate(
     edge weights when ``x`` needs one. The (E, D) message tensor is never kept.
     """
     if not compression_active(config, x, edge_weight):
-        messages = x.index_select(0, source_index)
+        messages = x.index_select(0, gather_index(source_index))
         if edge_weight is not None:
             messages = messages * edge_weight.unsqueeze(1)
-        return x.new_zeros(num_targets, x.shape[1]).index_add_(0, target_index, messages)
+        return x.new_zeros(num_targets, x.shape[1]).index_add_(0, gather_index(target_index), messages)
     return _EdgeAggregateFunction.apply(target_index, source_index, edge_weight, x, num_targets, config)
 
 
