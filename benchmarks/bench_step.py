@@ -1,0 +1,119 @@
+"""End-to-end training-step time and memory, compressed vs fp32, measured side by side in one run.
+
+    python benchmarks/bench_step.py --models kgcn --bits 2                        # synthetic default, CPU
+    python benchmarks/bench_step.py --data ../shared/data/lastfm-kgcn --device cuda --batch-size 4096
+    python benchmarks/bench_step.py --smoke
+
+For each model: the same weights, the same batch; one step = forward, loss, backward, Adam update.
+Reported: median step time of each (interleaved runs, after warm-up) and the ratio; the exact bytes held
+for backward (ActivationTracker); on CUDA, the allocator peak of one step (torch.cuda.max_memory_allocated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+
+import torch
+
+from tinykg.data import ctr_split
+from tinykg.profile import time_ratio
+from tinykg.train.builders import build_ctr_model, hyperparameters
+from tinykg.train.loop import measure_step_activation
+from tinykg.train.run import CTR_MODELS, compression_for, dataset_key, load_or_generate
+
+
+def _step_fn(model, optimizer, batch):
+    def step():
+        loss = model.loss(*batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _cuda_peak(step, device) -> int | None:
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def measure(model_name: str, dataset, bits: int, batch_size: int | None, device: str, repeats: int, backend: str = "auto") -> dict:
+    key = dataset_key(dataset.name)
+    params = hyperparameters(model_name, key, None)
+    batch_size = batch_size or params["batch_size"]
+    train, _, _ = ctr_split(dataset.interactions, seed=0)
+    torch.manual_seed(0)
+    fp32 = build_ctr_model(model_name, dataset, train, compression=None, seed=0, dataset_key=key).to(device)
+    packed = copy.deepcopy(fp32)
+    packed.compression = compression_for(bits, 256, backend)
+    rows = torch.arange(min(batch_size, len(train)))
+    batch = (
+        torch.as_tensor(train.user_index[rows], dtype=torch.long, device=device),
+        torch.as_tensor(train.item_index[rows], dtype=torch.long, device=device),
+        torch.as_tensor(train.label[rows], dtype=torch.float32, device=device),
+    )
+    steps = {}
+    for name, model in (("fp32", fp32), ("packed", packed)):
+        model.train()
+        steps[name] = _step_fn(model, torch.optim.Adam(model.parameters(), lr=1e-4), batch)
+    ratio, t_packed, t_fp32 = time_ratio(steps["packed"], steps["fp32"], repeats=repeats, warmup=2, device=device)
+    return {
+        "model": model_name,
+        "dataset": dataset.name,
+        "bits": bits,
+        "batch_size": len(rows),
+        "device": device,
+        "step_s_fp32": t_fp32,
+        "step_s_packed": t_packed,
+        "step_ratio": ratio,
+        "activation_bytes_fp32": measure_step_activation(fp32, batch, exclude=batch).total_bytes,
+        "activation_bytes_packed": measure_step_activation(packed, batch, exclude=batch).total_bytes,
+        "cuda_peak_fp32": _cuda_peak(steps["fp32"], device),
+        "cuda_peak_packed": _cuda_peak(steps["packed"], device),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | dataset | batch | bits | step fp32 (ms) | step packed (ms) | time ratio | activation fp32 | activation packed | memory ratio | CUDA peak fp32 | CUDA peak packed |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        peak = lambda v: "n/a" if v is None else f"{v:,}"
+        lines.append(
+            f"| {r['model']} | {r['dataset']} | {r['batch_size']} | {r['bits']} | {1e3 * r['step_s_fp32']:.2f} | {1e3 * r['step_s_packed']:.2f} | "
+            f"{r['step_ratio']:.3f} | {r['activation_bytes_fp32']:,} | {r['activation_bytes_packed']:,} | "
+            f"{r['activation_bytes_fp32'] / r['activation_bytes_packed']:.1f}x | {peak(r['cuda_peak_fp32'])} | {peak(r['cuda_peak_packed'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--data", help="dataset directory (default: synthetic default)")
+    parser.add_argument("--models", nargs="+", default=["kgcn"], choices=CTR_MODELS)
+    parser.add_argument("--bits", type=int, default=2, choices=(8, 4, 2, 1))
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "triton"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    dataset = load_or_generate(args.data, synthetic_size="toy" if args.smoke else "default")
+    repeats = 2 if args.smoke else args.repeats
+    rows = [measure(m, dataset, args.bits, args.batch_size, args.device, repeats, args.backend) for m in args.models]
+    print(f"# bench_step on {args.device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
+    print(markdown(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
