@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override a model hyper-parameter, e.g. --set embedding_dim=32")
     train.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     train.add_argument("--out", metavar="FILE", help="write the results JSON here")
+    train.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint here after every epoch (atomic)")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint DIR")
     train.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
     data = commands.add_parser("data", help="dataset utilities")
@@ -120,6 +122,8 @@ def _cmd_train(args) -> int:
 
     from .train.run import load_or_generate, train_ctr, write_json_atomic
 
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint DIR")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
     dataset = load_or_generate(args.data, args.fmt, synthetic_size=args.synthetic)
@@ -141,6 +145,8 @@ def _cmd_train(args) -> int:
         device=args.device,
         patience=args.patience,
         progress=not args.quiet and sys.stderr.isatty(),
+        checkpoint_dir=args.checkpoint,
+        resume=args.resume,
         log=log,
     )
     if args.out:

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..profile import ActivationTracker
+from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .metrics import accuracy, f1_score, roc_auc
 
 
@@ -38,6 +39,8 @@ class TrainConfig:
     drop_last: bool = True
     eval_batch_size: int = 8192
     progress: bool = True
+    checkpoint_dir: str | None = None
+    resume: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -48,6 +51,12 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.patience < 0 or self.weight_decay < 0:
             raise ValueError("patience and weight_decay must be >= 0")
+        if self.resume and self.checkpoint_dir is None:
+            raise ValueError("resume needs a checkpoint directory")
+
+    def fingerprint(self) -> dict:
+        """The settings a resumed run must share with the run that wrote the checkpoint."""
+        return {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "drop_last")}
 
 
 @dataclass
@@ -131,10 +140,23 @@ def fit_ctr(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    best_auc, best_epoch, best_state, bad_epochs = -math.inf, 0, None, 0
-    history: list[dict[str, float]] = []
-    epoch_seconds: list[float] = []
-    for epoch in range(1, config.epochs + 1):
+    state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0, "best_state": None, "bad_epochs": 0, "history": [], "epoch_seconds": []}
+    if config.resume:
+        saved = load_checkpoint(config.checkpoint_dir)
+        if saved is None:
+            log(f"no checkpoint in {config.checkpoint_dir}: starting from scratch")
+        else:
+            if saved["train_config"] != config.fingerprint():
+                raise ValueError(f"{config.checkpoint_dir}: checkpoint was written with different settings {saved['train_config']}")
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            set_rng_state(saved["rng"])
+            state = {k: saved[k] for k in state}
+            log(f"resumed from {config.checkpoint_dir} after epoch {state['epoch']}")
+
+    for epoch in range(state["epoch"] + 1, config.epochs + 1):
+        if state["bad_epochs"] and config.patience and state["bad_epochs"] >= config.patience:
+            break
         model.train()
         order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)).to(device)
         start = time.perf_counter()
@@ -144,37 +166,44 @@ def fit_ctr(
             rows = order[step * config.batch_size : (step + 1) * config.batch_size]
             loss = model.loss(users[rows], items[rows], labels[rows])
             if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}")
+                kept = f"; the last good checkpoint (epoch {state['epoch']}) is kept" if config.checkpoint_dir else ""
+                raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}{kept}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total_loss += loss.item()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        epoch_seconds.append(time.perf_counter() - start)
+        state["epoch_seconds"].append(time.perf_counter() - start)
         valid_metrics = evaluate_ctr(model, valid, config.eval_batch_size, config.device)
-        history.append({"epoch": epoch, "loss": total_loss / num_batches, **{f"valid_{k}": v for k, v in valid_metrics.items()}})
+        state["history"].append({"epoch": epoch, "loss": total_loss / num_batches, **{f"valid_{k}": v for k, v in valid_metrics.items()}})
         log(
             f"epoch {epoch:>3}/{config.epochs}  loss {total_loss / num_batches:.4f}  "
-            f"valid auc {valid_metrics['auc']:.4f} f1 {valid_metrics['f1']:.4f}  {epoch_seconds[-1]:.1f}s"
+            f"valid auc {valid_metrics['auc']:.4f} f1 {valid_metrics['f1']:.4f}  {state['epoch_seconds'][-1]:.1f}s"
         )
-        if valid_metrics["auc"] > best_auc:
-            best_auc, best_epoch, bad_epochs = valid_metrics["auc"], epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        if valid_metrics["auc"] > state["best_auc"]:
+            state.update(best_auc=valid_metrics["auc"], best_epoch=epoch, bad_epochs=0, best_state=copy.deepcopy(model.state_dict()))
         else:
-            bad_epochs += 1
-            if config.patience and bad_epochs >= config.patience:
-                log(f"early stop: no better validation AUC for {config.patience} epochs")
-                break
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        if config.checkpoint_dir:
+            save_checkpoint(
+                config.checkpoint_dir,
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "train_config": config.fingerprint(), **state},
+            )
+        if config.patience and state["bad_epochs"] >= config.patience:
+            log(f"early stop: no better validation AUC for {config.patience} epochs")
+            break
+    best_state = state["best_state"]
     if best_state is not None:
         model.load_state_dict(best_state)
     test_metrics = evaluate_ctr(model, test, config.eval_batch_size, config.device)
     return TrainResult(
         metrics={"auc": test_metrics["auc"], "f1": test_metrics["f1"], "accuracy": test_metrics["accuracy"]},
-        best_epoch=best_epoch,
-        epochs_run=len(epoch_seconds),
-        epoch_seconds=epoch_seconds,
-        history=history,
+        best_epoch=state["best_epoch"],
+        epochs_run=state["epoch"],
+        epoch_seconds=state["epoch_seconds"],
+        history=state["history"],
         activation_bytes=step_report.total_bytes,
         activation_bytes_by_op=step_report.by_op,
         peak_memory_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,

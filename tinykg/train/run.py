@@ -82,9 +82,15 @@ def train_ctr(
     device: str = "cpu",
     patience: int = 0,
     progress: bool = True,
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Split, build, train and evaluate one CTR model; returns the results-file payload."""
+    """Split, build, train and evaluate one CTR model; returns the results-file payload.
+
+    With ``checkpoint_dir`` a checkpoint is written after every epoch; ``resume`` continues from it and
+    ends with the same numbers, bit for bit on CPU, as a run that was never interrupted.
+    """
     if model_name not in CTR_MODELS:
         raise ValueError(f"model must be one of {CTR_MODELS}, got {model_name!r}")
     key = key or dataset_key(dataset.name)
@@ -103,6 +109,8 @@ def train_ctr(
         device=device,
         drop_last=params.get("drop_last", True),
         progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
     )
     fp32_bytes = None
     if compression is not None:
