@@ -15,3 +15,8 @@ __all__ = [
     "BACKENDS", "BackendImpl", "dequantize", "quantize", "register_backend", "resolve_backend",
     "dequantize_ref", "quantize_ref", "draw_seed", "uniform_noise",
 ]
+
+# Fast backends register themselves here (Backend.CPU: numba, Backend.TRITON); each compiles its kernels on
+# first use and reports itself unavailable, never raising, when its package is missing.
+from . import cpu_kernels as _cpu_kernels  # noqa: E402,F401
+from . import triton_kernels as _triton_kernels  # noqa: E402,F401

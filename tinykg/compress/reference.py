@@ -62,7 +62,9 @@ def group_metadata(
     zero_f = zero_point.float()
 
     constant = maximum == minimum
-    scale = ((maximum - zero_f) / levels).to(metadata_dtype)
+    # Dividing by a tensor, not a Python number: CUDA turns division by a scalar into multiplication by
+    # its reciprocal, which rounds differently and would make GPU and CPU codes differ.
+    scale = ((maximum - zero_f) / torch.full_like(maximum, levels)).to(metadata_dtype)
     scale = torch.where(constant & (zero_f == minimum), torch.zeros_like(scale), scale)
     for _ in range(_MAX_COVER_STEPS):
         short = scale.float() * levels + zero_f < maximum
@@ -101,7 +103,7 @@ def quantize_ref(
     scale, zero_point, exact = group_metadata(groups.amin(1), groups.amax(1), config.bits, md)
 
     scale_f = scale.float().unsqueeze(1)
-    inv_scale = torch.where(scale_f > 0, 1.0 / scale_f, torch.zeros_like(scale_f))
+    inv_scale = torch.where(scale_f > 0, torch.ones_like(scale_f) / scale_f, torch.zeros_like(scale_f))
     t = (groups - zero_point.float().unsqueeze(1)) * inv_scale
     t = torch.where(exact.unsqueeze(1), torch.zeros_like(t), t)
     if config.stochastic:

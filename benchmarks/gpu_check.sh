@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# GPU check of the Triton backend on one CUDA GPU, in under 5 minutes; installs nothing (works offline).
+# Needs python with torch (CUDA build) and triton. Prints markdown; writes $OUT/gpu_check.json when OUT is
+# set. Usage: bash benchmarks/gpu_check.sh [--numel N] [--repeats R] [--out FILE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PYTHON="${PYTHON:-python}"
+
+"$PYTHON" - <<'PY'
+import sys
+missing = []
+for name in ("torch", "triton", "numpy"):
+    try:
+        module = __import__(name)
+        print(f"{name} {getattr(module, '__version__', '?')}")
+    except Exception as err:
+        missing.append(f"{name}: {err}")
+import torch
+print("cuda available:", torch.cuda.is_available(), "| torch cuda:", torch.version.cuda)
+if missing or not torch.cuda.is_available():
+    print("gpu_check needs torch with CUDA and triton, installed beforehand (nothing is downloaded):", missing)
+    sys.exit(2)
+PY
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+
+exec "$PYTHON" benchmarks/gpu_check.py "$@"

@@ -1,0 +1,347 @@
+"""Fast backends against the PyTorch reference (the specification).
+
+Given the same seed, every backend must produce the same codes, scale, zero-point, exact-group index and
+exact values as `quantize_ref`, and dequantize bit for bit like `dequantize_ref` (the counter-based noise
+makes "same seed" mean "same draws"). Backends: the numba CPU kernel and Triton. Triton runs on a GPU when
+one is present. Without one it runs on CPU tensors under its interpreter, which must be switched on before
+Triton is first imported in a process (Triton decorates its own library at import): so
+`test_triton_cases_under_interpreter` reruns this module's Triton cases in a child pytest with
+``TRITON_INTERPRET=1``; the variable never touches this process or other test modules.
+
+Unbiasedness tolerance as in test_quantize.py: by Hoeffding the mean of N draws lies within
+k*s/(2*sqrt(N)) of x except with probability 2*exp(-k**2/2); k = 6.
+"""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinykg.compress import (
+    BACKENDS,
+    Backend,
+    BackendImpl,
+    CompressionConfig,
+    dequantize,
+    dequantize_ref,
+    quantize,
+    quantize_ref,
+    resolve_backend,
+)
+from tinykg.compress import cpu_kernels, triton_kernels
+
+BITS = (1, 2, 4, 8)
+METADATA = ("fp16", "bf16", "fp32")
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+K_SIGMA = 6.0
+REPO = Path(__file__).resolve().parents[2]
+# Set (with TRITON_INTERPRET=1) in the child process that runs the interpreted Triton cases.
+CHILD_FLAG = "TINYKG_TRITON_INTERPRETER_CHILD"
+IN_CHILD = os.environ.get(CHILD_FLAG) == "1"
+
+# The interpreter computes both sides of tl.where, so masked-out lanes overflow harmlessly in numpy.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+
+def _cuda() -> bool:
+    return torch.cuda.is_available()
+
+
+def _triton_device() -> str | None:
+    """Where the Triton cases run in this process, or None when they run elsewhere (child) or not at all."""
+    if _cuda():
+        return "cuda"
+    return "cpu" if IN_CHILD else None
+
+
+@pytest.fixture(params=[Backend.CPU, Backend.TRITON], ids=lambda b: b.value)
+def backend(request) -> tuple[Backend, str]:
+    """(backend, device) for each fast backend available here; skipped with the reason otherwise."""
+    kind = request.param
+    if kind == Backend.CPU:
+        if IN_CHILD:
+            pytest.skip("the parent process runs the CPU-kernel cases")
+        if not cpu_kernels.numba_installed():
+            pytest.skip("numba is not installed (pip install numba): the fused CPU backend is off")
+        device = "cpu"
+    else:
+        if not triton_kernels.triton_installed():
+            pytest.skip("triton is not installed (pip install triton)")
+        device = _triton_device()
+        if device is None:
+            pytest.skip("no GPU: these run under TRITON_INTERPRET=1 in test_triton_cases_under_interpreter")
+    assert BACKENDS[kind].available(torch.device(device))
+    return kind, device
+
+
+def assert_same_packed(packed, ref) -> None:
+    assert packed.meta == ref.meta
+    for name in ("codes", "scale", "zero_point", "exact_index"):
+        got, want = getattr(packed, name), getattr(ref, name)
+        assert got.dtype == want.dtype, name
+        assert torch.equal(got, want), name
+    assert packed.exact_values.dtype == ref.exact_values.dtype
+    torch.testing.assert_close(packed.exact_values, ref.exact_values, rtol=0, atol=0, equal_nan=True)
+
+
+def assert_same_dequantized(out, ref_out) -> None:
+    assert out.shape == ref_out.shape and out.dtype == ref_out.dtype
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0, equal_nan=True)
+
+
+def check_backend(kind: Backend, x: torch.Tensor, config: CompressionConfig, seed: int = 1234) -> None:
+    """The backend's packed form and dequantization equal the reference's (and it dequantizes the
+    reference's packed form identically)."""
+    impl = BACKENDS[kind]
+    ref = quantize_ref(x, config, seed)
+    packed = impl.quantize(x, config, seed)
+    assert_same_packed(packed, ref)
+    want = dequantize_ref(ref)
+    assert_same_dequantized(impl.dequantize(ref), want)
+    assert_same_dequantized(impl.dequantize(packed), want)
+
+
+def _sample(shape, dtype, device, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * torch.rand(shape[-1:], generator=g).mul(4).add(0.1)
+    return x.to(dtype).to(device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("group_size", (32, 256, "row"))
+@pytest.mark.parametrize("metadata_dtype", METADATA)
+@pytest.mark.parametrize("bits", BITS)
+def test_backend_matches_reference(backend, bits, metadata_dtype, group_size, dtype):
+    # (9, 77): the last 32- and 256-group is partial; 77-long rows do not fill whole bytes below 8 bits.
+    kind, device = backend
+    x = _sample((9, 77), dtype, device)
+    check_backend(kind, x, CompressionConfig(bits=bits, group_size=group_size, metadata_dtype=metadata_dtype))
+
+
+def _special_groups() -> torch.Tensor:
+    """(num_groups * 32,) fp32: one group per case the metadata rules single out."""
+    g = torch.Generator().manual_seed(1)
+    r = torch.randn(32, generator=g)
+    ramp = torch.linspace(0, 1, 32)
+    cases = [
+        r,
+        torch.where(torch.arange(32) == 5, float("nan"), r),
+        torch.where(torch.arange(32) == 7, float("inf"), r),
+        torch.where(torch.arange(32) == 0, float("-inf"), r),
+        torch.full((32,), 1.0),  # constant, exactly stored: s = 0
+        torch.full((32,), 0.1),  # constant the 16-bit formats cannot hold: exact group
+        torch.where(torch.arange(32) % 2 == 0, -0.0, 0.0),  # constant zero of both signs
+        1e6 + r,  # beyond fp16: zero-point saturates, scale overflows
+        -1e6 + r,  # zero-point rounds to -inf in fp16
+        (ramp - 0.5) * 120000,  # range beyond fp16 at 1 bit only
+        65000 + ramp * 519,  # max just below fp16's rounding to inf
+        1e-6 * r,  # fp16 subnormal metadata
+        ramp * 3e-45,  # fp32 subnormals: 1/s overflows for fp32 metadata
+        2049 + ramp,  # fp16 round-to-even tie at the minimum
+        257 + ramp,  # bf16 tie at the minimum
+        3 * 2.0**-25 + ramp * 2.0**-20,  # fp16 subnormal tie
+        -5 + ramp * 4,  # all negative
+        torch.full((32,), 1e-40),  # constant fp32 subnormal
+    ]
+    return torch.cat(cases)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("metadata_dtype", METADATA)
+@pytest.mark.parametrize("bits", BITS)
+def test_backend_matches_reference_on_special_groups(backend, bits, metadata_dtype, dtype):
+    kind, device = backend
+    x = _special_groups().to(dtype).to(device)
+    config = CompressionConfig(bits=bits, group_size=32, metadata_dtype=metadata_dtype)
+    check_backend(kind, x, config)
+    assert quantize_ref(x, config, 0).exact_index.numel() >= 3  # the non-finite groups at least
+
+
+@pytest.mark.parametrize("metadata_dtype", METADATA)
+@pytest.mark.parametrize("bits", BITS)
+def test_backend_round_to_nearest_matches_reference(backend, bits, metadata_dtype):
+    kind, device = backend
+    x = torch.cat([_special_groups(), _sample((300,), torch.float32, "cpu")]).to(device)
+    config = CompressionConfig(bits=bits, group_size=32, metadata_dtype=metadata_dtype, stochastic=False)
+    check_backend(kind, x, config, seed=0)
+
+
+@pytest.mark.parametrize(
+    "shape, group_size",
+    [((0,), 32), ((4, 0), "row"), ((0, 5), "row"), ((3, 0, 2), 8)],
+)
+def test_backend_empty_tensor(backend, shape, group_size):
+    kind, device = backend
+    x = torch.empty(shape, device=device)
+    config = CompressionConfig(bits=2, group_size=group_size)
+    check_backend(kind, x, config)
+    assert BACKENDS[kind].dequantize(BACKENDS[kind].quantize(x, config, 1)).shape == shape
+
+
+@pytest.mark.parametrize("group_size", (1, 2, 4, 8, 32))
+@pytest.mark.parametrize("numel", (1, 7, 1001))
+@pytest.mark.parametrize("bits", BITS)
+def test_backend_sizes_not_divisible_by_group_or_byte(backend, bits, numel, group_size):
+    kind, device = backend
+    check_backend(kind, _sample((numel,), torch.float32, device, seed=numel),
+                  CompressionConfig(bits=bits, group_size=group_size))
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (4, 1), (3, 129), (2, 3, 20), (6, 64), (7,)])
+@pytest.mark.parametrize("bits", BITS)
+def test_backend_row_groups_of_any_length(backend, bits, shape):
+    kind, device = backend
+    check_backend(kind, _sample(shape, torch.float32, device), CompressionConfig(bits=bits, group_size="row"))
+
+
+@pytest.mark.parametrize("shape", [(2, 4100), (2, 4099)])
+def test_backend_groups_longer_than_one_tile(backend, shape):
+    # Triton walks groups longer than its chunk twice; 4099 also leaves codes unaligned to bytes.
+    kind, device = backend
+    check_backend(kind, _sample(shape, torch.float32, device), CompressionConfig(bits=2, group_size="row"))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda x: x.t(),
+        lambda x: x[:, ::3],
+        lambda x: x[1:, 2:],
+        lambda x: x[:1].expand(40, 50),
+    ],
+    ids=["transpose", "stride", "slice", "expand"],
+)
+@pytest.mark.parametrize("group_size", (32, "row"))
+def test_backend_non_contiguous_input(backend, make, group_size):
+    kind, device = backend
+    x = make(_sample((40, 50), torch.float32, device))
+    assert not x.is_contiguous()
+    check_backend(kind, x, CompressionConfig(bits=4, group_size=group_size))
+
+
+def test_backend_accepts_tensor_that_requires_grad(backend):
+    kind, device = backend
+    x = _sample((10, 64), torch.float32, device).requires_grad_()
+    config = CompressionConfig(bits=2, group_size=64)
+    packed = BACKENDS[kind].quantize(x * 2, config, 5)
+    assert_same_packed(packed, quantize_ref((x * 2).detach(), config, 5))
+    assert not packed.exact_values.requires_grad
+
+
+def test_backend_many_groups_across_threads(backend):
+    # Enough elements for the CPU kernel's parallel path, split over all its tasks (with multi-group
+    # chunks for 33-long rows); small for the interpreter.
+    kind, device = backend
+    rows = 6061 if kind == Backend.CPU else 120
+    x = _sample((rows, 33), torch.float32, device, seed=3)
+    x[23, 5] = float("nan")
+    for bits in BITS:
+        check_backend(kind, x, CompressionConfig(bits=bits, group_size=64), seed=2**32 - 1)
+        check_backend(kind, x, CompressionConfig(bits=bits, group_size="row"), seed=7)
+
+
+@pytest.mark.parametrize("metadata_dtype", METADATA)
+@pytest.mark.parametrize("bits", BITS)
+def test_cpu_kernel_parallel_path_matches_reference_on_small_input(monkeypatch, bits, metadata_dtype):
+    # Small tensors normally take the serial kernel; force the threaded one on the special groups.
+    if IN_CHILD or not cpu_kernels.numba_installed():
+        pytest.skip("needs numba, in the parent process")
+    monkeypatch.setattr(cpu_kernels, "_SERIAL_BELOW", 0)
+    x = torch.cat([_special_groups(), _sample((1000,), torch.float32, "cpu")])
+    check_backend(Backend.CPU, x, CompressionConfig(bits=bits, group_size=32, metadata_dtype=metadata_dtype))
+    check_backend(Backend.CPU, x[:-1].view(-1, 3), CompressionConfig(bits=bits, group_size="row"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("bits", BITS)
+def test_backend_public_roundtrip_dispatches_to_backend(backend, bits, dtype):
+    kind, device = backend
+    config = CompressionConfig(bits=bits, group_size=64, backend=kind)
+    assert resolve_backend(kind, torch.device(device)) is BACKENDS[kind]
+    x = _sample((33, 20), dtype, device, seed=bits)
+    packed = quantize(x, config, seed=99)
+    assert_same_packed(packed, quantize_ref(x, config, 99))
+    out = dequantize(packed, config)
+    assert_same_dequantized(out, dequantize_ref(packed))
+    assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+    # Error bounded by one step per element.
+    step = packed.scale.float().repeat_interleave(64)[: x.numel()].view(x.shape)
+    assert ((out.float() - x.float()).abs() <= step * 1.001 + 1e-2 * x.float().abs()).all()
+
+
+@pytest.mark.parametrize("bits", (1, 2))
+def test_backend_unbiased(backend, bits):
+    kind, device = backend
+    num_draws = 16 if IN_CHILD else 48  # the interpreter is slow; the tolerance scales with 1/sqrt(draws)
+    x = _sample((8, 64), torch.float32, device, seed=5)
+    config = CompressionConfig(bits=bits, group_size=64, backend=kind)
+    total = torch.zeros_like(x, dtype=torch.float64)
+    step = None
+    for seed in range(num_draws):
+        packed = quantize(x, config, seed=seed)
+        total += dequantize(packed, config).double()
+        step = packed.scale.double().repeat_interleave(64).view(x.shape)
+    mean = total / num_draws
+    assert ((mean - x.double()).abs() <= K_SIGMA * step / (2 * math.sqrt(num_draws)) + 1e-6).all()
+
+
+def test_fast_backends_never_raise_on_other_devices():
+    for kind in (Backend.CPU, Backend.TRITON):
+        assert BACKENDS[kind].available(torch.device("meta")) is False
+
+
+def test_auto_on_cpu_uses_cpu_kernel_when_numba_present():
+    impl = resolve_backend(Backend.AUTO, torch.device("cpu"))
+    if cpu_kernels.numba_installed():
+        assert impl is BACKENDS[Backend.CPU]
+    else:
+        assert impl is BACKENDS[Backend.TORCH]
+
+
+def test_auto_falls_back_to_reference_when_kernel_unavailable(monkeypatch):
+    off = BackendImpl(quantize_ref, dequantize_ref, lambda device: False)
+    monkeypatch.setitem(BACKENDS, Backend.CPU, off)
+    assert resolve_backend(Backend.AUTO, torch.device("cpu")) is BACKENDS[Backend.TORCH]
+    x = torch.randn(300)
+    config = CompressionConfig(backend=Backend.CPU)
+    assert_same_packed(quantize(x, config, seed=3), quantize_ref(x, config, 3))
+
+
+def test_triton_unavailable_on_cpu_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert BACKENDS[Backend.TRITON].available(torch.device("cpu")) is False
+
+
+@pytest.mark.skipif(IN_CHILD, reason="this is the child")
+def test_triton_cases_under_interpreter():
+    """Every ``[triton-...]`` case of this module, on CPU tensors under Triton's interpreter."""
+    if _cuda():
+        pytest.skip("a GPU is present: the Triton cases ran on it in this process")
+    if not triton_kernels.triton_installed():
+        pytest.skip("triton is not installed (pip install triton)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", CHILD_FLAG: "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "triton", __file__],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )
+    tail = "\n".join(result.stdout.splitlines()[-40:])
+    assert result.returncode == 0, f"interpreted Triton cases failed:\n{tail}\n{result.stderr[-2000:]}"
+    passed = re.search(r"(\d+) passed", tail)
+    assert passed and int(passed.group(1)) >= 200, tail  # the Triton cases really ran
+
+
+def test_bench_kernels_smoke_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_kernels.py"), "--smoke", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| torch |" in result.stdout
+    assert out.exists()

@@ -1,0 +1,562 @@
+"""Fused CPU backend (``Backend.CPU``): numba kernels that reproduce `tinykg.compress.reference` code for code.
+
+Why numba: it installs from PyPI as a wheel on every common platform (no compiler on the user's machine,
+unlike a C++ extension), compiles to vectorized native code with ``parallel=True`` threads, and, unlike
+``torch.compile``, its output does not depend on the PyTorch version's fusion heuristics (fusing ``a*b + c``
+into an FMA would change the codes). Without ``fastmath`` LLVM never contracts or reorders fp32 arithmetic,
+so every fp32 operation rounds exactly as the reference's separate tensor ops do.
+
+quantize, one pass over memory. Threads take contiguous runs of "chunks"; a chunk is the smallest run of
+whole groups whose codes start and end on a byte boundary (one group when ``group_size * bits`` is a
+multiple of 8). Per group, while it sits in L1:
+
+1. min / max over the fp32 bit patterns mapped to order-preserving int32 keys. Integer min/max reductions
+   vectorize without fast-math, and NaN / +-inf show up as keys beyond those of +-inf, so the same
+   reduction detects non-finite groups (the reference's ``amin``/``amax`` propagate NaN into an exact group);
+2. zero-point / scale exactly as `reference.group_metadata`: fp16 and bf16 rounding and ``nextafter`` are
+   done on bit patterns (round-to-nearest-even, subnormals and overflow to inf included);
+3. t = (x - z) * (1/s), plus the counter-based noise u_i of `tinykg.compress.rng` (int64 arithmetic, exact),
+   floor, clamp, into a per-thread scratch of codes; then the scratch is packed into bytes.
+
+dequantize, one pass: unpack the bytes of each group and write ``code * s + z`` in fp32.
+
+What stays in PyTorch (cheap or rare): fp16/bf16 inputs are widened to fp32 first and outputs narrowed after
+(the benchmarked fp32 path has no extra pass), metadata is widened to fp32 before dequantization
+(one value per group), and exact groups are gathered / scattered by index after the kernel flags them.
+
+Compilation: numba compiles one specialization per kernel on first use (a few seconds) and caches it on disk
+(``cache=True``, in ``__pycache__``), so later processes load it in well under a second. See
+`tinykg.compress.cpu_kernels.available` for how ``Backend.AUTO`` uses this backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from .config import CompressionConfig
+from .packed import PackedActivation, PackedMeta, narrowest_int_dtype
+from .reference import resolve_group_size
+from .rng import seed_key
+
+log = logging.getLogger("tinykg.compress")
+
+_MD_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# Chunks handed to each thread: a few per thread balances the load without per-chunk overhead.
+_TASKS_PER_THREAD = 8
+# Below this many elements the kernels run on the calling thread: waking numba's thread pool (a second
+# OpenMP runtime beside PyTorch's) would cost more than the work.
+_SERIAL_BELOW = 1 << 16
+_reported_missing = False
+_numba_ok: bool | None = None
+
+
+def numba_installed() -> bool:
+    """True when numba imports (checked once; an install that fails to import counts as missing)."""
+    global _numba_ok
+    if _numba_ok is None:
+        try:
+            import numba  # noqa: F401
+
+            _numba_ok = True
+        except Exception:
+            _numba_ok = False
+    return _numba_ok
+
+
+def available(device: torch.device) -> bool:
+    """True on CPU tensors when numba is installed. Never raises.
+
+    ``Backend.AUTO`` on CPU takes this backend whenever it is available, whatever the tensor size: once
+    compiled (the first call in a fresh install takes a few seconds; later processes load numba's disk
+    cache in a fraction of a second) a call costs microseconds, far less than the dozen tensor ops of the
+    reference even for tiny tensors. Tensors under ``_SERIAL_BELOW`` elements run on the calling thread,
+    larger ones on numba's thread pool; the saved-tensor hook already leaves tensors below
+    ``CompressionConfig.min_numel`` uncompressed. Without numba, AUTO uses the reference and says so once
+    in the log.
+    """
+    global _reported_missing
+    if torch.device(device).type != "cpu":
+        return False
+    ok = numba_installed()
+    if not ok and not _reported_missing:
+        _reported_missing = True
+        log.info("tinykg: numba is not installed; the fused CPU backend is off (pip install numba)")
+    return ok
+
+
+def num_tasks(num_units: int) -> int:
+    """Parallel tasks for ``num_units`` independent units of work."""
+    import numba
+
+    return max(1, min(num_units, numba.get_num_threads() * _TASKS_PER_THREAD))
+
+
+_compiled = False
+
+
+def _get_kernels():
+    """(quantize_kernel, dequantize_kernel, quantize_serial, dequantize_serial), compiled on first use or
+    loaded from numba's disk cache.
+
+    The plain functions below are decorated here and bound to their own names in this module (numba
+    resolves callees through module globals, and only module-level functions hit its disk cache), so
+    importing tinykg does not import numba.
+    """
+    global _compiled, np, f32, i64, ir, types, prange
+    if not _compiled:
+        import numpy
+        from llvmlite import ir as llvm_ir
+        from numba import njit, prange as numba_prange, types as numba_types
+        from numba.extending import intrinsic
+
+        np, f32, i64 = numpy, numpy.float32, numpy.int64
+        ir, types, prange = llvm_ir, numba_types, numba_prange
+        module = globals()
+        for name, how in _DECORATIONS.items():
+            module[name] = intrinsic(_RAW[name]) if how == "intrinsic" else njit(**how)(_RAW[name])
+        _compiled = True
+    return quantize_kernel, dequantize_kernel, quantize_serial, dequantize_serial
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernel bodies: plain Python, compiled by `_get_kernels`. Scalars are int64 holding 32-bit patterns
+# (mixing numba's uint64 with int64 would promote to float64); every fp32 operation is wrapped in f32()
+# so that nothing is silently widened to float64.
+
+# Bound by _get_kernels: numpy (and its float32 / int64 scalar types), llvmlite.ir, numba.types, numba.prange.
+np = f32 = i64 = ir = types = None
+prange = range
+KEY_POS_INF = 0x7F800000  # order-preserving key of +inf; NaN keys lie beyond +-inf
+KEY_NEG_INF = (0xFF800000 - 2**32) ^ 0x7FFFFFFF  # key of -inf (bits 0xFF800000 as int32)
+
+
+def f32_to_bits(typingctx, value):
+    """Bit pattern of a float32 as uint32."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+def bits_to_f32(typingctx, value):
+    """float32 with the given uint32 bit pattern."""
+    if value != types.uint32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+# Scalars below are int64 holding 32-bit patterns (mixing numba's uint64 and int64 promotes to float).
+
+
+def as_f32(bits):
+    return bits_to_f32(np.uint32(bits & 0xFFFFFFFF))
+
+
+def key_to_float(key):
+    """Inverse of the order-preserving map bits -> key (an involution on int32)."""
+    bits = key ^ ((key >> 31) & 0x7FFFFFFF)
+    return as_f32(i64(bits) & 0xFFFFFFFF)
+
+
+def f32_to_f16_bits(value):
+    """IEEE half bit pattern of ``value`` rounded to nearest even (overflow -> inf, subnormals kept)."""
+    b = i64(f32_to_bits(value))
+    sign = (b >> 16) & 0x8000
+    a = b & 0x7FFFFFFF
+    if a > 0x7F800000:
+        return sign | 0x7E00
+    if a >= 0x477FF000:  # >= 65520 rounds to inf
+        return sign | 0x7C00
+    if a >= 0x38800000:  # normal half: rebias the exponent, round away 13 mantissa bits
+        r = a - 0x38000000
+        r = r + 0xFFF + ((r >> 13) & 1)
+        return sign | (r >> 13)
+    e = a >> 23
+    if e < 102:  # below half the smallest subnormal
+        return sign
+    m = (a & 0x7FFFFF) | 0x800000
+    shift = 126 - e
+    h = m >> shift
+    rem = m & ((i64(1) << shift) - 1)
+    half = i64(1) << (shift - 1)
+    if rem > half or (rem == half and (h & 1) == 1):
+        h += 1
+    return sign | h
+
+
+def f16_bits_to_f32(h):
+    sign = (h & 0x8000) << 16
+    e = (h >> 10) & 0x1F
+    m = h & 0x3FF
+    if e == 0:
+        return as_f32(sign | i64(f32_to_bits(f32(m) * f32(2.0**-24))))
+    if e == 31:
+        return as_f32(sign | 0x7F800000 | (m << 13))
+    return as_f32(sign | ((e + 112) << 23) | (m << 13))
+
+
+def md_round(value, kind):
+    """Bits of fp32 ``value`` rounded to nearest even in the metadata dtype (0 fp32, 1 fp16, 2 bf16)."""
+    if kind == 0:
+        return i64(f32_to_bits(value))
+    if kind == 1:
+        return f32_to_f16_bits(value)
+    b = i64(f32_to_bits(value))
+    return ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF
+
+
+def md_value(bits, kind):
+    if kind == 0:
+        return as_f32(bits)
+    if kind == 1:
+        return f16_bits_to_f32(bits)
+    return as_f32(bits << 16)
+
+
+def md_next(bits, kind, up):
+    """``torch.nextafter`` toward +inf (``up``) or -inf on a metadata bit pattern (finite or +inf)."""
+    sign_bit = i64(0x80000000) if kind == 0 else i64(0x8000)
+    inf_bits = i64(0x7F800000) if kind == 0 else (i64(0x7C00) if kind == 1 else i64(0x7F80))
+    negative = (bits & sign_bit) != 0
+    if (bits & (sign_bit - 1)) == 0:  # +-0
+        return i64(1) if up else sign_bit | 1
+    if up:
+        if bits == inf_bits:
+            return bits
+        return bits - 1 if negative else bits + 1
+    return bits + 1 if negative else bits - 1
+
+
+def noise(index, seed_mix):
+    """u_i of `tinykg.compress.rng` for the padded flat index ``index`` (int64 arithmetic is exact)."""
+    h = (index & 0xFFFFFFFF) ^ seed_mix
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & 0xFFFFFFFF
+    h = h ^ (h >> 15)
+    h = (h * 0x2C1B3C6D) & 0xFFFFFFFF
+    h = h ^ (h >> 16)
+    return f32(f32(h >> 8) * f32(2.0**-24))
+
+
+def code_of(v, zf, inv, offset, top):
+    """clamp(floor((v - z) * inv + offset), 0, top) as the reference computes it, in fp32."""
+    q = np.floor(f32(f32(f32(v - zf) * inv) + offset))
+    if not q >= 0:  # also NaN (0 * inf when 1/s overflows), which the reference casts to 0
+        q = f32(0.0)
+    if q > top:
+        q = top
+    return np.uint8(q)
+
+
+def quantize_group(xs, ks, G, g_flat, levels_i, kind, stochastic, seed_mix, codes, scale_out, zp_out, flags_out, g):
+    """One group: its codes into ``codes`` (length G), its metadata and exact flag at ``g``.
+
+    ``xs``, ``ks``: the group's real elements as fp32 and as int32 bit patterns (1 to G of them).
+    Loops index slices from 0 so that numba drops its negative-index checks and LLVM vectorizes them.
+    """
+    n_real = xs.shape[0]
+    # 1. min / max (and non-finite detection) on order-preserving int32 keys
+    kmin = i64(0x7FFFFFFF)
+    kmax = i64(-0x80000000)
+    for j in range(n_real):
+        k = i64(ks[j])
+        k = k ^ ((k >> 31) & 0x7FFFFFFF)
+        kmin = min(kmin, k)
+        kmax = max(kmax, k)
+    nonfinite = kmin <= KEY_NEG_INF or kmax >= KEY_POS_INF
+    mn = key_to_float(kmin)
+    mx = key_to_float(kmax)
+    levels = f32(levels_i)
+
+    # 2. metadata, as reference.group_metadata
+    zb = md_round(mn, kind)
+    zf = md_value(zb, kind)
+    if zf > mn:
+        zb = md_next(zb, kind, False)
+        zf = md_value(zb, kind)
+    constant = mx == mn
+    sb = md_round(f32(f32(mx - zf) / levels), kind)
+    if constant and zf == mn:
+        sb = i64(0)
+    for _ in range(4):
+        sf = md_value(sb, kind)
+        if f32(f32(sf * levels) + zf) < mx:
+            sb = md_next(sb, kind, True)
+    sf = md_value(sb, kind)
+    covered = f32(f32(sf * levels) + zf) >= mx
+    exact = nonfinite or not (np.isfinite(zf) and np.isfinite(sf) and covered) or (constant and zf != mn)
+    if exact:
+        scale_out[g] = 0
+        zp_out[g] = 0
+        flags_out[g] = 1
+        codes[:] = 0
+        return
+    scale_out[g] = sb
+    zp_out[g] = zb
+    flags_out[g] = 0
+    inv = f32(f32(1.0) / sf) if sf > 0 else f32(0.0)
+
+    # 3. round (stochastically) and clamp; the padding repeats the final element. Separate loops
+    # keep the hot one branch-free so that LLVM vectorizes it.
+    top = f32(levels_i)
+    last = xs[n_real - 1]
+    if stochastic:
+        for j in range(n_real):
+            codes[j] = code_of(xs[j], zf, inv, noise(g_flat + j, seed_mix), top)
+        for j in range(n_real, G):
+            codes[j] = code_of(last, zf, inv, noise(g_flat + j, seed_mix), top)
+    else:
+        for j in range(n_real):
+            codes[j] = code_of(xs[j], zf, inv, f32(0.5), top)
+        for j in range(n_real, G):
+            codes[j] = code_of(last, zf, inv, f32(0.5), top)
+
+
+def pack_scratch(scratch, n, bits, codes, byte_off):
+    """Pack ``scratch[:n]`` little-endian into ``codes[byte_off:]``, zero-padding the last byte."""
+    if bits == 8:
+        for j in range(n):
+            codes[byte_off + j] = scratch[j]
+        return
+    per_byte = 8 // bits
+    full = n // per_byte
+    if bits == 1:
+        for b in range(full):
+            s = b * 8
+            codes[byte_off + b] = (scratch[s] | (scratch[s + 1] << 1) | (scratch[s + 2] << 2)
+                                   | (scratch[s + 3] << 3) | (scratch[s + 4] << 4) | (scratch[s + 5] << 5)
+                                   | (scratch[s + 6] << 6) | (scratch[s + 7] << 7))
+    elif bits == 2:
+        for b in range(full):
+            s = b * 4
+            codes[byte_off + b] = scratch[s] | (scratch[s + 1] << 2) | (scratch[s + 2] << 4) | (scratch[s + 3] << 6)
+    else:
+        for b in range(full):
+            s = b * 2
+            codes[byte_off + b] = scratch[s] | (scratch[s + 1] << 4)
+    rest = n - full * per_byte
+    if rest:
+        v = 0
+        for k in range(rest):
+            v |= scratch[full * per_byte + k] << (k * bits)
+        codes[byte_off + full] = v
+
+
+def quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic,
+                  seed_mix, codes, scale_out, zp_out, flags_out):
+    """Task ``task`` of ``num_tasks``: a contiguous run of chunks, quantized and packed."""
+    num_chunks = (num_groups + groups_per_chunk - 1) // groups_per_chunk
+    levels_i = (1 << bits) - 1
+    c0 = task * num_chunks // num_tasks
+    c1 = (task + 1) * num_chunks // num_tasks
+    scratch = np.empty(groups_per_chunk * G, np.uint8)
+    for c in range(c0, c1):
+        g0 = c * groups_per_chunk
+        g1 = min(g0 + groups_per_chunk, num_groups)
+        for g in range(g0, g1):
+            start = g * G
+            end = min(start + G, numel)
+            off = (g - g0) * G
+            quantize_group(x[start:end], keys[start:end], G, start, levels_i, kind, stochastic, seed_mix,
+                           scratch[off:off + G], scale_out, zp_out, flags_out, g)
+        pack_scratch(scratch, (g1 - g0) * G, bits, codes, (g0 * G * bits) // 8)
+
+
+def quantize_kernel(x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic, seed_mix, num_tasks,
+                    codes, scale_out, zp_out, flags_out):
+    for task in prange(num_tasks):
+        quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic,
+                      seed_mix, codes, scale_out, zp_out, flags_out)
+
+
+def quantize_serial(x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic, seed_mix, num_tasks,
+                    codes, scale_out, zp_out, flags_out):
+    quantize_task(0, 1, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic, seed_mix,
+                  codes, scale_out, zp_out, flags_out)
+
+
+def dequantize_group(cs, s, z, bits, os):
+    """``os[j] = code_j * s + z`` in fp32 for the codes packed in ``cs`` (which start on a byte)."""
+    n = os.shape[0]
+    if bits == 8:
+        for j in range(n):
+            os[j] = f32(f32(cs[j]) * s) + z
+    elif bits == 4:
+        for j in range(n):
+            os[j] = f32(f32((cs[j >> 1] >> ((j & 1) << 2)) & 15) * s) + z
+    elif bits == 2:
+        for j in range(n):
+            os[j] = f32(f32((cs[j >> 2] >> ((j & 3) << 1)) & 3) * s) + z
+    else:
+        for j in range(n):
+            os[j] = f32(f32((cs[j >> 3] >> (j & 7)) & 1) * s) + z
+
+
+def dequantize_task(task, num_tasks, codes, scale, zp, numel, G, num_groups, bits, out):
+    """Task ``task`` of ``num_tasks``: a contiguous run of groups, unpacked and dequantized."""
+    mask = (1 << bits) - 1
+    g0 = task * num_groups // num_tasks
+    g1 = (task + 1) * num_groups // num_tasks
+    for g in range(g0, g1):
+        start = g * G
+        end = min(start + G, numel)
+        if (start * bits) % 8 == 0:
+            b0 = (start * bits) // 8
+            b1 = (end * bits + 7) // 8
+            dequantize_group(codes[b0:b1], scale[g], zp[g], bits, out[start:end])
+        else:  # a group that does not start on a byte boundary (tiny or odd "row" groups)
+            s = scale[g]
+            z = zp[g]
+            for i in range(start, end):
+                pos = i * bits
+                out[i] = f32(f32((codes[pos >> 3] >> (pos & 7)) & mask) * s) + z
+
+
+def dequantize_kernel(codes, scale, zp, numel, G, num_groups, bits, num_tasks, out):
+    for task in prange(num_tasks):
+        dequantize_task(task, num_tasks, codes, scale, zp, numel, G, num_groups, bits, out)
+
+
+def dequantize_serial(codes, scale, zp, numel, G, num_groups, bits, num_tasks, out):
+    dequantize_task(0, 1, codes, scale, zp, numel, G, num_groups, bits, out)
+
+
+_RAW = {name: globals()[name] for name in (
+    "f32_to_bits", "bits_to_f32", "as_f32", "key_to_float", "f32_to_f16_bits", "f16_bits_to_f32", "md_round",
+    "md_value", "md_next", "noise", "code_of", "quantize_group", "pack_scratch", "quantize_task", "quantize_kernel",
+    "quantize_serial", "dequantize_group", "dequantize_task", "dequantize_kernel", "dequantize_serial",
+)}
+# How each function is compiled: "intrinsic", or keyword arguments of numba.njit. Only the kernels carry
+# cache=True: their callees are compiled into them.
+_DECORATIONS = {
+    "f32_to_bits": "intrinsic",
+    "bits_to_f32": "intrinsic",
+    "as_f32": {"inline": "always"},
+    "key_to_float": {"inline": "always"},
+    "f32_to_f16_bits": {},
+    "f16_bits_to_f32": {},
+    "md_round": {},
+    "md_value": {},
+    "md_next": {},
+    "noise": {"inline": "always"},
+    "code_of": {"inline": "always"},
+    "quantize_group": {},
+    "pack_scratch": {},
+    "quantize_task": {},
+    "quantize_kernel": {"parallel": True, "cache": True},
+    "quantize_serial": {"cache": True},
+    "dequantize_group": {},
+    "dequantize_task": {},
+    "dequantize_kernel": {"parallel": True, "cache": True},
+    "dequantize_serial": {"cache": True},
+}
+
+
+def quantize_cpu(x: torch.Tensor, config: CompressionConfig, seed: int) -> PackedActivation:
+    """`reference.quantize_ref` as one fused pass over ``x`` (a CPU tensor). Same codes, same metadata."""
+    parallel, _, serial, _ = _get_kernels()
+    group_size = resolve_group_size(x.shape, config)
+    meta = PackedMeta(shape=x.shape, dtype=x.dtype, bits=config.bits, group_size=group_size)
+    md = config.torch_metadata_dtype
+    numel = x.numel()
+    num_groups = meta.num_groups
+    if numel == 0:
+        return PackedActivation(
+            codes=x.new_empty(0, dtype=torch.uint8),
+            scale=x.new_empty(0, dtype=md),
+            zero_point=x.new_empty(0, dtype=md),
+            exact_index=x.new_empty(0, dtype=torch.uint8),
+            exact_values=x.new_empty((0, group_size)),
+            meta=meta,
+        )
+    flat = x.detach().reshape(-1)
+    flat32 = flat.contiguous() if flat.dtype == torch.float32 else flat.float()
+    bits = config.bits
+    per_byte = 8 // bits
+    # Smallest run of groups whose codes fill whole bytes.
+    groups_per_chunk = per_byte // math.gcd(group_size, per_byte)
+    num_bytes = -(-num_groups * group_size * bits // 8)
+    codes = torch.empty(num_bytes, dtype=torch.uint8)
+    scale_bits = torch.empty(num_groups, dtype=torch.int32)
+    zp_bits = torch.empty(num_groups, dtype=torch.int32)
+    flags = torch.empty(num_groups, dtype=torch.uint8)
+    x_np = flat32.numpy()
+    kernel = serial if numel < _SERIAL_BELOW else parallel
+    kernel(
+        x_np, x_np.view("int32"), numel, group_size, num_groups, int(groups_per_chunk), bits,
+        _MD_KIND[md], config.stochastic, seed_key(seed) if config.stochastic else 0,
+        num_tasks(-(-num_groups // int(groups_per_chunk))),
+        codes.numpy(), scale_bits.numpy(), zp_bits.numpy(), flags.numpy(),
+    )
+    if md == torch.float32:
+        scale, zero_point = scale_bits.view(torch.float32), zp_bits.view(torch.float32)
+    else:
+        scale, zero_point = scale_bits.to(torch.int16).view(md), zp_bits.to(torch.int16).view(md)
+    exact_index, exact_values = gather_exact(flags, flat, group_size)
+    return PackedActivation(codes, scale, zero_point, exact_index, exact_values, meta)
+
+
+def gather_exact(flags: torch.Tensor, flat: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of flagged groups (narrowest int dtype) and their padded values in ``flat``'s dtype.
+
+    Args:
+        flags: (num_groups,) nonzero where a group is kept exactly. flat: (numel,) the input.
+    Returns:
+        exact_index (num_exact,), exact_values (num_exact, group_size).
+    """
+    num_groups = flags.numel()
+    # One cheap reduction (and sync) in the usual case of no exact group, instead of nonzero's scan.
+    index = flags.nonzero().squeeze(1) if bool(flags.any()) else flags.new_empty(0, dtype=torch.int64)
+    if index.numel() == 0:
+        values = flat.new_empty((0, group_size))
+    else:
+        # Clamping to the last element is the reference's padding.
+        positions = index.unsqueeze(1) * group_size + torch.arange(group_size, device=flat.device)
+        values = flat[positions.clamp_(max=flat.numel() - 1)]
+    return index.to(narrowest_int_dtype(max(num_groups - 1, 0))), values
+
+
+def scatter_exact(out: torch.Tensor, packed: PackedActivation) -> None:
+    """Write the exactly-kept groups of ``packed`` into ``out`` ((numel,), the output dtype) in place."""
+    group_size = packed.meta.group_size
+    positions = packed.exact_index.long().unsqueeze(1) * group_size + torch.arange(group_size, device=out.device)
+    keep = positions < out.numel()
+    out[positions[keep]] = packed.exact_values.to(out.dtype)[keep]
+
+
+def dequantize_cpu(packed: PackedActivation) -> torch.Tensor:
+    """`reference.dequantize_ref` as one fused pass (bitwise identical output)."""
+    _, parallel, _, serial = _get_kernels()
+    meta = packed.meta
+    if meta.numel == 0:
+        return torch.empty(meta.shape, dtype=meta.dtype, device=packed.device)
+    num_groups = meta.num_groups
+    out = torch.empty(meta.numel, dtype=torch.float32)
+    kernel = serial if meta.numel < _SERIAL_BELOW else parallel
+    kernel(
+        packed.codes.numpy(), packed.scale.float().numpy(), packed.zero_point.float().numpy(), meta.numel,
+        meta.group_size, num_groups, meta.bits, num_tasks(num_groups), out.numpy(),
+    )
+    out = out.to(meta.dtype)
+    if packed.exact_index.numel():
+        scatter_exact(out, packed)
+    return out.view(meta.shape)
+
+
+def _register() -> None:
+    from .config import Backend
+    from .quantize import BackendImpl, register_backend
+
+    register_backend(Backend.CPU, BackendImpl(quantize_cpu, dequantize_cpu, available))
+
+
+_register()

@@ -1,0 +1,473 @@
+"""Triton backend (``Backend.TRITON``): fused kernels that reproduce `tinykg.compress.reference` code for code.
+
+quantize: one program takes a tile of ``ROWS`` whole groups, loads it once, reduces min / max (and a
+non-finite flag) per group, computes the stored zero-point / scale exactly as `reference.group_metadata`
+(fp16 through the hardware's round-to-nearest-even conversion, bf16 and ``nextafter`` on bit patterns),
+then rounds ``(x - z) * (1/s) + u`` with the counter-based noise of `tinykg.compress.rng` and packs the
+codes of ``8 // bits`` neighbours into each byte before the single store. Groups longer than
+``_MAX_CHUNK`` are walked twice in chunks (min / max, then quantize). When ``group_size * bits`` is not a
+multiple of 8 (odd "row" groups), codes are stored one per byte and packed by `pack_codes`.
+
+dequantize: one pass over tiles of whole groups; each byte is loaded once and split into its codes (or,
+for groups that do not fill whole bytes, each code reads its own byte); writes ``code * s + z``.
+
+Measured on an H200 (64M fp32, G=256; benchmarks/gpu_check.sh): the 1- and 2-bit quantize kernels take
+about the time of ``x.clone()``, 4- and 8-bit ~1.6x / ~1.8x; dequantize 0.6-0.75x.
+
+Bit-exactness with the reference: the kernels are launched with ``enable_fp_fusion=False`` (an FMA in
+``s * B + z`` or ``code * s + z`` would round once instead of twice), and ``1/s`` and ``(M - z) / B`` use
+``div_rn`` (Triton's plain ``/`` on NVIDIA may be the approximate ``div.full.f32``).
+
+Exact groups are flagged by the kernel and gathered / scattered by index in PyTorch: one ``any`` (and
+``nonzero`` only if some group is exact) syncs with the device, as the reference's ``nonzero`` does, because
+``exact_index`` has a data-dependent size. fp16 inputs are loaded natively, bf16 ones through an int16 view (the
+interpreter has no bf16), and the same for bf16 metadata and outputs.
+
+Without a GPU the kernels run on CPU tensors under ``TRITON_INTERPRET=1`` (the tests do this), which must
+be set before Triton is imported. Triton is imported, and the kernels built, on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .config import CompressionConfig
+from .cpu_kernels import gather_exact, scatter_exact
+from .packed import PackedActivation, PackedMeta, pack_codes
+from .reference import resolve_group_size
+from .rng import seed_key
+
+# ``triton.language``, bound by `_get_kernels` on first use (importing Triton costs time, and the kernel
+# bodies below only need it when they run).
+tl = None
+
+_MD_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_MD_SIGN = {0: 0x80000000, 1: 0x8000, 2: 0x8000}
+_MD_INF = {0: 0x7F800000, 1: 0x7C00, 2: 0x7F80}
+_OUT_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# Elements per program (quantize / dequantize), warps per program, and the longest group chunk held in
+# registers at once; tuned on an H200 (benchmarks/gpu_check.py).
+_TILE_Q = 4096
+_TILE_D = 1024
+_MAX_CHUNK = 4096
+_WARPS_Q = 4
+_WARPS_D = 2
+
+log = logging.getLogger("tinykg.compress")
+_triton_ok: bool | None = None
+_reported_missing = False
+
+
+def triton_installed() -> bool:
+    """True when Triton imports (checked once; an install that fails to import counts as missing)."""
+    global _triton_ok
+    if _triton_ok is None:
+        try:
+            import triton.language  # noqa: F401
+
+            _triton_ok = True
+        except Exception:
+            _triton_ok = False
+    return _triton_ok
+
+
+def interpret_mode() -> bool:
+    """True when ``TRITON_INTERPRET`` asks for Triton's CPU interpreter.
+
+    Triton reads the variable when it decorates a function, its own library included, so it must be set
+    before Triton is first imported in the process (the tests run the interpreted cases in a child process).
+    """
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def available(device: torch.device) -> bool:
+    """CUDA tensors with Triton installed; CPU tensors too under ``TRITON_INTERPRET=1``. Never raises.
+
+    ``Backend.AUTO`` takes this backend for every CUDA tensor when it is available; without Triton it uses
+    the reference and says so once in the log.
+    """
+    global _reported_missing
+    try:
+        device = torch.device(device)
+        if device.type == "cuda":
+            ok = torch.cuda.is_available() and triton_installed()
+            if not ok and not _reported_missing:
+                _reported_missing = True
+                log.info("tinykg: triton is not importable; the fused GPU backend is off (pip install triton)")
+            return ok
+        return device.type == "cpu" and interpret_mode() and triton_installed()
+    except Exception:  # a broken Triton install must not break quantization: the reference takes over
+        return False
+
+
+_kernels: tuple | None = None
+
+
+def _get_kernels():
+    """The jitted (quantize_kernel, dequantize_kernel), built on first use.
+
+    The interpreter resolves a kernel's helpers through its module's globals (closures are not seen), so
+    the plain functions below are decorated here and bound to their own names in this module.
+    """
+    global _kernels, tl
+    if _kernels is None:
+        import triton
+        import triton.language
+
+        tl = triton.language
+        module = globals()
+        for name, fn in _RAW.items():
+            # The key is a run-time value: no recompilation when it happens to be 1 or divisible by 16.
+            module[name] = triton.jit(fn, do_not_specialize=["key_i32"] if name == "quantize_kernel" else ())
+        _kernels = (module["quantize_kernel"], module["dequantize_kernel"])
+    return _kernels
+
+
+# Kernel bodies: plain functions, jitted by `_get_kernels` (annotations stay strings, so Triton need not be
+# installed to import this module).
+
+
+def md_round(v, MD: tl.constexpr):
+    """uint32 bits of fp32 ``v`` rounded to nearest even in the metadata dtype (0 fp32, 1 fp16, 2 bf16)."""
+    if MD == 0:
+        bits = v.to(tl.uint32, bitcast=True)
+    elif MD == 1:
+        bits = v.to(tl.float16).to(tl.uint16, bitcast=True).to(tl.uint32)
+    else:
+        b = v.to(tl.uint32, bitcast=True)
+        bits = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) & 0xFFFF
+    return bits
+
+
+def md_value(bits, MD: tl.constexpr):
+    """fp32 value of uint32 metadata bits."""
+    if MD == 0:
+        v = bits.to(tl.float32, bitcast=True)
+    elif MD == 1:
+        v = bits.to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        v = (bits << 16).to(tl.float32, bitcast=True)
+    return v
+
+
+def md_next(bits, SIGN: tl.constexpr, INF: tl.constexpr, UP: tl.constexpr):
+    """``torch.nextafter`` toward +inf (UP) or -inf on metadata bits (values finite or +inf)."""
+    negative = (bits & SIGN) != 0
+    zero = (bits & (SIGN - 1)) == 0
+    if UP:
+        res = tl.where(zero, 1, tl.where(bits == INF, bits, tl.where(negative, bits - 1, bits + 1)))
+    else:
+        res = tl.where(zero, SIGN | 1, tl.where(negative, bits + 1, bits - 1))
+    return res.to(tl.uint32)
+
+
+def noise(offs, key):
+    """u_i of `tinykg.compress.rng` for int64 padded flat indices ``offs`` (uint32 arithmetic wraps)."""
+    h = offs.to(tl.uint32) ^ key
+    h = h ^ (h >> 16)
+    h = h * 0x7FEB352D
+    h = h ^ (h >> 15)
+    h = h * 0x2C1B3C6D
+    h = h ^ (h >> 16)
+    return (h >> 8).to(tl.float32) * 5.9604644775390625e-08
+
+
+def load_x(ptrs, mask, IN_BF16: tl.constexpr):
+    """fp32 values at ``ptrs`` (bf16 arrives as int16 bit patterns)."""
+    if IN_BF16:
+        raw = tl.load(ptrs, mask=mask, other=0)
+        v = (raw.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    return v
+
+
+def load_tile(x_ptr, g, col, row_ok, numel, G, IN_BF16: tl.constexpr):
+    """fp32 values of columns ``col`` of groups ``g``; the padding repeats the final element.
+
+    Addresses stay ``g * G + col`` (no clamping) so that Triton sees them contiguous and vectorizes loads.
+    """
+    valid = row_ok & (col < G)
+    offs = g * G + col
+    v = load_x(x_ptr + offs, valid & (offs < numel), IN_BF16)
+    if IN_BF16:
+        last = (tl.load(x_ptr + (numel - 1)).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        last = tl.load(x_ptr + (numel - 1)).to(tl.float32)
+    return tl.where(offs < numel, v, last), valid
+
+
+def tile_extremes(v, valid):
+    """Per-row min, max and non-finite flag of a (ROWS, NB, PB) tile."""
+    mn = tl.min(tl.min(tl.where(valid, v, float("inf")), axis=2), axis=1)
+    mx = tl.max(tl.max(tl.where(valid, v, float("-inf")), axis=2), axis=1)
+    # v * 0 is NaN exactly for NaN and +-inf, and a NaN makes the sum NaN.
+    probe = tl.sum(tl.sum(tl.where(valid, v * 0.0, 0.0), axis=2), axis=1)
+    nonfinite = (probe != probe).to(tl.int32)
+    return mn, mx, nonfinite
+
+
+def store_codes(v, rows, col, num_groups, zf, inv, exact, key, G, codes_ptr, c, bytes_per_group,
+                BITS: tl.constexpr, LEVELS: tl.constexpr, PB: tl.constexpr, NB: tl.constexpr,
+                PACKED: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """Round a (ROWS, NB, PB) tile to codes; store them packed (or one per byte when not PACKED)."""
+    g = rows[:, None, None]
+    offs = g * G + col
+    t = (v - zf[:, None, None]) * inv[:, None, None]
+    t = tl.where(exact[:, None, None], 0.0, t)
+    if STOCHASTIC:
+        t = t + noise(offs, key)
+    else:
+        t = t + 0.5
+    q = tl.floor(t)
+    q = tl.where(q >= 0.0, q, 0.0)  # also NaN (0 * inf when 1/s overflows), which the reference casts to 0
+    q = tl.where(q > LEVELS, LEVELS, q).to(tl.int32)
+    if PACKED:
+        lane = tl.arange(0, PB)[None, None, :]
+        byte = tl.sum(q << (lane * BITS), axis=2)  # (ROWS, NB): codes do not overlap, so sum == or
+        b = c * NB + tl.arange(0, NB)[None, :]
+        mask = (rows[:, None] < num_groups) & (b * PB < G)
+        tl.store(codes_ptr + rows[:, None] * bytes_per_group + b, byte.to(tl.uint8), mask=mask)
+    else:
+        tl.store(codes_ptr + offs, q.to(tl.uint8), mask=(g < num_groups) & (col < G))
+
+
+def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, numel, num_groups, G, bytes_per_group,
+                    key_i32, BITS: tl.constexpr, LEVELS: tl.constexpr, MD: tl.constexpr,
+                    MD_SIGN: tl.constexpr, MD_INF: tl.constexpr, IN_BF16: tl.constexpr,
+                    STOCHASTIC: tl.constexpr, PACKED: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr,
+                    PB: tl.constexpr, NUM_CHUNKS: tl.constexpr, IDX64: tl.constexpr):
+    pid = tl.program_id(0)
+    if IDX64:  # element indices beyond int32
+        pid = pid.to(tl.int64)
+    rows = pid * ROWS + tl.arange(0, ROWS)  # (ROWS,)
+    g = rows[:, None, None]  # (ROWS, 1, 1)
+    row_ok = g < num_groups
+    col0 = tl.arange(0, NB)[None, :, None] * PB + tl.arange(0, PB)[None, None, :]  # (1, NB, PB)
+    key = key_i32.to(tl.uint32)
+
+    # 1. min / max / non-finite per group
+    if NUM_CHUNKS == 1:
+        v, valid = load_tile(x_ptr, g, col0, row_ok, numel, G, IN_BF16)
+        mn, mx, nonfinite = tile_extremes(v, valid)
+    else:
+        mn = tl.full((ROWS,), float("inf"), tl.float32)
+        mx = tl.full((ROWS,), float("-inf"), tl.float32)
+        nonfinite = tl.zeros((ROWS,), tl.int32)
+        for c in range(NUM_CHUNKS):
+            v, valid = load_tile(x_ptr, g, col0 + c * (NB * PB), row_ok, numel, G, IN_BF16)
+            cmn, cmx, cnf = tile_extremes(v, valid)
+            mn = tl.minimum(mn, cmn)
+            mx = tl.maximum(mx, cmx)
+            nonfinite = tl.maximum(nonfinite, cnf)
+
+    # 2. stored metadata, as reference.group_metadata
+    levels = LEVELS * 1.0
+    zb = md_round(mn, MD)
+    zf = md_value(zb, MD)
+    zb = tl.where(zf > mn, md_next(zb, MD_SIGN, MD_INF, False), zb)
+    zf = md_value(zb, MD)
+    constant = mx == mn
+    sb = md_round(tl.math.div_rn(mx - zf, tl.full((ROWS,), levels, tl.float32)), MD)
+    sb = tl.where(constant & (zf == mn), 0, sb).to(tl.uint32)
+    for _ in tl.static_range(4):
+        sf = md_value(sb, MD)
+        short = sf * levels + zf < mx
+        sb = tl.where(short, md_next(sb, MD_SIGN, MD_INF, True), sb)
+    sf = md_value(sb, MD)
+    covered = sf * levels + zf >= mx
+    finite = (zf == zf) & (tl.abs(zf) != float("inf")) & (sf == sf) & (tl.abs(sf) != float("inf"))
+    exact = (nonfinite != 0) | ~(finite & covered) | (constant & (zf != mn))
+    zb = tl.where(exact, 0, zb)
+    sb = tl.where(exact, 0, sb)
+    zf = tl.where(exact, 0.0, zf)
+    sf = tl.where(exact, 0.0, sf)
+    ok = rows < num_groups
+    tl.store(scale_ptr + rows, sb.to(scale_ptr.dtype.element_ty), mask=ok)
+    tl.store(zp_ptr + rows, zb.to(zp_ptr.dtype.element_ty), mask=ok)
+    tl.store(flags_ptr + rows, exact.to(tl.uint8), mask=ok)
+    safe = tl.where(sf > 0.0, sf, 1.0)
+    inv = tl.where(sf > 0.0, tl.math.div_rn(tl.full((ROWS,), 1.0, tl.float32), safe), 0.0)
+
+    # 3. codes
+    if NUM_CHUNKS == 1:
+        store_codes(v, rows, col0, num_groups, zf, inv, exact, key, G, codes_ptr, 0, bytes_per_group,
+                    BITS, LEVELS, PB, NB, PACKED, STOCHASTIC)
+    else:
+        for c in range(NUM_CHUNKS):
+            col = col0 + c * (NB * PB)
+            v, valid = load_tile(x_ptr, g, col, row_ok, numel, G, IN_BF16)
+            store_codes(v, rows, col, num_groups, zf, inv, exact, key, G, codes_ptr, c, bytes_per_group,
+                        BITS, LEVELS, PB, NB, PACKED, STOCHASTIC)
+
+
+def dequantize_kernel(codes_ptr, scale_ptr, zp_ptr, out_ptr, numel, num_groups, G, bytes_per_group,
+                      BITS: tl.constexpr, LEVELS: tl.constexpr, MD: tl.constexpr, OUT_KIND: tl.constexpr,
+                      PACKED: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr, PB: tl.constexpr,
+                      NUM_CHUNKS: tl.constexpr, IDX64: tl.constexpr):
+    pid = tl.program_id(0)
+    if IDX64:  # element indices beyond int32
+        pid = pid.to(tl.int64)
+    rows = pid * ROWS + tl.arange(0, ROWS)  # (ROWS,)
+    ok = rows < num_groups
+    sbits = tl.load(scale_ptr + rows, mask=ok, other=0).to(tl.uint32)
+    zbits = tl.load(zp_ptr + rows, mask=ok, other=0).to(tl.uint32)
+    if MD != 0:  # 16-bit patterns were sign-extended by the load
+        sbits = sbits & 0xFFFF
+        zbits = zbits & 0xFFFF
+    s = md_value(sbits, MD)[:, None, None]
+    z = md_value(zbits, MD)[:, None, None]
+    g = rows[:, None, None]
+    lane = tl.arange(0, PB)[None, None, :]
+    for c in range(NUM_CHUNKS):
+        b = c * NB + tl.arange(0, NB)[None, :, None]  # byte (PACKED) or code index within the group
+        col = b * PB + lane  # (1, NB, PB)
+        offs = g * G + col  # (ROWS, NB, PB) padded flat index
+        mask = (g < num_groups) & (col < G) & (offs < numel)
+        if PACKED:  # each byte loaded once and split into its PB codes
+            byte = tl.load(codes_ptr + g * bytes_per_group + b, mask=mask, other=0).to(tl.int32)
+            code = (byte >> (lane * BITS)) & LEVELS
+        else:  # groups that do not start on a byte boundary: each code reads its own byte
+            pos = offs * BITS
+            byte = tl.load(codes_ptr + (pos >> 3), mask=mask, other=0).to(tl.int32)
+            code = (byte >> (pos & 7).to(tl.int32)) & LEVELS
+        val = code.to(tl.float32) * s + z
+        if OUT_KIND == 0:
+            tl.store(out_ptr + offs, val, mask=mask)
+        elif OUT_KIND == 1:
+            tl.store(out_ptr + offs, val.to(tl.float16), mask=mask)
+        else:  # bf16 by round-to-nearest-even on the bits (values are finite or inf, never NaN)
+            bits = val.to(tl.uint32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            tl.store(out_ptr + offs, bits.to(tl.int16), mask=mask)
+
+
+_RAW = {fn.__name__: fn for fn in (md_round, md_value, md_next, noise, load_x, load_tile, tile_extremes, store_codes,
+                                   quantize_kernel, dequantize_kernel)}
+
+
+def _tiling(group_size: int, lanes: int, tile: int) -> tuple[int, int, int]:
+    """(rows per program, columns per chunk, number of chunks) for groups of ``group_size``."""
+    block = max(triton_next_pow2(group_size), lanes)
+    chunk = min(block, _MAX_CHUNK)
+    return max(1, tile // chunk), chunk, -(-group_size // chunk)
+
+
+def triton_next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _needs_int64(num_groups: int, group_size: int) -> bool:
+    """Whether padded element indices (plus a tile of slack) can pass int32."""
+    return (num_groups + max(_TILE_Q, _TILE_D)) * group_size >= 2**31
+
+
+def _as_i32(key: int) -> int:
+    """A 32-bit key as a signed int32 value, so that Triton always types the argument as i32."""
+    return key - (1 << 32) if key >= 1 << 31 else key
+
+
+def _bits_view(t: torch.Tensor) -> torch.Tensor:
+    """Integer view of metadata: int32 for fp32, int16 for fp16 / bf16."""
+    return t.view(torch.int32) if t.dtype == torch.float32 else t.view(torch.int16)
+
+
+def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, group_size: int):
+    """Run the quantize kernel on a contiguous 1-D ``flat`` (numel > 0).
+
+    Returns:
+        codes (packed uint8), scale and zero_point ((num_groups,) metadata dtype), flags ((num_groups,)
+        uint8, 1 for groups to keep exactly).
+    """
+    quantize_kernel, _ = _get_kernels()
+    numel = flat.numel()
+    num_groups = -(-numel // group_size)
+    bits = config.bits
+    md = config.torch_metadata_dtype
+    device = flat.device
+    per_byte = 8 // bits
+    packed_in_kernel = group_size % per_byte == 0
+    lanes = per_byte if packed_in_kernel else 1
+    rows, chunk, num_chunks = _tiling(group_size, lanes, _TILE_Q)
+    codes = torch.empty(num_groups * group_size // lanes, dtype=torch.uint8, device=device)
+    scale = torch.empty(num_groups, dtype=md, device=device)
+    zero_point = torch.empty(num_groups, dtype=md, device=device)
+    flags = torch.empty(num_groups, dtype=torch.uint8, device=device)
+    kind = _MD_KIND[md]
+    quantize_kernel[(-(-num_groups // rows),)](
+        flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat,
+        codes, _bits_view(scale), _bits_view(zero_point), flags, numel, num_groups, group_size,
+        group_size // per_byte, _as_i32(seed_key(seed) if config.stochastic else 0),
+        BITS=bits, LEVELS=(1 << bits) - 1, MD=kind, MD_SIGN=_MD_SIGN[kind], MD_INF=_MD_INF[kind],
+        IN_BF16=flat.dtype == torch.bfloat16, STOCHASTIC=config.stochastic, PACKED=packed_in_kernel,
+        ROWS=rows, NB=chunk // lanes, PB=lanes, NUM_CHUNKS=num_chunks, IDX64=_needs_int64(num_groups, group_size),
+        num_warps=_WARPS_Q, enable_fp_fusion=False,
+    )
+    if not packed_in_kernel:
+        codes = pack_codes(codes, bits)
+    return codes, scale, zero_point, flags
+
+
+def quantize_triton(x: torch.Tensor, config: CompressionConfig, seed: int) -> PackedActivation:
+    """`reference.quantize_ref` as one fused kernel. Same codes, same metadata, same exact groups."""
+    group_size = resolve_group_size(x.shape, config)
+    meta = PackedMeta(shape=x.shape, dtype=x.dtype, bits=config.bits, group_size=group_size)
+    md = config.torch_metadata_dtype
+    if x.numel() == 0:
+        return PackedActivation(
+            codes=x.new_empty(0, dtype=torch.uint8),
+            scale=x.new_empty(0, dtype=md),
+            zero_point=x.new_empty(0, dtype=md),
+            exact_index=x.new_empty(0, dtype=torch.uint8),
+            exact_values=x.new_empty((0, group_size)),
+            meta=meta,
+        )
+    flat = x.detach().reshape(-1).contiguous()
+    codes, scale, zero_point, flags = launch_quantize(flat, config, seed, group_size)
+    exact_index, exact_values = gather_exact(flags, flat, group_size)
+    return PackedActivation(codes, scale, zero_point, exact_index, exact_values, meta)
+
+
+def launch_dequantize(packed: PackedActivation) -> torch.Tensor:
+    """Run the dequantize kernel: (numel,) in the original dtype, exact groups not yet restored."""
+    _, dequantize_kernel = _get_kernels()
+    meta = packed.meta
+    out = torch.empty(meta.numel, dtype=meta.dtype, device=packed.device)
+    per_byte = 8 // meta.bits
+    packed_groups = meta.group_size % per_byte == 0
+    lanes = per_byte if packed_groups else 1
+    rows, chunk, num_chunks = _tiling(meta.group_size, lanes, _TILE_D)
+    dequantize_kernel[(-(-meta.num_groups // rows),)](
+        packed.codes, _bits_view(packed.scale), _bits_view(packed.zero_point),
+        out.view(torch.int16) if meta.dtype == torch.bfloat16 else out,
+        meta.numel, meta.num_groups, meta.group_size, meta.group_size // per_byte,
+        BITS=meta.bits, LEVELS=(1 << meta.bits) - 1, MD=_MD_KIND[packed.scale.dtype],
+        OUT_KIND=_OUT_KIND[meta.dtype], PACKED=packed_groups, ROWS=rows, NB=chunk // lanes, PB=lanes,
+        NUM_CHUNKS=num_chunks, IDX64=_needs_int64(meta.num_groups, meta.group_size), num_warps=_WARPS_D,
+        enable_fp_fusion=False,
+    )
+    return out
+
+
+def dequantize_triton(packed: PackedActivation) -> torch.Tensor:
+    """`reference.dequantize_ref` as one kernel (bitwise identical output)."""
+    meta = packed.meta
+    if meta.numel == 0:
+        return torch.empty(meta.shape, dtype=meta.dtype, device=packed.device)
+    out = launch_dequantize(packed)
+    if packed.exact_index.numel():
+        scatter_exact(out, packed)
+    return out.view(meta.shape)
+
+
+def _register() -> None:
+    from .config import Backend
+    from .quantize import BackendImpl, register_backend
+
+    register_backend(Backend.TRITON, BackendImpl(quantize_triton, dequantize_triton, available))
+
+
+_register()
