@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
 from . import __version__
@@ -35,7 +36,7 @@ def _synthetic_size(text: str) -> str | int:
         return text
     try:
         value = int(float(text))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected 'toy', 'default' or a number of triples, got {text!r}") from None
     if value < 100:
         raise argparse.ArgumentTypeError(f"synthetic size must be at least 100 triples, got {text!r}")
@@ -57,7 +58,7 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
@@ -67,8 +68,8 @@ def _non_negative_int(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {text!r}")
     return value
 
 
@@ -124,8 +125,14 @@ def _cmd_train(args) -> int:
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint DIR")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device!r}: expected cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {args.device}: no such CUDA device on this machine")
     dataset = load_or_generate(args.data, args.fmt, synthetic_size=args.synthetic)
     overrides = dict(args.overrides)
     for name in ("epochs", "batch_size", "lr"):
@@ -190,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, TrainingError, ValueError, TypeError, OSError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"tinykg: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("tinykg: error: out of memory (the dataset or model is too large for this machine)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinykg: interrupted", file=sys.stderr)

@@ -24,8 +24,9 @@ class DataError(Exception):
     def _render(self) -> str:
         if self.path is None:
             return self.reason
-        # A newline in a file name would break the one-line promise.
-        location = self.path.replace("\n", "\\n").replace("\r", "\\r")
+        # A newline in a file name would break the one-line promise, other control characters
+        # (NUL, escape sequences) would garble the terminal: show them escaped.
+        location = "".join(char if char.isprintable() else ascii(char)[1:-1] for char in self.path)
         if self.line is not None:
             location = f"{location}:{self.line}"
         return f"{location}: {self.reason}"

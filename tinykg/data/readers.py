@@ -13,7 +13,8 @@ Formats (``load_dataset(path, format)`` picks one, or detects it from the files 
 * ``"recbole"`` - RecBole atomic files ``NAME.inter``, ``NAME.kg``, ``NAME.link``.
 
 Every problem with the input raises :class:`~tinykg.data.errors.DataError` whose one-line message
-names the file and, where one applies, the line (``.npy`` files: the row index).
+names the file and, where one applies, the line (``.npy`` files: the row index). Integer ids are
+indices into embedding tables: 0 to ``2**31 - 2``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,15 @@ _EXPECTED_FILES = (
     "recbole (NAME.inter, NAME.kg, NAME.link)"
 )
 
+_KNOWN_FILES = (
+    "ratings_final.txt", "ratings_final.npy", "kg_final.txt", "user_artists.dat", "item_index2entity_id.txt",
+    "kg.txt", "train.txt", "test.txt",
+)
+
 _INT64_MAX = np.iinfo(np.int64).max
+# An id indexes an embedding table of max id + 1 rows. Past 2**31 rows no such table can be
+# allocated, so a larger id is a corrupt file, not data (and the ids stay valid as int32 indices).
+_MAX_ID = np.iinfo(np.int32).max - 1
 # Integer tables may only hold digits, signs and separators; anything else (letters, '.', '_',
 # exotic whitespace) is caught by one regex pass before the fast numpy conversion.
 _NOT_INTEGER_TEXT = re.compile(r"[^0-9+\- \t\r\n]")
@@ -66,27 +75,50 @@ def _show(token: str) -> str:
     return repr(token if len(token) <= 30 else token[:30] + "...")
 
 
+def _reason(error: BaseException) -> str:
+    """A library exception's message for a DataError: first line, no memory addresses (which differ
+    from run to run), at most 100 characters."""
+    lines = str(error).strip().splitlines()
+    reason = re.sub(r" at 0x[0-9a-fA-F]+", "", lines[0]) if lines else type(error).__name__
+    return reason if len(reason) <= 100 else reason[:100] + "..."
+
+
+def _missing_file_reason(path: Path) -> str | None:
+    """Why ``path`` is not a regular file that can be read (None if it is one)."""
+    if path.is_file():
+        return None
+    if path.exists():
+        return "not a regular file"  # a directory, a FIFO (reading it would block), a device...
+    return "broken symbolic link" if path.is_symlink() else "file not found"
+
+
 def _read_text(path: Path) -> str:
     """The file's text; DataError if missing, unreadable, empty, binary or not UTF-8."""
-    if not path.exists():
-        raise DataError("file not found", path)
-    if not path.is_file():
-        raise DataError("not a regular file", path)
+    reason = _missing_file_reason(path)
+    if reason:
+        raise DataError(reason, path)
     try:
         raw = path.read_bytes()
     except OSError as error:
         raise DataError(f"cannot read file: {error.strerror or error}", path) from error
-    if not raw.strip():
-        raise DataError("file is empty", path)
     nul = raw.find(b"\x00")
     if nul >= 0:
         raise DataError("binary data (NUL byte) in a text file", path, raw.count(b"\n", 0, nul) + 1)
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
         byte = raw[error.start : error.start + 1].hex()
         raise DataError(f"not UTF-8 text (undecodable byte 0x{byte})", path, line) from error
+    # Checked after decoding: a file holding only a BOM (or only whitespace) is empty too.
+    if not text.strip():
+        raise DataError("file is empty", path)
+    # Lines end in \n or \r\n; a lone \r (classic Mac line ends) would glue lines together.
+    bare_cr = re.search(r"\r(?!\n|\Z)", text) if "\r" in text else None
+    if bare_cr:
+        line = text.count("\n", 0, bare_cr.start()) + 1
+        raise DataError("carriage return (\\r) without \\n: lines must end in \\n or \\r\\n", path, line)
+    return text
 
 
 def _check_int_tokens(path: Path, line: int, tokens: Sequence[str]) -> None:
@@ -136,17 +168,25 @@ def _int_table(path: Path, num_columns: int, what: str) -> tuple[np.ndarray, np.
         table = np.loadtxt(lines, dtype=np.int64, comments=None, ndmin=2)
     except ValueError as error:
         raise _locate_bad_integer(path, lines, line_numbers, error) from error
-    _check_non_negative(path, table, line_numbers, what.split(", "))
+    _check_ids(path, table, line_numbers, what.split(", "))
     return table, line_numbers
 
 
-def _check_non_negative(path: Path, table: np.ndarray, line_numbers, names: Sequence[str]) -> None:
-    """DataError naming the first row of ``table`` that holds a negative id."""
+def _check_ids(path: Path, table: np.ndarray, line_numbers, names: Sequence[str]) -> None:
+    """DataError naming the first row of ``table`` that holds a negative id or one above ``_MAX_ID``
+    (a ``label`` column is only checked for sign: :func:`_check_labels` does the rest)."""
     negative = np.flatnonzero((table < 0).any(axis=1))
     if len(negative):
         row = negative[0]
         column = int(np.flatnonzero(table[row] < 0)[0])
         raise _at(path, line_numbers, row, f"negative {names[column]} {table[row, column]}")
+    is_id = np.array([name != "label" for name in names])
+    too_large = np.flatnonzero((table[:, is_id] > _MAX_ID).any(axis=1))
+    if len(too_large):
+        row = too_large[0]
+        column = int(np.flatnonzero(is_id & (table[row] > _MAX_ID))[0])
+        reason = f"{names[column]} {table[row, column]} is too large (ids are at most {_MAX_ID})"
+        raise _at(path, line_numbers, row, reason)
 
 
 def _at(path: Path, line_numbers: np.ndarray | None, row: int, reason: str) -> DataError:
@@ -158,8 +198,9 @@ def _at(path: Path, line_numbers: np.ndarray | None, row: int, reason: str) -> D
 
 def _require_files(directory: Path, names: Sequence[str]) -> None:
     for name in names:
-        if not (directory / name).is_file():
-            raise DataError("file not found", directory / name)
+        reason = _missing_file_reason(directory / name)
+        if reason:
+            raise DataError(reason, directory / name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -177,28 +218,58 @@ def _read_kg_final(path: Path) -> KnowledgeGraph:
     )
 
 
-def _read_ratings_npy(path: Path) -> np.ndarray:
-    """A ``(N, 3)`` int64 array from ``ratings_final.npy``, refusing pickles and odd shapes/dtypes."""
+def _read_npy_header(path: Path) -> tuple[tuple, np.dtype, int]:
+    """``(shape, dtype, data_bytes)`` from a ``.npy`` header: the number of bytes after the header."""
+    reason = _missing_file_reason(path)  # open() would block forever on a FIFO
+    if reason:
+        raise DataError(reason, path)
     try:
         with path.open("rb") as file:
-            magic = file.read(6)
+            if file.read(6) != b"\x93NUMPY":
+                raise DataError("not a .npy file (no \\x93NUMPY magic at the start)", path)
+            file.seek(0)
+            try:
+                version = np.lib.format.read_magic(file)
+                if version not in ((1, 0), (2, 0), (3, 0)):
+                    raise ValueError(f"unsupported format version {version[0]}.{version[1]}")
+                # Version 3.0 differs from 2.0 only in allowing UTF-8 field names.
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+            except Exception as error:  # ValueError, EOFError, ... for a corrupt header
+                raise DataError(f"not a readable .npy array: malformed header: {_reason(error)}", path) from error
+            return shape, dtype, os.fstat(file.fileno()).st_size - file.tell()
     except OSError as error:
         raise DataError(f"cannot read file: {error.strerror or error}", path) from error
-    if magic != b"\x93NUMPY":
-        raise DataError("not a .npy file (no \\x93NUMPY magic at the start)", path)
+
+
+def _read_ratings_npy(path: Path) -> np.ndarray:
+    """A ``(N, 3)`` int64 array from ``ratings_final.npy``, refusing pickles and odd shapes/dtypes.
+
+    The header is checked before any data is read, so an object array is never unpickled and a
+    declared shape larger than the file is never allocated.
+    """
+    shape, dtype, data_bytes = _read_npy_header(path)
+    if dtype.hasobject:
+        raise DataError("not a readable .npy array: it holds pickled Python objects, which are never unpickled", path)
+    if any(size < 0 for size in shape):
+        raise DataError(f"not a readable .npy array: negative size in shape {shape}", path)
+    if len(shape) != 2 or shape[1] != 3:
+        raise DataError(f"expected a 2-D array with 3 columns (user, item, label), got shape {shape}", path)
+    if dtype.kind not in "iu":
+        raise DataError(f"expected an integer array, got dtype {dtype}", path)
+    if shape[0] == 0:
+        raise DataError("file is empty (0 rows)", path)
+    if shape[0] * 3 * dtype.itemsize > data_bytes:
+        raise DataError(
+            f"not a readable .npy array: truncated, shape {shape} of {dtype} needs "
+            f"{shape[0] * 3 * dtype.itemsize} bytes of data, the file holds {data_bytes}", path,
+        )
     try:
         array = np.load(path, allow_pickle=False)
     except Exception as error:  # numpy raises ValueError, OSError, EOFError... for corrupt files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if "allow_pickle" in reason:
-            reason = "it holds pickled Python objects, which are never unpickled"
-        raise DataError(f"not a readable .npy array: {reason}", path) from error
-    if array.ndim != 2 or array.shape[1] != 3:
-        raise DataError(f"expected a 2-D array with 3 columns (user, item, label), got shape {array.shape}", path)
-    if array.dtype.kind not in "iu":
-        raise DataError(f"expected an integer array, got dtype {array.dtype}", path)
-    if len(array) == 0:
-        raise DataError("file is empty (0 rows)", path)
+        raise DataError(f"not a readable .npy array: {_reason(error)}", path) from error
     if array.dtype.kind == "u" and array.max() > _INT64_MAX:
         row = int(np.flatnonzero((array > _INT64_MAX).any(axis=1))[0])
         raise DataError(f"row {row}: value out of the int64 range", path)
@@ -209,7 +280,7 @@ def _read_ratings(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """``(table, line_numbers)`` of a ratings_final file; ``line_numbers`` is None for ``.npy``."""
     if path.suffix == ".npy":
         table = _read_ratings_npy(path)
-        _check_non_negative(path, table, None, ("user", "item", "label"))
+        _check_ids(path, table, None, ("user", "item", "label"))
         return table, None
     return _int_table(path, 3, "user, item, label")
 
@@ -238,7 +309,7 @@ def read_kgcn(directory: str | os.PathLike) -> Dataset:
 
     ``ratings_final.npy`` is preferred when both rating files exist (as the original loaders do).
     Sizes are max id + 1: ``num_users``/``num_items`` from the ratings, ``num_entities``/
-    ``num_relations`` from the KG. Every item must be below ``num_entities``.
+    ``num_relations`` from the KG. Every item must be below ``num_entities``; at least one label is 1.
     """
     directory = Path(directory)
     ratings_path = directory / "ratings_final.npy"
@@ -250,6 +321,8 @@ def read_kgcn(directory: str | os.PathLike) -> Dataset:
     kg = _read_kg_final(kg_path)
     table, line_numbers = _read_ratings(ratings_path)
     _check_labels(ratings_path, table[:, 2], line_numbers)
+    if not table[:, 2].any():
+        raise DataError("no positive rows (every label is 0)", ratings_path)
     _check_items_are_entities(ratings_path, table[:, 1], line_numbers, kg, kg_path.name)
     interactions = Interactions(
         table[:, 0], table[:, 1], table[:, 2],
@@ -343,6 +416,8 @@ def read_lastfm_raw(directory: str | os.PathLike, *, seed: int = 555) -> Dataset
         target = positive_items if rating >= 0 else negative_items
         target.setdefault(int(user), set()).add(item)
     if not positive_items:
+        if negative_items:
+            raise DataError("no row has a listed artistID and a weight >= 0", ratings_path)
         raise DataError("no row has an artistID listed in item_index2entity_id.txt", ratings_path)
 
     all_items = set(item_index_of.values())
@@ -403,6 +478,11 @@ def _read_user_item_lists(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if len(negative):
         row = int(np.searchsorted(np.cumsum(counts), negative[0], side="right"))
         raise DataError(f"negative id {values[negative[0]]}", path, int(line_numbers[row]))
+    too_large = np.flatnonzero(values > _MAX_ID)
+    if len(too_large):
+        row = int(np.searchsorted(np.cumsum(counts), too_large[0], side="right"))
+        reason = f"id {values[too_large[0]]} is too large (ids are at most {_MAX_ID})"
+        raise DataError(reason, path, int(line_numbers[row]))
     first = np.concatenate([[0], np.cumsum(counts)[:-1]])
     is_user = np.zeros(len(values), bool)
     is_user[first] = True
@@ -418,7 +498,8 @@ def read_kgat(directory: str | os.PathLike) -> Dataset:
     allowed). Returns a Dataset whose ``interactions`` are the training positives and whose
     ``test_interactions`` are the test positives (all labels 1, no sampled negatives: top-K
     evaluation ranks all items). ``num_users``/``num_items`` are max id + 1 over both files;
-    every item must be a KG entity (KGAT and KGIN index entity embeddings with item ids).
+    every item must be a KG entity (KGAT and KGIN index entity embeddings with item ids), and each
+    file must list at least one item.
     """
     directory = Path(directory)
     _require_files(directory, ("train.txt", "test.txt", "kg_final.txt"))
@@ -427,6 +508,8 @@ def read_kgat(directory: str | os.PathLike) -> Dataset:
     parts = {}
     for name in ("train.txt", "test.txt"):
         user, item, line, max_user = _read_user_item_lists(directory / name)
+        if not len(item):
+            raise DataError("no user lists an item (every line holds a user id only)", directory / name)
         _check_items_are_entities(directory / name, item, line, kg, kg_path.name)
         parts[name] = (user, item, max_user)
     num_users = max(part[2] for part in parts.values()) + 1
@@ -471,7 +554,8 @@ def _read_atomic(
             raise DataError(f"header column {_show(name)} has type {kind}, expected {wanted}", path, 1)
     missing = [name for name in required if name not in names]
     if missing:
-        raise DataError(f"header lacks column(s) {', '.join(missing)} (found {', '.join(names)})", path, 1)
+        found = ", ".join(_show(name) for name in names)  # quoted: a stray space or BOM shows
+        raise DataError(f"header lacks column(s) {', '.join(missing)} (found {found})", path, 1)
 
     wanted_names = [name for name in names if name in required or name in optional]
     positions = [names.index(name) for name in wanted_names]
@@ -656,6 +740,12 @@ def detect_format(directory: str | os.PathLike) -> str:
     inter_names = [path.stem for path in directory.glob("*.inter")]
     if len(inter_names) == 1 and has(f"{inter_names[0]}.kg", f"{inter_names[0]}.link"):
         return "recbole"
+    # An expected file that is there but is a directory, a FIFO or a broken link says more.
+    names = [*_KNOWN_FILES, *(f"{stem}.{suffix}" for stem in inter_names for suffix in ("inter", "kg", "link"))]
+    for name in names:
+        reason = _missing_file_reason(directory / name)
+        if reason not in (None, "file not found"):
+            raise DataError(reason, directory / name)
     raise DataError(f"cannot detect the dataset format; expected the files of one of: {_EXPECTED_FILES}", directory)
 
 
@@ -674,16 +764,19 @@ def load_dataset(
     processed formats ship their rows and ignore it.
     """
     directory = Path(path)
-    if format is None:
-        format = detect_format(directory)
-    elif format not in FORMATS:
-        raise DataError(f"unknown format {_show(str(format))}; allowed: {', '.join(FORMATS)}")
-    elif not directory.is_dir():
-        raise DataError("not a directory" if directory.exists() else "directory not found", directory)
-    if format == "kgcn":
-        return read_kgcn(directory)
-    if format == "lastfm-raw":
-        return read_lastfm_raw(directory, seed=seed)
-    if format == "kgat":
-        return read_kgat(directory)
-    return read_recbole(directory, rating_threshold=rating_threshold, seed=seed)
+    try:
+        if format is None:
+            format = detect_format(directory)
+        elif format not in FORMATS:
+            raise DataError(f"unknown format {_show(str(format))}; allowed: {', '.join(FORMATS)}")
+        elif not directory.is_dir():
+            raise DataError("not a directory" if directory.exists() else "directory not found", directory)
+        if format == "kgcn":
+            return read_kgcn(directory)
+        if format == "lastfm-raw":
+            return read_lastfm_raw(directory, seed=seed)
+        if format == "kgat":
+            return read_kgat(directory)
+        return read_recbole(directory, rating_threshold=rating_threshold, seed=seed)
+    except OSError as error:  # from a bare stat: a name too long, a folder that cannot be searched...
+        raise DataError(f"cannot read: {error.strerror or error}", error.filename or directory) from error
