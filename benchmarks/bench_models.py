@@ -38,21 +38,21 @@ def _mean_std(values: list[float]) -> str:
 def table(runs: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["model"], run["dataset"], run["bits"]), []).append(run)
+        groups.setdefault((run["model"], run["dataset"], run["epochs"], run["bits"]), []).append(run)
     lines = [
-        "| model | dataset | bits | seeds | test AUC | test F1 | AUC vs fp32 | activation bytes/step | fp32 / this | epoch s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | dataset | epochs | bits | seeds | test AUC | test F1 | AUC vs fp32 | activation bytes/step | fp32 / this | epoch s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for (model, dataset, bits), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2])):
+    for (model, dataset, epochs, bits), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], -kv[0][3])):
         aucs = [r["metrics"]["auc"] for r in rs]
-        base = groups.get((model, dataset, 32))
+        base = groups.get((model, dataset, epochs, 32))
         delta = ""
         if base and bits != 32:
             base_auc = statistics.mean(r["metrics"]["auc"] for r in base)
             delta = f"{100 * (statistics.mean(aucs) - base_auc) / base_auc:+.2f}%"
         act = rs[0]["activation_bytes"]
         lines.append(
-            f"| {model} | {dataset} | {bits} | {len(rs)} | {_mean_std(aucs)} | {_mean_std([r['metrics']['f1'] for r in rs])} | "
+            f"| {model} | {dataset} | {epochs} | {bits} | {len(rs)} | {_mean_std(aucs)} | {_mean_std([r['metrics']['f1'] for r in rs])} | "
             f"{delta} | {act:,} | {rs[0]['activation_bytes_fp32'] / act:.1f}x | {statistics.median(r['epoch_seconds'] for r in rs):.2f} |"
         )
     return "\n".join(lines)
