@@ -10,6 +10,8 @@ import sys
 from . import __version__
 
 BITS_CHOICES = (32, 8, 4, 2, 1)
+CTR_MODEL_NAMES = ("kgcn", "kgnn-ls", "ripplenet", "ckan")
+TOPK_MODEL_NAMES = ("kgat", "kgin", "bprmf")
 
 
 def _group_size(text: str) -> int | str:
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train and evaluate a model (default: KGCN on synthetic data, 2-bit)")
-    train.add_argument("--model", default="kgcn", choices=("kgcn", "kgnn-ls", "ripplenet", "ckan"))
+    train.add_argument("--model", default="kgcn", choices=CTR_MODEL_NAMES + TOPK_MODEL_NAMES, help="CTR models (AUC/F1) or full-graph top-K models (Recall/NDCG@20)")
     train.add_argument("--data", metavar="DIR", help="dataset directory (default: the built-in synthetic dataset)")
     train.add_argument("--synthetic", default="default", type=_synthetic_size, metavar="SIZE", help="without --data: synthetic size 'toy', 'default' or a number of KG triples")
     train.add_argument("--format", dest="fmt", choices=("kgcn", "lastfm-raw", "kgat", "recbole"), help="dataset format (default: detected)")
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_positive_float, help="Adam learning rate (default: published setting)")
     train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument("--patience", type=_non_negative_int, default=0, help="early-stopping patience in epochs (0: off)")
-    train.add_argument("--hparams", choices=("lastfm", "book", "synthetic"), help="published hyper-parameter set to start from (default: from the dataset name)")
+    train.add_argument("--hparams", choices=("lastfm", "book", "synthetic", "recbole"), help="published hyper-parameter set to start from (default: from the dataset name)")
     train.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override a model hyper-parameter, e.g. --set embedding_dim=32")
     train.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     train.add_argument("--out", metavar="FILE", help="write the results JSON here")
@@ -140,9 +142,7 @@ def _cmd_train(args) -> int:
         if value is not None:
             overrides[name] = value
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    result = train_ctr(
-        args.model,
-        dataset,
+    common = dict(
         bits=args.bits,
         group_size=args.group_size,
         backend=args.backend,
@@ -152,10 +152,16 @@ def _cmd_train(args) -> int:
         device=args.device,
         patience=args.patience,
         progress=not args.quiet and sys.stderr.isatty(),
-        checkpoint_dir=args.checkpoint,
-        resume=args.resume,
         log=log,
     )
+    if args.model in TOPK_MODEL_NAMES:
+        if args.checkpoint:
+            raise ValueError(f"--checkpoint/--resume are supported for the CTR models {CTR_MODEL_NAMES}, not {args.model}")
+        from .train.topk import train_topk
+
+        result = train_topk(args.model, dataset, **common)
+    else:
+        result = train_ctr(args.model, dataset, checkpoint_dir=args.checkpoint, resume=args.resume, **common)
     if args.out:
         write_json_atomic(args.out, result)
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())

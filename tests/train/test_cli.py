@@ -83,3 +83,17 @@ def test_cli_data_info_real_lastfm(lastfm_dir, capsys):
     assert (info["users"], info["items"], info["interactions"], info["entities"], info["relations"], info["triples"]) == (
         1872, 3846, 42346, 9366, 60, 15518,
     )
+
+
+@pytest.mark.parametrize("model", ["kgat", "kgin", "bprmf"])
+def test_cli_train_topk_models_write_results_schema(tmp_path, model):
+    result = _train(tmp_path, "--model", model, "--bits", "2")
+    assert REQUIRED_KEYS <= set(result)
+    assert result["model"] == model and result["bits"] == 2
+    assert {"recall@20", "ndcg@20"} <= set(result["metrics"])
+    assert all(0.0 <= v <= 1.0 for v in result["metrics"].values())
+
+
+def test_cli_topk_rejects_checkpoint(tmp_path, capsys):
+    assert main(["train", "--model", "kgat", "--synthetic", "toy", "--quiet", "--checkpoint", str(tmp_path)]) == 2
+    assert "CTR models" in capsys.readouterr().err

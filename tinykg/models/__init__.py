@@ -57,3 +57,40 @@ DEFAULTS: dict[str, dict[str, dict]] = {
 }
 
 __all__ = ["CTRModel", "KGCN", "KGNNLS", "RippleNet", "CKAN", "MODELS", "DEFAULTS"]
+
+# -- Top-K models (full-graph propagation over the collaborative KG; see tinykg.train.topk) -------------
+from .bprmf import BPRMF, TopKModel  # noqa: E402
+from .kgat import KGAT  # noqa: E402
+from .kgin import KGIN  # noqa: E402
+
+TOPK_MODELS = {"kgat": KGAT, "kgin": KGIN, "bprmf": BPRMF}
+
+# TOPK_DEFAULTS[model][dataset_key]: architecture and weights from the authors' README commands (same for
+# all their datasets; REFERENCE.md 1.5-1.6). Chosen here: lr (the published 1e-4 needs ~1000 epochs and, for
+# KGAT, a pretrained BPR-MF we do not have; picked on Last.FM validation recall@20 among 1e-3 and 5e-3, and
+# 1e-2 for BPR-MF), epochs and eval_every (sized for a CPU: ~5 min per model on Last.FM).
+# head_bits (ours): per-batch activations kept at >= 8 bits, see tinykg.models.bprmf.head_config.
+_KGAT = dict(embedding_dim=64, layer_sizes=(64, 32, 16), kge_dim=64, mess_dropout=0.1, l2_weight=1e-5,
+             kg_l2_weight=1e-5, head_bits=8, batch_size=1024, kg_batch_size=2048)
+_KGIN = dict(embedding_dim=64, num_hops=3, num_intents=4, node_dropout=0.5, mess_dropout=0.1, l2_weight=1e-5,
+             sim_weight=1e-4, independence="distance", head_bits=8, batch_size=1024)
+_BPRMF = dict(embedding_dim=64, l2_weight=1e-5, batch_size=1024)
+TOPK_DEFAULTS: dict[str, dict[str, dict]] = {
+    "kgat": {
+        "lastfm": dict(_KGAT, lr=5e-3, epochs=60, eval_every=5),
+        "synthetic": dict(_KGAT, lr=5e-3, epochs=30, eval_every=5),
+        "recbole": dict(_KGAT, lr=5e-3, epochs=100, eval_every=5),
+    },
+    "kgin": {
+        "lastfm": dict(_KGIN, lr=5e-3, epochs=60, eval_every=5),
+        "synthetic": dict(_KGIN, lr=5e-3, epochs=30, eval_every=5),
+        "recbole": dict(_KGIN, lr=5e-3, epochs=100, eval_every=5),
+    },
+    "bprmf": {
+        "lastfm": dict(_BPRMF, lr=1e-3, epochs=150, eval_every=5),
+        "synthetic": dict(_BPRMF, lr=1e-3, epochs=100, eval_every=5),
+        "recbole": dict(_BPRMF, lr=1e-3, epochs=150, eval_every=5),
+    },
+}
+
+__all__ += ["TopKModel", "BPRMF", "KGAT", "KGIN", "TOPK_MODELS", "TOPK_DEFAULTS"]

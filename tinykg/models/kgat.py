@@ -1,0 +1,389 @@
+"""KGAT: Knowledge Graph Attention Network for Recommendation (Wang et al., KDD 2019).
+
+Behaviour follows the authors' TF code (xiangwang1223/knowledge_graph_attention_network, ``alg_type=bi``).
+The collaborative KG (`tinykg.data.ckg.build_ckg`): users and entities are nodes ``0..N-1`` (users first),
+relation 0 = interact, KG relations shifted by 1, every relation with an inverse. Per epoch the training
+loop alternates two phases:
+
+(I) recommendation, over the whole CKG with the fixed edge weights ``pi`` (the attention):
+
+    side        e_N^(l)   = sum_{(h, r, t)} pi(h, r, t) e_t^(l)                       (N, d_l)
+    bi-inter.   e^(l+1)   = LeakyReLU(W1 (e + e_N) + b1) + LeakyReLU(W2 (e * e_N) + b2)  (slope 0.2, TF's)
+                e^(l+1)   = dropout(e^(l+1), mess_dropout)
+    output      e*        = [e^(0) || norm(e^(1)) || ... || norm(e^(L))]              (N, d + sum d_l)
+    score       y(u, i)   = e*_u . e*_i
+    loss        BPR + l2_weight * (||e*_u||^2 + ||e*_i||^2 + ||e*_j||^2) / (2B)
+
+(II) knowledge graph, TransR on CKG triples (h, r, t) with a corrupted tail t':
+
+    project     h_r = e_h W_r,  t_r = e_t W_r          (W_r: (d, k) per relation)
+    score       f(h, r, t) = ||h_r + e_r - t_r||^2
+    loss        mean softplus(f(h, r, t) - f(h, r, t')) + kg_l2_weight * (l2 of h_r, e_r, t_r, t'_r) / B
+
+then the attention is recomputed for every edge, without gradient, from the raw embeddings and softmax-
+normalised over the edges of each head (`update_attention`):
+
+    pi(h, r, t) = (e_t W_r)^T tanh(e_h W_r + e_r),   pi <- softmax over {(h, r', t')} of pi
+
+Before the first refresh ``pi`` is the per-relation normalised adjacency (``adj_type=si``). The original
+initialises users and items from a pretrained BPR-MF (``pretrain=-1``); those files are not available, so
+every embedding starts from Xavier initialisation here (expect more epochs than the original needs).
+
+Memory layout with a `CompressionConfig` (what autograd keeps in phase I): the propagation over E edges
+keeps only the edge indices and the attention -- graph buffers the model holds anyway -- never the (E, d)
+messages (`_constant_edge_aggregate`); the linears keep 2-bit copies of their inputs, LeakyReLU and dropout
+1-bit masks, the L2 normalisation its quantized output and one norm per row; layer 0 reads the embedding
+table by reference. TransR's per-triple projection never gathers the (B, d, k) matrices
+(`_RelationProjectFunction` keeps the triple and relation indices only).
+
+Legend: U users, I items, N = U + N_e nodes, E CKG edges, R CKG relations, d embedding dim, k TransR dim,
+L layers, B batch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..compress import CompressionConfig
+from ..nn import (
+    compressed_dropout,
+    compressed_embedding,
+    compressed_leaky_relu,
+    compressed_linear,
+    compressed_mul,
+    compressed_normalize,
+)
+from ..nn._saved import compression_active, load, narrow_index, save
+from .base import check_count, index_buffer, op_index
+from .bprmf import TopKModel, bpr_loss, head_config
+
+# --------------------------------------------------------------------------------------------------------
+# Private ops (candidates for tinykg.nn)
+# --------------------------------------------------------------------------------------------------------
+
+
+class _ConstantEdgeAggregateFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, target_index, source_index, edge_weight, x, num_targets):
+        # target_index, source_index: (E,) any int dtype; edge_weight: (E,) constant; x: (M, D) -> (N, D)
+        messages = x.index_select(0, source_index.long()) * edge_weight.unsqueeze(1)  # (E, D), freed here
+        out = x.new_zeros(num_targets, x.shape[1]).index_add_(0, target_index.long(), messages)
+        ctx.num_sources = x.shape[0]
+        # The indices and weights are graph buffers held anyway: kept by reference, nothing quantized.
+        save(ctx, target_index, source_index, edge_weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        target_index, source_index, edge_weight = load(ctx)
+        g_edges = grad_out.index_select(0, target_index.long()) * edge_weight.to(grad_out.dtype).unsqueeze(1)  # (E, D)
+        grad_x = grad_out.new_zeros(ctx.num_sources, grad_out.shape[1]).index_add_(0, source_index.long(), g_edges)
+        return None, None, None, grad_x, None
+
+
+def _constant_edge_aggregate(
+    target_index: torch.Tensor,
+    source_index: torch.Tensor,
+    edge_weight: torch.Tensor,
+    x: torch.Tensor,
+    num_targets: int,
+    config: CompressionConfig | None,
+) -> torch.Tensor:
+    """``out[target[e]] += edge_weight[e] * x[source[e]]`` -> (num_targets, D) for CONSTANT edge weights.
+
+    Unlike `tinykg.nn.edge_aggregate` (which quantizes the weights because they may be fresh activations),
+    the indices and weights are saved as given: pass buffers the model holds, and nothing is added to the
+    activation memory; the backward is exact. The (E, D) messages are never kept.
+    """
+    if edge_weight.requires_grad:
+        raise ValueError("_constant_edge_aggregate needs constant edge weights; use tinykg.nn.edge_aggregate")
+    if not compression_active(config, x):
+        messages = x.index_select(0, source_index) * edge_weight.unsqueeze(1)
+        return x.new_zeros(num_targets, x.shape[1]).index_add_(0, target_index, messages)
+    return _ConstantEdgeAggregateFunction.apply(target_index, source_index, edge_weight, x, num_targets)
+
+
+def _project_grouped(x: torch.Tensor, rel_type: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
+    """``out[b] = x[b] @ projection[rel_type[b]]``: (B, d), (B,), (R, d, k) -> (B, k).
+
+    Rows are grouped by relation (one matmul per relation present), so the (B, d, k) gathered matrices
+    the original builds never exist. Differentiable with plain autograd.
+    """
+    rel_type = rel_type.long()
+    order = torch.argsort(rel_type)
+    counts = torch.bincount(rel_type, minlength=projection.shape[0]).tolist()
+    x_sorted = x.index_select(0, order)  # (B, d)
+    pieces, start = [], 0
+    for relation, count in enumerate(counts):
+        if count:
+            pieces.append(x_sorted[start : start + count] @ projection[relation])  # (count, k)
+            start += count
+    if not pieces:
+        return x.new_zeros(0, projection.shape[2])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return torch.cat(pieces).index_select(0, inverse)
+
+
+class _RelationProjectFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, table, index, rel_type, projection):
+        # table: (N, d) parameter; index, rel_type: (B,); projection: (R, d, k) parameter -> (B, k)
+        out = _project_grouped(table.index_select(0, index.long()), rel_type, projection)
+        # Both operands are parameters (kept by reference); only the narrowed indices are new.
+        save(ctx, narrow_index(index, table.shape[0]), narrow_index(rel_type, projection.shape[0]), table, projection)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        index, rel_type, table, projection = load(ctx)
+        index, rel_type = index.long(), rel_type.long()
+        order = torch.argsort(rel_type)
+        counts = torch.bincount(rel_type, minlength=projection.shape[0]).tolist()
+        g_sorted = grad_out.index_select(0, order)  # (B, k)
+        index_sorted = index.index_select(0, order)
+        need_table, need_projection = ctx.needs_input_grad[0], ctx.needs_input_grad[3]
+        x_sorted = table.index_select(0, index_sorted) if need_projection else None  # (B, d)
+        grad_projection = torch.zeros_like(projection) if need_projection else None
+        grad_x_pieces, start = [], 0
+        for relation, count in enumerate(counts):
+            if not count:
+                continue
+            g = g_sorted[start : start + count]  # (count, k)
+            if need_table:
+                grad_x_pieces.append(g @ projection[relation].t())  # (count, d)
+            if need_projection:
+                grad_projection[relation] = x_sorted[start : start + count].t() @ g  # (d, k)
+            start += count
+        grad_table = None
+        if need_table:
+            grad_table = torch.zeros_like(table)
+            if grad_x_pieces:
+                grad_table.index_add_(0, index_sorted, torch.cat(grad_x_pieces))
+        return grad_table, None, None, grad_projection
+
+
+def _relation_project(
+    table: torch.Tensor,
+    index: torch.Tensor,
+    rel_type: torch.Tensor,
+    projection: torch.Tensor,
+    config: CompressionConfig | None,
+) -> torch.Tensor:
+    """``table[index[b]] @ projection[rel_type[b]]`` -> (B, k), saving only the narrowed indices when
+    compressing (the table and the projections are parameters)."""
+    if not compression_active(config, table, projection):
+        return _project_grouped(table.index_select(0, index.long()), rel_type, projection)
+    return _RelationProjectFunction.apply(table, index, rel_type, projection)
+
+
+@torch.no_grad()
+def segment_softmax(scores: torch.Tensor, segment: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Softmax of ``scores`` (E,) over the entries sharing a ``segment`` id (E,) -> (E,); no gradient
+    (KGAT's attention is refreshed outside autograd)."""
+    segment = segment.long()
+    maximum = scores.new_full((num_segments,), -math.inf).scatter_reduce_(0, segment, scores, "amax")
+    exp = torch.exp(scores - maximum.index_select(0, segment))
+    total = scores.new_zeros(num_segments).index_add_(0, segment, exp)
+    return exp / total.index_select(0, segment)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------------
+
+
+class KGAT(TopKModel):
+    """KGAT with the bi-interaction aggregator.
+
+    Args:
+        num_users, num_items, num_entities: sizes; nodes are users ``0..U-1`` then entities, item ``i`` is
+            node ``U + i`` (``num_items <= num_entities``).
+        num_relations: CKG relations R (interact + KG relations, with inverses).
+        head_index, rel_type, tail_index: (E,) CKG edges (node ids, relation ids).
+        edge_weight: (E,) initial propagation weights (the per-relation normalised adjacency).
+        embedding_dim: d. layer_sizes: output size of each propagation layer (L = len(layer_sizes)).
+        kge_dim: TransR relation space k. mess_dropout: message dropout rate, one per layer or one for all.
+        l2_weight: weight of the batch L2 term of the BPR loss (``regs[0]``); kg_l2_weight: of TransR's
+            (``regs[1]``). negative_slope: LeakyReLU slope (TF's default 0.2).
+        head_bits: minimum bits of the per-batch activations (BPR scoring head, TransR batch), see
+            `tinykg.models.bprmf.head_config`; None = the compression config's bits everywhere.
+        compression: how saved activations are stored in training; None = plain fp32.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        num_entities: int,
+        num_relations: int,
+        head_index,
+        rel_type,
+        tail_index,
+        edge_weight,
+        embedding_dim: int = 64,
+        layer_sizes: Sequence[int] = (64, 32, 16),
+        kge_dim: int = 64,
+        mess_dropout: float | Sequence[float] = 0.1,
+        l2_weight: float = 1e-5,
+        kg_l2_weight: float = 1e-5,
+        negative_slope: float = 0.2,
+        head_bits: int | None = 8,
+        compression: CompressionConfig | None = None,
+    ) -> None:
+        super().__init__(compression)
+        self.num_users = check_count("num_users", num_users)
+        self.num_items = check_count("num_items", num_items)
+        self.num_entities = check_count("num_entities", num_entities)
+        if num_items > num_entities:
+            raise ValueError(f"items must be entities: num_items={num_items} > num_entities={num_entities}")
+        self.num_relations = check_count("num_relations", num_relations)
+        self.embedding_dim = check_count("embedding_dim", embedding_dim)
+        self.kge_dim = check_count("kge_dim", kge_dim)
+        self.layer_sizes = tuple(check_count("layer size", size) for size in layer_sizes)
+        if not self.layer_sizes:
+            raise ValueError("layer_sizes must hold at least one layer")
+        num_layers = len(self.layer_sizes)
+        if isinstance(mess_dropout, (int, float)):
+            rates = [float(mess_dropout)] * num_layers
+        else:
+            rates = [float(p) for p in mess_dropout]
+        if len(rates) != num_layers or not all(0.0 <= p < 1.0 for p in rates):
+            raise ValueError(f"mess_dropout must be one rate in [0, 1) or {num_layers} of them, got {mess_dropout!r}")
+        self.mess_dropout = tuple(rates)
+        self.l2_weight, self.kg_l2_weight = float(l2_weight), float(kg_l2_weight)
+        self.negative_slope = float(negative_slope)
+        self.head_bits = head_bits
+
+        num_nodes = self.num_nodes
+        head = index_buffer(head_index, num_nodes)
+        tail = index_buffer(tail_index, num_nodes)
+        rel = index_buffer(rel_type, num_relations)
+        weight = torch.as_tensor(edge_weight, dtype=torch.float32)
+        if not (head.shape == tail.shape == rel.shape == weight.shape) or head.dim() != 1:
+            raise ValueError("head_index, rel_type, tail_index and edge_weight must be 1-D of one length")
+        self.register_buffer("head_index", head)  # (E,)
+        self.register_buffer("rel_type", rel)  # (E,)
+        self.register_buffer("tail_index", tail)  # (E,)
+        self.register_buffer("attention", weight.clone().contiguous())  # (E,) pi, refreshed by update_attention
+
+        d, k = embedding_dim, kge_dim
+        self.node_embedding = nn.Parameter(torch.empty(num_nodes, d))
+        self.relation_embedding = nn.Parameter(torch.empty(num_relations, k))
+        self.relation_projection = nn.Parameter(torch.empty(num_relations, d, k))
+        sizes = (d, *self.layer_sizes)
+        self.gc_weights = nn.ParameterList(nn.Parameter(torch.empty(sizes[i + 1], sizes[i])) for i in range(num_layers))
+        self.gc_biases = nn.ParameterList(nn.Parameter(torch.empty(sizes[i + 1])) for i in range(num_layers))
+        self.bi_weights = nn.ParameterList(nn.Parameter(torch.empty(sizes[i + 1], sizes[i])) for i in range(num_layers))
+        self.bi_biases = nn.ParameterList(nn.Parameter(torch.empty(sizes[i + 1])) for i in range(num_layers))
+        self.reset_parameters()
+
+    @classmethod
+    def from_ckg(cls, ckg, num_items: int, **kwargs) -> "KGAT":
+        """KGAT over a `tinykg.data.ckg.CollaborativeGraph`."""
+        return cls(
+            ckg.num_users, num_items, ckg.num_entities, ckg.num_relations,
+            ckg.head_index, ckg.rel_type, ckg.tail_index, ckg.edge_weight, **kwargs,
+        )
+
+    @property
+    def num_nodes(self) -> int:
+        return self.num_users + self.num_entities
+
+    @property
+    def output_dim(self) -> int:
+        return self.embedding_dim + sum(self.layer_sizes)
+
+    def reset_parameters(self) -> None:
+        """TF's Xavier-uniform initializers: user and entity tables separately, biases as (1, out) matrices,
+        the (R, d, k) projections with TF's fans (d R, k R)."""
+        nn.init.xavier_uniform_(self.node_embedding.data[: self.num_users])
+        nn.init.xavier_uniform_(self.node_embedding.data[self.num_users :])
+        nn.init.xavier_uniform_(self.relation_embedding)
+        bound = math.sqrt(6.0 / ((self.embedding_dim + self.kge_dim) * self.num_relations))
+        nn.init.uniform_(self.relation_projection, -bound, bound)
+        for weights, biases in ((self.gc_weights, self.gc_biases), (self.bi_weights, self.bi_biases)):
+            for weight, bias in zip(weights, biases):
+                nn.init.xavier_uniform_(weight)
+                nn.init.xavier_uniform_(bias.data.view(1, -1))
+
+    # -- phase I: propagation and BPR ------------------------------------------------------------------
+
+    def propagate(self) -> torch.Tensor:
+        """Representations of all nodes, (N, d + sum(layer_sizes)): the concatenation of every layer."""
+        config = self.active_config
+        if compression_active(config, self.node_embedding):
+            head, tail = self.head_index, self.tail_index  # narrow buffers, saved by reference
+        else:
+            head, tail = self.head_index.long(), self.tail_index.long()  # converted once, shared by all layers
+        x = self.node_embedding  # (N, d)
+        outputs = [x]
+        for layer in range(len(self.layer_sizes)):
+            side = _constant_edge_aggregate(head, tail, self.attention, x, self.num_nodes, config)  # (N, d_l)
+            summed = compressed_linear(x + side, self.gc_weights[layer], self.gc_biases[layer], config)  # (N, d_l+1)
+            summed = compressed_leaky_relu(summed, self.negative_slope, config)
+            product = compressed_mul(x, side, config)  # (N, d_l)
+            product = compressed_linear(product, self.bi_weights[layer], self.bi_biases[layer], config)
+            product = compressed_leaky_relu(product, self.negative_slope, config)
+            x = compressed_dropout(summed + product, self.mess_dropout[layer], self.training, config)  # (N, d_l+1)
+            outputs.append(compressed_normalize(x, -1, 1e-12, config))
+        return torch.cat(outputs, dim=1)  # (N, d + sum d_l)
+
+    def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        nodes = self.propagate()
+        return nodes[: self.num_users], nodes[self.num_users : self.num_users + self.num_items]
+
+    def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
+        """BPR loss of phase I (B,) x 3 -> scalar."""
+        config = self.active_config
+        nodes = self.propagate()
+        user = compressed_embedding(op_index(user_index), nodes, config)  # (B, D')
+        pos = compressed_embedding(op_index(pos_index + self.num_users), nodes, config)  # (B, D')
+        neg = compressed_embedding(op_index(neg_index + self.num_users), nodes, config)  # (B, D')
+        return bpr_loss(user, pos, neg, self.l2_weight, head_config(config, self.head_bits))
+
+    # -- phase II: TransR and the attention refresh ----------------------------------------------------
+
+    def kg_loss(
+        self, head_index: torch.Tensor, rel_type: torch.Tensor, pos_tail: torch.Tensor, neg_tail: torch.Tensor
+    ) -> torch.Tensor:
+        """TransR loss on CKG triples (h, r, t) and corrupted tails t', all (B,) node/relation ids -> scalar.
+        Every activation here is per batch: stored at ``head_bits`` at least."""
+        config = head_config(self.active_config, self.head_bits)
+        batch = head_index.shape[0]
+        table, projection = self.node_embedding, self.relation_projection
+        head = _relation_project(table, head_index, rel_type, projection, config)  # (B, k)
+        pos = _relation_project(table, pos_tail, rel_type, projection, config)  # (B, k)
+        neg = _relation_project(table, neg_tail, rel_type, projection, config)  # (B, k)
+        relation = compressed_embedding(op_index(rel_type), self.relation_embedding, config)  # (B, k)
+        translated = head + relation
+        pos_diff, neg_diff = translated - pos, translated - neg
+        pos_score = compressed_mul(pos_diff, pos_diff, config).sum(-1)  # (B,)
+        neg_score = compressed_mul(neg_diff, neg_diff, config).sum(-1)  # (B,)
+        kg_loss = F.softplus(pos_score - neg_score).mean()
+        squares = sum(compressed_mul(v, v, config).sum() for v in (head, relation, pos, neg))
+        return kg_loss + self.kg_l2_weight * squares / (2 * batch)
+
+    @torch.no_grad()
+    def attention_scores(self, chunk_size: int = 1 << 16) -> torch.Tensor:
+        """Unnormalised pi(h, r, t) = (e_t W_r)^T tanh(e_h W_r + e_r) for every CKG edge, (E,)."""
+        table, projection = self.node_embedding, self.relation_projection
+        scores = table.new_empty(self.head_index.shape[0])
+        for start in range(0, scores.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            rel = self.rel_type[rows].long()
+            head = _project_grouped(table.index_select(0, self.head_index[rows].long()), rel, projection)  # (C, k)
+            tail = _project_grouped(table.index_select(0, self.tail_index[rows].long()), rel, projection)  # (C, k)
+            scores[rows] = (tail * torch.tanh(head + self.relation_embedding.index_select(0, rel))).sum(-1)
+        return scores
+
+    @torch.no_grad()
+    def update_attention(self, chunk_size: int = 1 << 16) -> None:
+        """Recompute the attention of every edge and softmax-normalise it over the edges of each head."""
+        scores = self.attention_scores(chunk_size)
+        self.attention.copy_(segment_softmax(scores, self.head_index, self.num_nodes))

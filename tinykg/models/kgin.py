@@ -1,0 +1,350 @@
+"""KGIN: Learning Intents behind Interactions with Knowledge Graph for Recommendation (Wang et al., WWW 2021).
+
+Behaviour follows the authors' PyTorch code (huangtinglin/Knowledge_Graph_based_Intent_Network). The KG
+is taken with inverse relations (``kg_with_inverse``: relations ``0..R-1``, R = 2 x the KG's); users reach
+items through the D^-1-normalised user-item matrix. With F intents p_f, relation embeddings e_r and one
+propagation step per hop l = 0..L-1:
+
+    intents     a(p_f)     = sum_r softmax_r(w_f)_r e_r                         (F, d)  w: (F, R) logits
+                beta(u, f) = softmax_f(e_u^(l) . p_f)                            (U, F)  p_f: intent embeddings
+    users       m_u        = sum_{i in N_u} e_i^(l) / |N_u|                     (U, d)
+                e_u^(l+1)  = (sum_f beta(u, f) a(p_f)) * m_u + m_u
+    entities    e_h^(l+1)  = mean_{(h, r, t)} e_r * e_t^(l)                      (N_e, d) (relational path-aware)
+    per hop     e^(l+1)    = normalize(dropout(e^(l+1), mess_dropout))
+    output      e*         = e^(0) + e^(1) + ... + e^(L)                         (residual sum)
+    score       y(u, i)    = e*_u . e*_i
+    loss        BPR + l2_weight * (||e*_u||^2 + ||e*_i||^2 + ||e*_j||^2) / (2B) + sim_weight * sum_{f<f'} ind(w_f, w_f')
+
+ind = distance correlation (default) or squared cosine similarity of two intents' relation logits. In
+training, node dropout samples the graph anew at every step: a random (1 - node_dropout) share of the KG
+edges is kept (the original keeps ``int(E * rate)``: the same at its rate 0.5), and every user-item entry is
+kept with probability 1 - node_dropout and rescaled by 1 / (1 - node_dropout).
+
+Memory layout with a `CompressionConfig`: the relational aggregation over the E sampled KG edges keeps the
+narrowed (head, tail, relation) indices -- sampled once per step, shared by all hops -- and a quantized copy
+of the entity table, never the (E, d) messages (`_RelationalMeanFunction`); the user-item aggregation is
+`tinykg.nn.edge_aggregate` without weights (indices only), scaled by a degree buffer; intent attention,
+products, dropout and normalisation go through the compressed ops. The intent mixture a(p) and the
+independence loss depend on parameters only (O(F R^2) values, independent of the graph): with compression
+they are recomputed in backward and keep nothing. Rows that aggregate nothing in a step (node dropout) have
+their gradient cut (`_cut_zero_rows`): exact, and it keeps normalize's grad/eps spike at zero rows from
+leaking through quantized zeros.
+
+Legend: U users, I items, N_e entities, R KG relations with inverses, E KG edges, F intents, d embedding
+dim, L hops, B batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..compress import CompressionConfig
+from ..nn import (
+    compressed_dropout,
+    compressed_embedding,
+    compressed_linear,
+    compressed_mul,
+    compressed_normalize,
+    compressed_softmax,
+    edge_aggregate,
+)
+from ..nn._saved import compression_active, load, maybe_quantize, save
+from .base import check_choice, check_count, index_buffer, op_index
+from .bprmf import TopKModel, bpr_loss, head_config
+
+INDEPENDENCE = ("distance", "cosine")
+
+# --------------------------------------------------------------------------------------------------------
+# Private ops (candidates for tinykg.nn)
+# --------------------------------------------------------------------------------------------------------
+
+
+def _relational_mean_ref(head, tail, rel_type, x, relation, num_targets):
+    """Plain autograd: mean over the edges (h, r, t) of each head of x[t] * relation[r] -> (N, d)."""
+    head, tail, rel_type = head.long(), tail.long(), rel_type.long()
+    messages = x.index_select(0, tail) * relation.index_select(0, rel_type)  # (E, d)
+    total = x.new_zeros(num_targets, x.shape[1]).index_add_(0, head, messages)
+    count = torch.bincount(head, minlength=num_targets).clamp_min(1).to(x.dtype)
+    return total / count.unsqueeze(1)
+
+
+class _RelationalMeanFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, head, tail, rel_type, x, relation, num_targets, config):
+        # head, tail, rel_type: (E,) narrow ints; x: (M, d); relation: (R, d) -> (num_targets, d)
+        with torch.no_grad():
+            out = _relational_mean_ref(head, tail, rel_type, x, relation, num_targets)
+        ctx.num_targets, ctx.num_sources, ctx.num_relations = num_targets, x.shape[0], relation.shape[0]
+        save(
+            ctx,
+            head, tail, rel_type,  # narrowed by the caller once per step and shared by every hop
+            maybe_quantize(x, config) if relation.requires_grad else None,
+            relation if x.requires_grad else None,  # a parameter: kept by reference
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        head, tail, rel_type, x, relation = load(ctx)
+        head, tail, rel_type = head.long(), tail.long(), rel_type.long()
+        count = torch.bincount(head, minlength=ctx.num_targets).clamp_min(1).to(grad_out.dtype)
+        g_edges = (grad_out / count.unsqueeze(1)).index_select(0, head)  # (E, d)
+        grad_x = grad_relation = None
+        if ctx.needs_input_grad[3]:
+            per_edge = g_edges * relation.to(g_edges.dtype).index_select(0, rel_type)
+            grad_x = grad_out.new_zeros(ctx.num_sources, grad_out.shape[1]).index_add_(0, tail, per_edge)
+        if ctx.needs_input_grad[4]:
+            per_edge = g_edges * x.to(g_edges.dtype).index_select(0, tail)
+            grad_relation = grad_out.new_zeros(ctx.num_relations, grad_out.shape[1]).index_add_(0, rel_type, per_edge)
+        return None, None, None, grad_x, grad_relation, None, None
+
+def _relational_mean(
+    head: torch.Tensor,
+    tail: torch.Tensor,
+    rel_type: torch.Tensor,
+    x: torch.Tensor,
+    relation: torch.Tensor,
+    num_targets: int,
+    config: CompressionConfig | None,
+) -> torch.Tensor:
+    """KGIN's relational path-aware aggregation ``mean_{(h, r, t)} relation[r] * x[t]`` -> (num_targets, d).
+
+    head, tail, rel_type: (E,) edges; x: (M, d); relation: (R, d). With compression, saves the index
+    tensors as given (narrow them once and share them), a quantized ``x`` (for the relation gradient) and
+    ``relation`` by reference; the (E, d) messages are recomputed edge-wise in backward, never kept.
+    """
+    if not compression_active(config, x, relation):
+        return _relational_mean_ref(head, tail, rel_type, x, relation, num_targets)
+    return _RelationalMeanFunction.apply(head, tail, rel_type, x, relation, num_targets, config)
+
+
+def _cut_zero_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N, d) unchanged, with no gradient through its all-zero rows; keeps one bool per row.
+
+    A row aggregates to exactly zero when all its edges were dropped this step, or all its neighbours were
+    such rows at the previous hop: zero whatever the parameters, so its true gradient is zero. But the
+    gradient of ``normalize`` at a zero row is grad / eps (1e12x, as F.normalize); in fp32 the exact zeros
+    downstream cancel it, whereas a quantized zero is not zero and the spike leaks through the saved copies
+    (into the intents, the relations, the embeddings). Cutting it here is exact.
+    """
+    with torch.no_grad():
+        live = (x != 0).any(dim=1, keepdim=True)  # (N, 1)
+    return torch.where(live, x, 0.0)
+
+
+class _RecomputedFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fn, *params):
+        # ``fn`` depends on parameters only: nothing is kept but the parameters themselves (by reference);
+        # backward runs it again with autograd on (activation checkpointing of a tiny subgraph).
+        ctx.fn = fn
+        save(ctx, *params)
+        return fn(*params)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        params = load(ctx)
+        with torch.enable_grad():
+            inputs = [p.detach().requires_grad_(needs) for p, needs in zip(params, ctx.needs_input_grad[1:])]
+            out = ctx.fn(*inputs)
+        wanted = [t for t in inputs if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
+        return (None, *(next(grads) if t.requires_grad else None for t in inputs))
+
+
+def _parameter_function(fn, *params: torch.Tensor, recompute: bool) -> torch.Tensor:
+    """``fn(*params)``; with ``recompute`` its intermediates are not kept but recomputed in backward."""
+    if not recompute or not torch.is_grad_enabled():
+        return fn(*params)
+    return _RecomputedFunction.apply(fn, *params)
+
+
+def intent_mixture(intent_relation_logits: torch.Tensor, relation: torch.Tensor) -> torch.Tensor:
+    """a(p_f) = softmax_r(w_f) @ e_r: (F, R), (R, d) -> (F, d)."""
+    return torch.softmax(intent_relation_logits, dim=-1) @ relation
+
+
+def distance_correlation(intent_relation_logits: torch.Tensor) -> torch.Tensor:
+    """Sum over intent pairs f < f' of the distance correlation of rows w_f, w_f' (each a sample of R
+    scalars), KGIN's ``DistanceCorrelation`` (same 1e-8 terms), vectorised over pairs. (F, R) -> scalar."""
+    num_intents, num_relations = intent_relation_logits.shape
+    x = intent_relation_logits.unsqueeze(-1)  # (F, R, 1)
+    square = x * x
+    squared = square - 2 * x @ x.transpose(1, 2) + square.transpose(1, 2)  # (F, R, R) |x_p - x_q|^2
+    distance = torch.sqrt(squared.clamp_min(0) + 1e-8)
+    centered = distance - distance.mean(1, keepdim=True) - distance.mean(2, keepdim=True)
+    centered = centered + distance.mean((1, 2), keepdim=True)  # double centring
+    flat = centered.reshape(num_intents, -1)  # (F, R * R)
+    dcov = torch.sqrt((flat @ flat.t() / num_relations**2).clamp_min(0) + 1e-8)  # (F, F)
+    diag = dcov.diagonal()
+    dcor = dcov / torch.sqrt(diag.unsqueeze(1) * diag.unsqueeze(0) + 1e-8)
+    rows, cols = torch.triu_indices(num_intents, num_intents, 1, device=dcor.device)
+    return dcor[rows, cols].sum()
+
+
+def cosine_independence(intent_relation_logits: torch.Tensor) -> torch.Tensor:
+    """Sum over intent pairs f < f' of the squared cosine similarity of w_f and w_f' (KGIN's ``cosine``)."""
+    normalized = intent_relation_logits / intent_relation_logits.norm(dim=1, keepdim=True)
+    cosine = normalized @ normalized.t()  # (F, F)
+    rows, cols = torch.triu_indices(cosine.shape[0], cosine.shape[0], 1, device=cosine.device)
+    return cosine[rows, cols].pow(2).sum()
+
+
+_INDEPENDENCE_FNS = {"distance": distance_correlation, "cosine": cosine_independence}
+
+# --------------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------------
+
+
+class KGIN(TopKModel):
+    """KGIN with relational path-aware aggregation, user intents and the independence loss.
+
+    Args:
+        num_users, num_items, num_entities: sizes (items are entities ``0..I-1``).
+        num_relations: KG relations R including inverses (`tinykg.data.ckg.kg_with_inverse`).
+        head_index, rel_type, tail_index: (E,) KG triples over entities, inverses included.
+        user_index, item_index: (P,) training positives (the user-item graph).
+        embedding_dim: d. num_hops: L (``context_hops``). num_intents: F (``n_factors``).
+        node_dropout: share of KG edges and user-item entries dropped at every training step.
+        mess_dropout: message dropout after every hop.
+        l2_weight: batch L2 weight (``l2``). sim_weight: independence-loss weight (``sim_regularity``).
+        independence: "distance" (distance correlation, default) or "cosine".
+        head_bits: minimum bits of the per-batch BPR scoring head (`tinykg.models.bprmf.head_config`);
+            None = the compression config's bits everywhere.
+        compression: how saved activations are stored in training; None = plain fp32.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        num_entities: int,
+        num_relations: int,
+        head_index,
+        rel_type,
+        tail_index,
+        user_index,
+        item_index,
+        embedding_dim: int = 64,
+        num_hops: int = 3,
+        num_intents: int = 4,
+        node_dropout: float = 0.5,
+        mess_dropout: float = 0.1,
+        l2_weight: float = 1e-5,
+        sim_weight: float = 1e-4,
+        independence: str = "distance",
+        head_bits: int | None = 8,
+        compression: CompressionConfig | None = None,
+    ) -> None:
+        super().__init__(compression)
+        self.num_users = check_count("num_users", num_users)
+        self.num_items = check_count("num_items", num_items)
+        self.num_entities = check_count("num_entities", num_entities)
+        if num_items > num_entities:
+            raise ValueError(f"items must be entities: num_items={num_items} > num_entities={num_entities}")
+        self.num_relations = check_count("num_relations", num_relations)
+        self.embedding_dim = check_count("embedding_dim", embedding_dim)
+        self.num_hops = check_count("num_hops", num_hops)
+        self.num_intents = check_count("num_intents", num_intents)
+        for name, rate in (("node_dropout", node_dropout), ("mess_dropout", mess_dropout)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {rate!r}")
+        self.node_dropout, self.mess_dropout = float(node_dropout), float(mess_dropout)
+        self.l2_weight, self.sim_weight = float(l2_weight), float(sim_weight)
+        self.independence = check_choice("independence", independence, INDEPENDENCE)
+        self.head_bits = head_bits
+
+        self.register_buffer("kg_head", index_buffer(head_index, num_entities))  # (E,)
+        self.register_buffer("kg_rel", index_buffer(rel_type, num_relations))  # (E,)
+        self.register_buffer("kg_tail", index_buffer(tail_index, num_entities))  # (E,)
+        self.register_buffer("ui_user", index_buffer(user_index, num_users))  # (P,)
+        self.register_buffer("ui_item", index_buffer(item_index, num_items))  # (P,)
+        same_kg = self.kg_head.shape == self.kg_rel.shape == self.kg_tail.shape
+        if not same_kg or self.ui_user.shape != self.ui_item.shape:
+            raise ValueError("the KG triples and the user-item pairs must be 1-D arrays of matching lengths")
+        degree = torch.bincount(self.ui_user.long(), minlength=num_users).float()
+        inv_degree = torch.where(degree > 0, 1.0 / degree.clamp_min(1), 0.0)
+        self.register_buffer("user_inv_degree", inv_degree.unsqueeze(1))  # (U, 1)
+
+        d = embedding_dim
+        self.node_embedding = nn.Parameter(torch.empty(num_users + num_entities, d))  # users, then entities
+        self.intent_embedding = nn.Parameter(torch.empty(num_intents, d))
+        self.relation_embedding = nn.Parameter(torch.empty(num_relations, d))
+        self.intent_relation_logits = nn.Parameter(torch.empty(num_intents, num_relations))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform everywhere, the node table as one matrix (the original's ``all_embed``)."""
+        for weight in self.parameters():
+            nn.init.xavier_uniform_(weight)
+
+    def _graph(self) -> tuple[torch.Tensor, ...]:
+        """KG edges (head, rel, tail), user-item pairs (user, item) and the user-mean rescale factor, node
+        dropout applied in training (one fresh sample per call)."""
+        head, rel, tail, user, item = self.kg_head, self.kg_rel, self.kg_tail, self.ui_user, self.ui_item
+        if not (self.training and self.node_dropout > 0):
+            return head, rel, tail, user, item, 1.0
+        keep_prob = 1.0 - self.node_dropout
+        num_edges = head.shape[0]
+        picked = torch.randperm(num_edges, device=head.device)[: int(round(num_edges * keep_prob))].sort().values
+        kept = torch.rand(user.shape[0], device=user.device) < keep_prob
+        return head[picked], rel[picked], tail[picked], user[kept], item[kept], 1.0 / keep_prob
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user (U, d) and entity (N_e, d) representations: the residual sum over hops."""
+        config = self.active_config
+        compress = compression_active(config, self.node_embedding)
+        head, rel, tail, ui_user, ui_item, ui_scale = self._graph()
+        if compress:
+            ui_user, ui_item = op_index(ui_user), op_index(ui_item)  # the KG indices stay narrow (saved as is)
+        else:
+            head, rel, tail, ui_user, ui_item = (t.long() for t in (head, rel, tail, ui_user, ui_item))
+        user_x = self.node_embedding[: self.num_users]  # (U, d) views of the parameter
+        entity_x = self.node_embedding[self.num_users :]  # (N_e, d)
+        intents = _parameter_function(
+            intent_mixture, self.intent_relation_logits, self.relation_embedding, recompute=compress
+        )  # (F, d)
+        user_sum, entity_sum = user_x, entity_x
+        for _ in range(self.num_hops):
+            entity_agg = _relational_mean(head, tail, rel, entity_x, self.relation_embedding, self.num_entities, config)
+            entity_agg = _cut_zero_rows(entity_agg)
+            logits = compressed_linear(user_x, self.intent_embedding, None, config)  # (U, F)
+            attention = compressed_softmax(logits, -1, config)  # (U, F)
+            intent_mix = compressed_linear(attention, intents.t(), None, config)  # (U, d)
+            user_mean = edge_aggregate(ui_user, ui_item, None, entity_x, self.num_users, config)  # (U, d)
+            user_mean = user_mean * self.user_inv_degree  # constant buffer: saved by reference
+            if ui_scale != 1.0:
+                user_mean = user_mean * ui_scale
+            user_agg = compressed_mul(user_mean, intent_mix + 1.0, config)  # m_u * (intent) + m_u
+            user_agg = _cut_zero_rows(user_agg)
+            entity_agg = compressed_dropout(entity_agg, self.mess_dropout, self.training, config)
+            user_agg = compressed_dropout(user_agg, self.mess_dropout, self.training, config)
+            entity_x = compressed_normalize(entity_agg, -1, 1e-12, config)  # (N_e, d)
+            user_x = compressed_normalize(user_agg, -1, 1e-12, config)  # (U, d)
+            entity_sum = entity_sum + entity_x
+            user_sum = user_sum + user_x
+        return user_sum, entity_sum
+
+    def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        users, entities = self.propagate()
+        return users, entities[: self.num_items]
+
+    def independence_loss(self) -> torch.Tensor:
+        """Sum over intent pairs of the chosen independence measure of their relation logits."""
+        recompute = compression_active(self.active_config, self.intent_relation_logits)
+        measure = _INDEPENDENCE_FNS[self.independence]
+        return _parameter_function(measure, self.intent_relation_logits, recompute=recompute)
+
+    def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
+        """BPR + batch L2 + sim_weight * independence, (B,) x 3 -> scalar."""
+        config = self.active_config
+        users, entities = self.propagate()
+        user = compressed_embedding(op_index(user_index), users, config)  # (B, d)
+        pos = compressed_embedding(op_index(pos_index), entities, config)  # (B, d)
+        neg = compressed_embedding(op_index(neg_index), entities, config)  # (B, d)
+        loss = bpr_loss(user, pos, neg, self.l2_weight, head_config(config, self.head_bits))
+        if self.sim_weight:
+            loss = loss + self.sim_weight * self.independence_loss()
+        return loss
