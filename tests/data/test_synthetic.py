@@ -66,8 +66,20 @@ def test_synthetic_config_default_is_sized_for_fast_cpu_epochs():
     dataset = make_synthetic(SyntheticConfig.default(), seed=0)
     info = dataset.info()
     assert (info["users"], info["items"]) == (1000, 2000)
-    assert 15_000 <= info["interactions"] <= 25_000
-    assert 5_000 <= info["triples"] <= 20_000
+    assert 70_000 <= info["interactions"] <= 90_000  # ~40 positives per user, ~20 per item
+    assert 3_000 <= info["triples"] <= 6_000
+
+
+def test_synthetic_config_sized_at_the_default_size_is_the_default():
+    config = SyntheticConfig.default()
+    num_triples = config.num_items * config.num_attribute_types * config.values_per_item
+    num_triples += config.num_attribute_types * config.num_values_per_type
+    assert SyntheticConfig.sized(num_triples) == config
+
+
+def test_synthetic_toy_keeps_its_knobs_when_the_default_moves():
+    toy = SyntheticConfig.toy()
+    assert (toy.group_preference, toy.noise, toy.popularity_skew) == (0.4, 0.2, 0.8)
 
 
 def test_synthetic_config_rejects_bad_values():
@@ -111,9 +123,10 @@ def test_synthetic_kg_carries_signal_beyond_popularity(seed):
     popularity = np.bincount(train.positives().item_index, minlength=dataset.num_items)
     popularity_auc = auc(test.label, popularity[test.item_index].astype(float))
     kg_auc = auc(test.label, kg_profile_scores(dataset, train, test))
-    assert popularity_auc > 0.55  # the popularity share of positives is a real (KG-blind) signal
-    assert kg_auc > 0.72
-    assert kg_auc > popularity_auc + 0.1
+    # Measured (seeds 0-3): popularity 0.536-0.554, KG profile 0.862-0.875.
+    assert popularity_auc > 0.52  # the popularity share of positives is a real (KG-blind) signal
+    assert kg_auc > 0.8
+    assert kg_auc > popularity_auc + 0.25
 
 
 def test_synthetic_signal_vanishes_without_preferences():

@@ -12,9 +12,17 @@ groups. The users: each user likes a few attribute values or groups ("preference
 is drawn by picking one of the user's preferences and then a random item carrying it (for a
 group, a random value in the group first); a share ``noise`` of positives is instead drawn by a
 Zipf-like item popularity, a KG-blind signal that popularity baselines can pick up. Negatives are
-sampled as KGCN does (as many as positives, from items the user never interacted with). A model
-that reads the KG (including the two-hop groups) can beat popularity by a wide margin; the tests
-check that a simple attribute-profile scorer does.
+sampled as KGCN does (as many as positives, from items the user never interacted with).
+
+The default is sized so that the signal is learnable by the CTR models in a few CPU seconds and
+only through the KG: each item has ~20 positives in all (~12 in a 6:2:2 training split), too few for
+a KG-blind model to place it, while each attribute value is shared by ~250 items, so a model that
+reads the item's attributes generalises from the user's other items. Each user likes one value or
+one group (of 4 values) of one of 2 attribute types: 20 possible targets, few enough for 16-dimensional
+embeddings to keep apart. Each user has ~40 positives, so the user-level anti-signal of the row split
+(a user with more training positives has fewer test positives) stays small against it. Measured
+(tests/train/test_synthetic_signal.py): KGCN test AUC ~0.81 with the KG against ~0.54-0.63 with the
+same interactions and an empty KG.
 
 Legend: U = num_users, I = num_items, A = num_attribute_types, V = num_values_per_type,
 G = num_groups_per_type, M = values_per_item, P = preferences_per_user.
@@ -44,15 +52,15 @@ class SyntheticConfig:
 
     num_users: int = 1000
     num_items: int = 2000
-    num_attribute_types: int = 4
-    num_values_per_type: int = 100
-    num_groups_per_type: int = 20
+    num_attribute_types: int = 2
+    num_values_per_type: int = 8
+    num_groups_per_type: int = 2
     values_per_item: int = 1
-    positives_per_user: float = 10.0
-    preferences_per_user: int = 2
-    group_preference: float = 0.4  # share of preferences that are groups (two hops from items)
-    noise: float = 0.2  # share of positives drawn by item popularity instead of preference
-    popularity_skew: float = 0.8  # Zipf exponent of value frequencies and of item popularity
+    positives_per_user: float = 40.0
+    preferences_per_user: int = 1
+    group_preference: float = 0.3  # share of preferences that are groups (two hops from items)
+    noise: float = 0.1  # share of positives drawn by item popularity instead of preference
+    popularity_skew: float = 0.5  # Zipf exponent of value frequencies and of item popularity
 
     def __post_init__(self) -> None:
         for name in (
@@ -76,24 +84,27 @@ class SyntheticConfig:
 
     @classmethod
     def toy(cls) -> SyntheticConfig:
-        """50 users, 100 items, ~320 triples, ~600 rows: for unit tests."""
+        """50 users, 100 items, ~320 triples, ~600 rows: for unit tests (every knob spelled out, so the
+        toy data does not move when the default does)."""
         return cls(
             num_users=50, num_items=100, num_attribute_types=3, num_values_per_type=6,
             num_groups_per_type=2, values_per_item=1, positives_per_user=6.0, preferences_per_user=2,
+            group_preference=0.4, noise=0.2, popularity_skew=0.8,
         )
 
     @classmethod
     def default(cls) -> SyntheticConfig:
-        """1,000 users, 2,000 items, ~8k triples, ~20k rows: a KGCN epoch takes seconds on CPU."""
+        """1,000 users, 2,000 items, ~4k triples, ~80k rows: a KGCN epoch takes about a second on CPU."""
         return cls()
 
     @classmethod
     def sized(cls, num_triples: int) -> SyntheticConfig:
         """The default config scaled so the KG has about ``num_triples`` triples.
 
-        Users and items grow linearly with the scale; attribute values and groups with its square
-        root, so each value is shared by more items as the graph grows (1M triples: ~238k items,
-        ~119k users, ~2.4M labelled rows).
+        Items grow linearly with the scale; users, attribute values and groups with its square root,
+        so each value is shared by more items and each item has fewer interactions as the graph grows:
+        the KG carries more of the signal, and the labelled rows stay affordable (1M triples: ~498k
+        items, ~16k users, ~1.3M labelled rows).
         """
         base = cls()
         base_triples = base.num_items * base.num_attribute_types * base.values_per_item
@@ -101,7 +112,7 @@ class SyntheticConfig:
         scale = num_triples / base_triples
         num_values = max(4, round(base.num_values_per_type * scale**0.5))
         return cls(
-            num_users=max(5, round(base.num_users * scale)),
+            num_users=max(5, round(base.num_users * scale**0.5)),
             num_items=max(10, round(base.num_items * scale)),
             num_values_per_type=num_values,
             num_groups_per_type=min(num_values, max(2, round(base.num_groups_per_type * scale**0.5))),

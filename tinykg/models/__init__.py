@@ -23,8 +23,8 @@ DEFAULTS: dict[str, dict[str, dict]] = {
         # main.py "book" block: n_iter=3 (the paper's table is recalled as H=1).
         "book": dict(embedding_dim=64, num_layers=3, num_neighbors=8, aggregator="sum", l2_weight=2e-5,
                      lr=2e-4, batch_size=256, epochs=10, drop_last=True),
-        "synthetic": dict(embedding_dim=16, num_layers=2, num_neighbors=8, aggregator="sum", l2_weight=1e-5,
-                          lr=5e-3, batch_size=256, epochs=10, drop_last=True),
+        "synthetic": dict(embedding_dim=16, num_layers=2, num_neighbors=8, aggregator="sum", l2_weight=3e-5,
+                          lr=1e-2, batch_size=256, epochs=10, drop_last=True),
     },
     "kgnn-ls": {
         # hwwang55/KGNN-LS src/main.py "music" and "book" blocks.
@@ -32,8 +32,8 @@ DEFAULTS: dict[str, dict[str, dict]] = {
                        lr=5e-4, batch_size=128, epochs=10, drop_last=True),
         "book": dict(embedding_dim=64, num_layers=2, num_neighbors=8, l2_weight=2e-5, ls_weight=0.5,
                      lr=2e-4, batch_size=256, epochs=10, drop_last=True),
-        "synthetic": dict(embedding_dim=16, num_layers=2, num_neighbors=8, l2_weight=1e-5, ls_weight=0.1,
-                          lr=5e-3, batch_size=256, epochs=10, drop_last=True),
+        "synthetic": dict(embedding_dim=16, num_layers=2, num_neighbors=8, l2_weight=3e-5, ls_weight=0.1,
+                          lr=1e-2, batch_size=256, epochs=10, drop_last=True),
     },
     "ripplenet": {
         # RippleNet has no Last.FM setting: chosen = the code's default (MovieLens-1M) block.
