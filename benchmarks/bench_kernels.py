@@ -93,7 +93,6 @@ def describe(device: torch.device) -> dict:
         import numba
 
         info["numba"] = numba.__version__
-        info["numba_threads"] = numba.get_num_threads()
     except ImportError:
         pass
     try:

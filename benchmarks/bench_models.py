@@ -1,7 +1,11 @@
-"""Accuracy, activation memory and epoch time of the CTR models per bit width, mean +- std over seeds.
+"""Accuracy, activation memory and epoch time of the models per bit width, mean +- std over seeds.
 
     python benchmarks/bench_models.py --data ../shared/data/lastfm-kgcn --models kgcn --bits 32 2 --seeds 0 1 2
+    python benchmarks/bench_models.py --data ../shared/data/lastfm-kgcn --models kgat kgin bprmf --bits 32 2
     python benchmarks/bench_models.py --smoke           # toy synthetic data, 1 epoch (run by the tests)
+
+CTR models (kgcn, kgnn-ls, ripplenet, ckan) report test AUC and F1; top-K models (kgat, kgin, bprmf)
+report test Recall@20 and NDCG@20 on the same dataset read as a top-K set (see `tinykg.train.topk`).
 
 Each finished run is appended to ``--runs`` (JSON lines) and skipped when the script is started again,
 so a long grid can be resumed. The table compares every bit width with fp32 at equal epochs and
@@ -16,7 +20,17 @@ import statistics
 import sys
 from pathlib import Path
 
+from tinykg.models import TOPK_MODELS
 from tinykg.train.run import CTR_MODELS, load_or_generate, train_ctr
+from tinykg.train.topk import train_topk
+
+ALL_MODELS = (*CTR_MODELS, *TOPK_MODELS)
+# The metric the table compares with fp32, and the second one it shows, per task.
+METRICS = {"ctr": ("auc", "f1"), "topk": ("recall@20", "ndcg@20")}
+
+
+def _task(model: str) -> str:
+    return "topk" if model in TOPK_MODELS else "ctr"
 
 
 def _key(run: dict) -> tuple:
@@ -40,19 +54,21 @@ def table(runs: list[dict]) -> str:
     for run in runs:
         groups.setdefault((run["model"], run["dataset"], run["epochs"], run["bits"]), []).append(run)
     lines = [
-        "| model | dataset | epochs | bits | seeds | test AUC | test F1 | AUC vs fp32 | activation bytes/step | fp32 / this | epoch s |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | dataset | epochs | bits | seeds | test metric | mean ± std | second metric | vs fp32 | activation bytes/step | fp32 / this | epoch s |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (model, dataset, epochs, bits), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], -kv[0][3])):
-        aucs = [r["metrics"]["auc"] for r in rs]
+        main_metric, second_metric = METRICS[_task(model)]
+        values = [r["metrics"][main_metric] for r in rs]
         base = groups.get((model, dataset, epochs, 32))
         delta = ""
         if base and bits != 32:
-            base_auc = statistics.mean(r["metrics"]["auc"] for r in base)
-            delta = f"{100 * (statistics.mean(aucs) - base_auc) / base_auc:+.2f}%"
+            base_value = statistics.mean(r["metrics"][main_metric] for r in base)
+            delta = f"{100 * (statistics.mean(values) - base_value) / base_value:+.2f}%"
         act = rs[0]["activation_bytes"]
         lines.append(
-            f"| {model} | {dataset} | {epochs} | {bits} | {len(rs)} | {_mean_std(aucs)} | {_mean_std([r['metrics']['f1'] for r in rs])} | "
+            f"| {model} | {dataset} | {epochs} | {bits} | {len(rs)} | {main_metric} | {_mean_std(values)} | "
+            f"{second_metric} {_mean_std([r['metrics'][second_metric] for r in rs])} | "
             f"{delta} | {act:,} | {rs[0]['activation_bytes_fp32'] / act:.1f}x | {statistics.median(r['epoch_seconds'] for r in rs):.2f} |"
         )
     return "\n".join(lines)
@@ -60,9 +76,9 @@ def table(runs: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="toy synthetic data, kgcn, 1 epoch, bits 32 and 2")
+    parser.add_argument("--smoke", action="store_true", help="toy synthetic data, kgcn and kgat, 1 epoch, bits 32 and 2")
     parser.add_argument("--data", action="append", help="dataset directory (repeatable; default: synthetic default)")
-    parser.add_argument("--models", nargs="+", default=list(CTR_MODELS), choices=CTR_MODELS)
+    parser.add_argument("--models", nargs="+", default=list(CTR_MODELS), choices=ALL_MODELS)
     parser.add_argument("--bits", type=int, nargs="+", default=[32, 8, 4, 2, 1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="override every model's epoch count")
@@ -72,7 +88,7 @@ def main(argv=None) -> int:
 
     if args.smoke:
         datasets = [load_or_generate(None, synthetic_size="toy")]
-        args.models, args.bits, args.seeds, args.epochs = ["kgcn"], [32, 2], [0], 1
+        args.models, args.bits, args.seeds, args.epochs = ["kgcn", "kgat"], [32, 2], [0], 1
     else:
         datasets = [load_or_generate(d) for d in args.data] if args.data else [load_or_generate(None)]
     runs = _load_runs(args.runs)
@@ -85,13 +101,15 @@ def main(argv=None) -> int:
                     if key in done:
                         continue
                     overrides = {"epochs": args.epochs} if args.epochs else None
-                    result = train_ctr(model, dataset, bits=bits, seed=seed, overrides=overrides, progress=False, log=lambda m: None)
+                    train = train_topk if _task(model) == "topk" else train_ctr
+                    result = train(model, dataset, bits=bits, seed=seed, overrides=overrides, progress=False, log=lambda m: None)
                     result["epochs_requested"] = args.epochs
                     slim = {k: result[k] for k in ("model", "dataset", "bits", "seed", "metrics", "activation_bytes",
                                                     "activation_bytes_fp32", "epoch_seconds", "epochs", "best_epoch", "epochs_requested")}
                     runs.append(slim)
-                    print(f"{model} {dataset.name} bits={bits} seed={seed}: auc {slim['metrics']['auc']:.4f} "
-                          f"f1 {slim['metrics']['f1']:.4f} act {slim['activation_bytes']:,} B {slim['epoch_seconds']:.2f} s/epoch", flush=True)
+                    scores = "  ".join(f"{name} {slim['metrics'][name]:.4f}" for name in METRICS[_task(model)])
+                    print(f"{model} {dataset.name} bits={bits} seed={seed}: {scores} act {slim['activation_bytes']:,} B "
+                          f"{slim['epoch_seconds']:.2f} s/epoch", flush=True)
                     if args.runs:
                         with args.runs.open("a") as f:
                             f.write(json.dumps(slim) + "\n")

@@ -1,10 +1,12 @@
 """End-to-end training-step time and memory, compressed vs fp32, measured side by side in one run.
 
-    python benchmarks/bench_step.py --models kgcn --bits 2                        # synthetic default, CPU
+    python benchmarks/bench_step.py --models kgcn kgat --bits 2                   # synthetic default, CPU
     python benchmarks/bench_step.py --data ../shared/data/lastfm-kgcn --device cuda --batch-size 4096
+    python benchmarks/bench_step.py --models kgat kgin --synthetic-triples 1000000 --repeats 3
     python benchmarks/bench_step.py --smoke
 
-For each model: the same weights, the same batch; one step = forward, loss, backward, Adam update.
+For each model: the same weights, the same batch; one step = forward, loss, backward, Adam update (the
+BCE step for the CTR models, the BPR step on (user, positive, negative) for kgat / kgin / bprmf).
 Reported: median step time of each (interleaved runs, after warm-up) and the ratio; the exact bytes held
 for backward (ActivationTracker); on CUDA, the allocator peak of one step (torch.cuda.max_memory_allocated).
 """
@@ -18,10 +20,14 @@ import sys
 import torch
 
 from tinykg.data import ctr_split
+from tinykg.models import TOPK_MODELS
 from tinykg.profile import time_ratio
 from tinykg.train.builders import build_ctr_model, hyperparameters
 from tinykg.train.loop import measure_step_activation
 from tinykg.train.run import CTR_MODELS, compression_for, dataset_key, load_or_generate
+from tinykg.train.topk import build_topk_model, first_batch, topk_dataset_key, topk_hyperparameters, topk_split_for
+
+ALL_MODELS = (*CTR_MODELS, *TOPK_MODELS)
 
 
 def _step_fn(model, optimizer, batch):
@@ -45,21 +51,36 @@ def _cuda_peak(step, device) -> int | None:
     return torch.cuda.max_memory_allocated() - base
 
 
-def measure(model_name: str, dataset, bits: int, batch_size: int | None, device: str, repeats: int, backend: str = "auto") -> dict:
+def _ctr_model_and_batch(model_name: str, dataset, batch_size: int | None, device: str):
     key = dataset_key(dataset.name)
-    params = hyperparameters(model_name, key, None)
-    batch_size = batch_size or params["batch_size"]
+    batch_size = batch_size or hyperparameters(model_name, key, None)["batch_size"]
     train, _, _ = ctr_split(dataset.interactions, seed=0)
     torch.manual_seed(0)
-    fp32 = build_ctr_model(model_name, dataset, train, compression=None, seed=0, dataset_key=key).to(device)
-    packed = copy.deepcopy(fp32)
-    packed.compression = compression_for(bits, 256, backend)
+    model = build_ctr_model(model_name, dataset, train, compression=None, seed=0, dataset_key=key)
     rows = torch.arange(min(batch_size, len(train)))
     batch = (
         torch.as_tensor(train.user_index[rows], dtype=torch.long, device=device),
         torch.as_tensor(train.item_index[rows], dtype=torch.long, device=device),
         torch.as_tensor(train.label[rows], dtype=torch.float32, device=device),
     )
+    return model, batch
+
+
+def _topk_model_and_batch(model_name: str, dataset, batch_size: int | None, device: str):
+    key = topk_dataset_key(dataset.name)
+    params = topk_hyperparameters(model_name, key)
+    train, _, _ = topk_split_for(dataset, key, seed=0)
+    torch.manual_seed(0)
+    model, _ = build_topk_model(model_name, dataset, train, compression=None, params=params)
+    return model, first_batch(train, batch_size or params["batch_size"], seed=0, device=device)
+
+
+def measure(model_name: str, dataset, bits: int, batch_size: int | None, device: str, repeats: int, backend: str = "auto") -> dict:
+    build = _topk_model_and_batch if model_name in TOPK_MODELS else _ctr_model_and_batch
+    fp32, batch = build(model_name, dataset, batch_size, device)
+    fp32 = fp32.to(device)
+    packed = copy.deepcopy(fp32)
+    packed.compression = compression_for(bits, 256, backend)
     steps = {}
     for name, model in (("fp32", fp32), ("packed", packed)):
         model.train()
@@ -69,7 +90,7 @@ def measure(model_name: str, dataset, bits: int, batch_size: int | None, device:
         "model": model_name,
         "dataset": dataset.name,
         "bits": bits,
-        "batch_size": len(rows),
+        "batch_size": len(batch[0]),
         "device": device,
         "step_s_fp32": t_fp32,
         "step_s_packed": t_packed,
@@ -100,14 +121,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--data", help="dataset directory (default: synthetic default)")
-    parser.add_argument("--models", nargs="+", default=["kgcn"], choices=CTR_MODELS)
+    parser.add_argument("--models", nargs="+", default=["kgcn", "kgat"], choices=ALL_MODELS)
+    parser.add_argument("--synthetic-triples", type=int, help="without --data: a synthetic graph of about this many KG triples")
     parser.add_argument("--bits", type=int, default=2, choices=(8, 4, 2, 1))
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "triton"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (also the CPU kernels' threads)")
     args = parser.parse_args(argv)
-    dataset = load_or_generate(args.data, synthetic_size="toy" if args.smoke else "default")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = load_or_generate(args.data, synthetic_size="toy" if args.smoke else (args.synthetic_triples or "default"))
     repeats = 2 if args.smoke else args.repeats
     rows = [measure(m, dataset, args.bits, args.batch_size, args.device, repeats, args.backend) for m in args.models]
     print(f"# bench_step on {args.device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")

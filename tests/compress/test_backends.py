@@ -247,14 +247,33 @@ def test_backend_many_groups_across_threads(backend):
 
 @pytest.mark.parametrize("metadata_dtype", METADATA)
 @pytest.mark.parametrize("bits", BITS)
-def test_cpu_kernel_parallel_path_matches_reference_on_small_input(monkeypatch, bits, metadata_dtype):
-    # Small tensors normally take the serial kernel; force the threaded one on the special groups.
+def test_cpu_kernel_threaded_path_matches_reference_on_small_input(monkeypatch, bits, metadata_dtype):
+    # Small tensors normally run on the calling thread; force the split over threads on the special groups.
     if IN_CHILD or not cpu_kernels.numba_installed():
         pytest.skip("needs numba, in the parent process")
-    monkeypatch.setattr(cpu_kernels, "_SERIAL_BELOW", 0)
+    # Three tasks whatever the machine's core count: two run on the pool, one on the calling thread.
+    monkeypatch.setattr(cpu_kernels, "num_threads", lambda numel: 3)
     x = torch.cat([_special_groups(), _sample((1000,), torch.float32, "cpu")])
     check_backend(Backend.CPU, x, CompressionConfig(bits=bits, group_size=32, metadata_dtype=metadata_dtype))
     check_backend(Backend.CPU, x[:-1].view(-1, 3), CompressionConfig(bits=bits, group_size="row"))
+
+
+def test_cpu_kernel_concurrent_callers_get_their_own_codes(monkeypatch):
+    # Autograd, DataLoader workers or user threads may quantize at the same time; the shared pool must keep
+    # every call's tasks apart.
+    from concurrent.futures import ThreadPoolExecutor
+
+    if IN_CHILD or not cpu_kernels.numba_installed():
+        pytest.skip("needs numba, in the parent process")
+    monkeypatch.setattr(cpu_kernels, "num_threads", lambda numel: 3)
+    config = CompressionConfig(bits=2, group_size=64)
+    inputs = [_sample((257, 31), torch.float32, "cpu", seed=s) for s in range(8)]
+    with ThreadPoolExecutor(max_workers=4) as callers:
+        packed = list(callers.map(lambda i: cpu_kernels.quantize_cpu(inputs[i], config, seed=i), range(8)))
+        restored = list(callers.map(cpu_kernels.dequantize_cpu, packed))
+    for i in range(8):
+        assert_same_packed(packed[i], quantize_ref(inputs[i], config, i))
+        assert_same_dequantized(restored[i], dequantize_ref(packed[i]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

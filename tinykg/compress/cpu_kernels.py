@@ -1,10 +1,18 @@
 """Fused CPU backend (``Backend.CPU``): numba kernels that reproduce `tinykg.compress.reference` code for code.
 
 Why numba: it installs from PyPI as a wheel on every common platform (no compiler on the user's machine,
-unlike a C++ extension), compiles to vectorized native code with ``parallel=True`` threads, and, unlike
+unlike a C++ extension), compiles to vectorized native code that releases the GIL (``nogil``), and, unlike
 ``torch.compile``, its output does not depend on the PyTorch version's fusion heuristics (fusing ``a*b + c``
 into an FMA would change the codes). Without ``fastmath`` LLVM never contracts or reorders fp32 arithmetic,
 so every fp32 operation rounds exactly as the reference's separate tensor ops do.
+
+Threads: the kernels are serial functions over a range of tasks; a large tensor is split into one task
+range per thread, run on a small pool of Python threads (the kernels release the GIL) with the calling
+thread taking the first range. The pool has ``torch.get_num_threads()`` threads in all, so
+``torch.set_num_threads`` governs tinykg too. Why not numba's ``parallel=True``: its OpenMP runtime is a
+second one beside PyTorch's, and its idle threads spin-wait after each kernel. Measured on this project's
+2-core CI machine under load, that spinning burned 100x the CPU time of the fp32 step of KGAT on the toy
+graph (511 ms vs 3 ms of process CPU time per step; 8 ms with idle threads that block instead).
 
 quantize, one pass over memory. Threads take contiguous runs of "chunks"; a chunk is the smallest run of
 whole groups whose codes start and end on a byte boundary (one group when ``group_size * bits`` is a
@@ -33,6 +41,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -44,10 +55,8 @@ from .rng import seed_key
 log = logging.getLogger("tinykg.compress")
 
 _MD_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-# Chunks handed to each thread: a few per thread balances the load without per-chunk overhead.
-_TASKS_PER_THREAD = 8
-# Below this many elements the kernels run on the calling thread: waking numba's thread pool (a second
-# OpenMP runtime beside PyTorch's) would cost more than the work.
+# Below this many elements the kernels run on the calling thread alone: handing work to another thread
+# costs tens of microseconds, about what 64k elements take.
 _SERIAL_BELOW = 1 << 16
 _reported_missing = False
 _numba_ok: bool | None = None
@@ -73,7 +82,7 @@ def available(device: torch.device) -> bool:
     compiled (the first call in a fresh install takes a few seconds; later processes load numba's disk
     cache in a fraction of a second) a call costs microseconds, far less than the dozen tensor ops of the
     reference even for tiny tensors. Tensors under ``_SERIAL_BELOW`` elements run on the calling thread,
-    larger ones on numba's thread pool; the saved-tensor hook already leaves tensors below
+    larger ones are split over ``torch.get_num_threads()`` threads; the saved-tensor hook already leaves tensors below
     ``CompressionConfig.min_numel`` uncompressed. Without numba, AUTO uses the reference and says so once
     in the log.
     """
@@ -87,38 +96,76 @@ def available(device: torch.device) -> bool:
     return ok
 
 
-def num_tasks(num_units: int) -> int:
-    """Parallel tasks for ``num_units`` independent units of work."""
-    import numba
+_pool: ThreadPoolExecutor | None = None
+_pool_workers = 0
+_pool_lock = threading.Lock()
 
-    return max(1, min(num_units, numba.get_num_threads() * _TASKS_PER_THREAD))
+
+def _forget_pool_in_child() -> None:
+    # A forked child has none of the parent's threads: it must build its own pool.
+    global _pool, _pool_workers, _pool_lock
+    _pool, _pool_workers, _pool_lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """The shared pool, rebuilt when ``torch.set_num_threads`` has changed the number of workers."""
+    global _pool, _pool_workers
+    with _pool_lock:
+        if _pool is None or _pool_workers != workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinykg-cpu")
+            _pool_workers = workers
+        return _pool
+
+
+def num_threads(numel: int) -> int:
+    """Threads a kernel over ``numel`` elements uses: 1 below ``_SERIAL_BELOW``, else torch's thread count."""
+    return 1 if numel < _SERIAL_BELOW else max(1, torch.get_num_threads())
+
+
+def run_tasks(kernel, num_tasks: int, *args) -> None:
+    """``kernel(task, num_tasks, *args)`` for every task, one thread each: tasks 1.. on the pool, task 0
+    on the calling thread, which then waits for the others (the kernels release the GIL)."""
+    if num_tasks <= 1:
+        kernel(0, 1, *args)
+        return
+    futures = [_worker_pool(num_tasks - 1).submit(kernel, task, num_tasks, *args) for task in range(1, num_tasks)]
+    try:
+        kernel(0, num_tasks, *args)
+    finally:
+        for future in futures:
+            future.result()
 
 
 _compiled = False
 
 
 def _get_kernels():
-    """(quantize_kernel, dequantize_kernel, quantize_serial, dequantize_serial), compiled on first use or
-    loaded from numba's disk cache.
+    """(quantize_task, dequantize_task), compiled on first use or loaded from numba's disk cache.
 
     The plain functions below are decorated here and bound to their own names in this module (numba
     resolves callees through module globals, and only module-level functions hit its disk cache), so
     importing tinykg does not import numba.
     """
-    global _compiled, np, f32, i64, ir, types, prange
+    global _compiled, np, f32, i64, ir, types
     if not _compiled:
         import numpy
         from llvmlite import ir as llvm_ir
-        from numba import njit, prange as numba_prange, types as numba_types
+        from numba import njit, types as numba_types
         from numba.extending import intrinsic
 
         np, f32, i64 = numpy, numpy.float32, numpy.int64
-        ir, types, prange = llvm_ir, numba_types, numba_prange
+        ir, types = llvm_ir, numba_types
         module = globals()
         for name, how in _DECORATIONS.items():
             module[name] = intrinsic(_RAW[name]) if how == "intrinsic" else njit(**how)(_RAW[name])
         _compiled = True
-    return quantize_kernel, dequantize_kernel, quantize_serial, dequantize_serial
+    return quantize_task, dequantize_task
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -126,9 +173,8 @@ def _get_kernels():
 # (mixing numba's uint64 with int64 would promote to float64); every fp32 operation is wrapped in f32()
 # so that nothing is silently widened to float64.
 
-# Bound by _get_kernels: numpy (and its float32 / int64 scalar types), llvmlite.ir, numba.types, numba.prange.
+# Bound by _get_kernels: numpy (and its float32 / int64 scalar types), llvmlite.ir, numba.types.
 np = f32 = i64 = ir = types = None
-prange = range
 KEY_POS_INF = 0x7F800000  # order-preserving key of +inf; NaN keys lie beyond +-inf
 KEY_NEG_INF = (0xFF800000 - 2**32) ^ 0x7FFFFFFF  # key of -inf (bits 0xFF800000 as int32)
 
@@ -371,19 +417,6 @@ def quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chu
         pack_scratch(scratch, (g1 - g0) * G, bits, codes, (g0 * G * bits) // 8)
 
 
-def quantize_kernel(x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic, seed_mix, num_tasks,
-                    codes, scale_out, zp_out, flags_out):
-    for task in prange(num_tasks):
-        quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic,
-                      seed_mix, codes, scale_out, zp_out, flags_out)
-
-
-def quantize_serial(x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic, seed_mix, num_tasks,
-                    codes, scale_out, zp_out, flags_out):
-    quantize_task(0, 1, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic, seed_mix,
-                  codes, scale_out, zp_out, flags_out)
-
-
 def dequantize_group(cs, s, z, bits, os):
     """``os[j] = code_j * s + z`` in fp32 for the codes packed in ``cs`` (which start on a byte)."""
     n = os.shape[0]
@@ -421,22 +454,13 @@ def dequantize_task(task, num_tasks, codes, scale, zp, numel, G, num_groups, bit
                 out[i] = f32(f32((codes[pos >> 3] >> (pos & 7)) & mask) * s) + z
 
 
-def dequantize_kernel(codes, scale, zp, numel, G, num_groups, bits, num_tasks, out):
-    for task in prange(num_tasks):
-        dequantize_task(task, num_tasks, codes, scale, zp, numel, G, num_groups, bits, out)
-
-
-def dequantize_serial(codes, scale, zp, numel, G, num_groups, bits, num_tasks, out):
-    dequantize_task(0, 1, codes, scale, zp, numel, G, num_groups, bits, out)
-
-
 _RAW = {name: globals()[name] for name in (
     "f32_to_bits", "bits_to_f32", "as_f32", "key_to_float", "f32_to_f16_bits", "f16_bits_to_f32", "md_round",
-    "md_value", "md_next", "noise", "code_of", "quantize_group", "pack_scratch", "quantize_task", "quantize_kernel",
-    "quantize_serial", "dequantize_group", "dequantize_task", "dequantize_kernel", "dequantize_serial",
+    "md_value", "md_next", "noise", "code_of", "quantize_group", "pack_scratch", "quantize_task",
+    "dequantize_group", "dequantize_task",
 )}
-# How each function is compiled: "intrinsic", or keyword arguments of numba.njit. Only the kernels carry
-# cache=True: their callees are compiled into them.
+# How each function is compiled: "intrinsic", or keyword arguments of numba.njit. Only the two entry points
+# carry cache=True (their callees are compiled into them) and nogil=True (they run on the thread pool).
 _DECORATIONS = {
     "f32_to_bits": "intrinsic",
     "bits_to_f32": "intrinsic",
@@ -451,19 +475,15 @@ _DECORATIONS = {
     "code_of": {"inline": "always"},
     "quantize_group": {},
     "pack_scratch": {},
-    "quantize_task": {},
-    "quantize_kernel": {"parallel": True, "cache": True},
-    "quantize_serial": {"cache": True},
+    "quantize_task": {"nogil": True, "cache": True},
     "dequantize_group": {},
-    "dequantize_task": {},
-    "dequantize_kernel": {"parallel": True, "cache": True},
-    "dequantize_serial": {"cache": True},
+    "dequantize_task": {"nogil": True, "cache": True},
 }
 
 
 def quantize_cpu(x: torch.Tensor, config: CompressionConfig, seed: int) -> PackedActivation:
     """`reference.quantize_ref` as one fused pass over ``x`` (a CPU tensor). Same codes, same metadata."""
-    parallel, _, serial, _ = _get_kernels()
+    kernel, _ = _get_kernels()
     group_size = resolve_group_size(x.shape, config)
     meta = PackedMeta(shape=x.shape, dtype=x.dtype, bits=config.bits, group_size=group_size)
     md = config.torch_metadata_dtype
@@ -490,11 +510,11 @@ def quantize_cpu(x: torch.Tensor, config: CompressionConfig, seed: int) -> Packe
     zp_bits = torch.empty(num_groups, dtype=torch.int32)
     flags = torch.empty(num_groups, dtype=torch.uint8)
     x_np = flat32.numpy()
-    kernel = serial if numel < _SERIAL_BELOW else parallel
-    kernel(
+    num_chunks = -(-num_groups // int(groups_per_chunk))
+    run_tasks(
+        kernel, min(num_threads(numel), num_chunks),
         x_np, x_np.view("int32"), numel, group_size, num_groups, int(groups_per_chunk), bits,
         _MD_KIND[md], config.stochastic, seed_key(seed) if config.stochastic else 0,
-        num_tasks(-(-num_groups // int(groups_per_chunk))),
         codes.numpy(), scale_bits.numpy(), zp_bits.numpy(), flags.numpy(),
     )
     if md == torch.float32:
@@ -535,16 +555,16 @@ def scatter_exact(out: torch.Tensor, packed: PackedActivation) -> None:
 
 def dequantize_cpu(packed: PackedActivation) -> torch.Tensor:
     """`reference.dequantize_ref` as one fused pass (bitwise identical output)."""
-    _, parallel, _, serial = _get_kernels()
+    _, kernel = _get_kernels()
     meta = packed.meta
     if meta.numel == 0:
         return torch.empty(meta.shape, dtype=meta.dtype, device=packed.device)
     num_groups = meta.num_groups
     out = torch.empty(meta.numel, dtype=torch.float32)
-    kernel = serial if meta.numel < _SERIAL_BELOW else parallel
-    kernel(
+    run_tasks(
+        kernel, min(num_threads(meta.numel), num_groups),
         packed.codes.numpy(), packed.scale.float().numpy(), packed.zero_point.float().numpy(), meta.numel,
-        meta.group_size, num_groups, meta.bits, num_tasks(num_groups), out.numpy(),
+        meta.group_size, num_groups, meta.bits, out.numpy(),
     )
     out = out.to(meta.dtype)
     if packed.exact_index.numel():
