@@ -93,11 +93,13 @@ def test_synthetic_config_rejects_bad_values():
 
 def test_synthetic_config_sized_scales_to_a_million_triples_in_seconds():
     config = SyntheticConfig.sized(1_000_000)
-    start = time.perf_counter()
+    # CPU time of this process, not wall time: the test must not fail because the machine is busy.
+    # Measured ~3 s on the 2-core CI machine; 20 s catches a quadratic regression.
+    start = time.process_time()
     dataset = make_synthetic(config, seed=0)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert 900_000 <= dataset.kg.num_triples <= 1_100_000
-    assert elapsed < 10.0
+    assert elapsed < 20.0
 
 
 def kg_profile_scores(dataset: Dataset, train, rows) -> np.ndarray:
