@@ -79,3 +79,90 @@ def test_hooks_reject_non_config():
     with pytest.raises(TypeError, match="CompressionConfig"):
         with compress_saved_tensors({"bits": 2}):
             pass
+
+
+# -- cast_saved_tensors: the bf16-storage baseline -----------------------------------------------------
+
+BF16_UNIT_ROUNDOFF = 2.0**-8  # round to nearest with an 8-bit significand: |x_hat - x| <= 2^-8 |x|
+
+
+def test_cast_saved_tensors_halves_fp32_activation_bytes_exactly_in_either_nesting():
+    from tinykg.compress import cast_saved_tensors
+    from tinykg.profile import ActivationTracker
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.Tanh(), nn.Linear(128, 8))
+    x = torch.randn(256, 64)  # saved by Linear(0); Tanh's output by Tanh and Linear(2); the output by pow
+    graphs = []  # keep every graph alive: a dropped graph holds nothing
+    with ActivationTracker(model) as fp32:
+        graphs.append(model(x).pow(2).sum())
+    with ActivationTracker(model) as outer, cast_saved_tensors(torch.bfloat16):
+        graphs.append(model(x).pow(2).sum())
+    with cast_saved_tensors(torch.bfloat16), ActivationTracker(model) as inner:
+        graphs.append(model(x).pow(2).sum())
+    expected_fp32 = 4 * (256 * 64 + 256 * 128 + 256 * 8)
+    assert fp32.report().total_bytes == expected_fp32
+    assert outer.report().total_bytes == inner.report().total_bytes == expected_fp32 // 2
+
+
+def test_cast_saved_tensors_leaves_parameters_buffers_and_integers_alone():
+    from tinykg.compress import cast_saved_tensors
+
+    table = torch.randn(50, 8, requires_grad=True)
+    weight = nn.Parameter(torch.randn(8))
+    buffer = torch.randn(200, 8)
+    index = torch.randint(0, 50, (200,))
+    seen = []
+    with observe_saved_tensors(lambda stored, source: seen.append((stored, source))), cast_saved_tensors(exclude=[buffer]):
+        rows = table[index]  # saves the int64 index
+        out = (rows * weight * buffer).sum()  # saves rows and the parameter, then rows * weight and the buffer
+    by_source = {id(source): stored for stored, source in seen}
+    assert by_source[id(index)].dtype == torch.int64 and by_source[id(index)].data_ptr() == index.data_ptr()
+    assert by_source[id(weight)].dtype == torch.float32 and by_source[id(weight)].data_ptr() == weight.data_ptr()
+    assert by_source[id(buffer)].dtype == torch.float32 and by_source[id(buffer)].data_ptr() == buffer.data_ptr()
+    assert by_source[id(rows)].dtype == torch.bfloat16
+    out.backward()
+    assert table.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+
+
+def test_cast_saved_tensors_gradient_error_within_bf16_rounding_bound():
+    """dL/dW = y^T x for L = |y|^2 / 2, y = x W^T: backward reads bf16 copies of y (saved once for y * y)
+    and x. Each factor is off by at most u = 2^-8 relatively, so each term y_b x_b by at most (2u + u^2)
+    |y_b||x_b|; plus fp32 accumulation error (n * 2^-24 each way) in both runs."""
+    from tinykg.compress import cast_saved_tensors
+
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 16, bias=False)
+    x = torch.randn(512, 32)
+
+    def grad(context):
+        lin.zero_grad()
+        with context:
+            y = lin(x)
+            loss = 0.5 * (y * y).sum()
+        loss.backward()
+        return lin.weight.grad.clone(), y.detach()
+
+    import contextlib
+
+    g_fp32, y = grad(contextlib.nullcontext())
+    g_bf16, _ = grad(cast_saved_tensors(torch.bfloat16))
+    magnitude = y.abs().t() @ x.abs()  # (16, 32): sum_b |y_b| |x_b|
+    u = BF16_UNIT_ROUNDOFF
+    bound = magnitude * (2 * u + u * u) + magnitude * 2 * x.shape[0] * 2.0**-24
+    assert ((g_bf16 - g_fp32).abs() <= bound).all()
+    assert not torch.equal(g_bf16, g_fp32)  # the stored copies really were rounded
+
+
+def test_cast_saved_tensors_rejects_non_narrow_dtypes():
+    import pytest
+
+    from tinykg.compress import cast_saved_tensors
+
+    for dtype in (torch.float32, torch.float64, torch.int8):
+        with pytest.raises(ValueError):
+            with cast_saved_tensors(dtype):
+                pass
+    with pytest.raises(ValueError):
+        with cast_saved_tensors(torch.bfloat16, min_numel=-1):
+            pass

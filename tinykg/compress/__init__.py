@@ -1,16 +1,20 @@
 """Activation compression: unbiased stochastic-rounding quantization to 1/2/4/8 bits, bit packing,
-saved-tensor hooks and backend choice. Knows nothing about graphs or models."""
+saved-tensor hooks and backend choice; the baselines it is measured against (bf16 storage, checkpointing).
+Knows nothing about graphs or models."""
 
 from .config import ALLOWED_BITS, METADATA_DTYPES, ROW, Backend, CompressionConfig
-from .hooks import compress_saved_tensors, is_parameter_like, observe_saved_tensors, saving_packed, storage_key
+from .hooks import (
+    cast_saved_tensors, compress_saved_tensors, is_parameter_like, observe_saved_tensors, saving_packed, storage_key,
+)
 from .packed import PackedActivation, PackedMeta, narrowest_int_dtype, pack_codes, unpack_codes
 from .quantize import BACKENDS, BackendImpl, dequantize, quantize, register_backend, resolve_backend
+from .recompute import checkpoint
 from .reference import dequantize_ref, quantize_ref
 from .rng import draw_seed, uniform_noise
 
 __all__ = [
     "ALLOWED_BITS", "METADATA_DTYPES", "ROW", "Backend", "CompressionConfig",
-    "compress_saved_tensors", "observe_saved_tensors", "saving_packed", "is_parameter_like", "storage_key",
+    "compress_saved_tensors", "cast_saved_tensors", "checkpoint", "observe_saved_tensors", "saving_packed", "is_parameter_like", "storage_key",
     "PackedActivation", "PackedMeta", "narrowest_int_dtype", "pack_codes", "unpack_codes",
     "BACKENDS", "BackendImpl", "dequantize", "quantize", "register_backend", "resolve_backend",
     "dequantize_ref", "quantize_ref", "draw_seed", "uniform_noise",

@@ -7,6 +7,9 @@ and reports every tensor it finally keeps to the observers registered with `obse
 
 tinykg's compressed ops (`tinykg.nn`) save their already-packed state inside `saving_packed()`, so the
 generic hook observes it but never compresses it a second time.
+
+`cast_saved_tensors` is the same machinery with a plain dtype cast (e.g. bf16) instead of quantization:
+the usual baseline that activation compression is measured against.
 """
 
 from __future__ import annotations
@@ -64,24 +67,47 @@ def _notify(stored: torch.Tensor, source: torch.Tensor) -> None:
         observer(stored, source)
 
 
-class _SavedTensorHooks:
-    """One pack/unpack pair: optional compression, always observation."""
+class _CastActivation:
+    """A saved tensor stored in a narrower floating dtype; ``dtype`` is the one to restore."""
 
-    def __init__(self, config: CompressionConfig | None, exclude: Iterable[torch.Tensor] = ()) -> None:
+    __slots__ = ("stored", "dtype")
+
+    def __init__(self, stored: torch.Tensor, dtype: torch.dtype) -> None:
+        self.stored = stored
+        self.dtype = dtype
+
+
+class _SavedTensorHooks:
+    """One pack/unpack pair: optional compression (quantization or a dtype cast), always observation."""
+
+    def __init__(
+        self,
+        config: CompressionConfig | None,
+        exclude: Iterable[torch.Tensor] = (),
+        *,
+        cast_dtype: torch.dtype | None = None,
+        cast_min_numel: int = 0,
+    ) -> None:
+        if config is not None and cast_dtype is not None:
+            raise ValueError("one saved-tensor hook either quantizes or casts, not both")
         self.config = config
+        self.cast_dtype = cast_dtype
+        self.min_numel = max(config.min_numel if config is not None else cast_min_numel, 1)
         self.excluded = {storage_key(t) for t in exclude}
         # Dedupe within one context: a tensor saved by several ops is compressed once. Entries hold a
         # weak reference to the saved tensor, so a freed block reused at the same address cannot hit.
-        self.cache: dict[tuple, tuple[weakref.ref, PackedActivation]] = {}
+        self.cache: dict[tuple, tuple[weakref.ref, PackedActivation | _CastActivation]] = {}
 
     def eligible(self, t: torch.Tensor) -> bool:
-        config = self.config
+        if self.config is None and self.cast_dtype is None:
+            return False
+        if self.cast_dtype is not None and t.element_size() <= self.cast_dtype.itemsize:
+            return False  # already as narrow as the cast would make it
         return (
-            config is not None
-            and not _saving_packed.get()
+            not _saving_packed.get()
             and t.layout == torch.strided
             and t.dtype in _FLOAT_DTYPES
-            and t.numel() >= max(config.min_numel, 1)
+            and t.numel() >= self.min_numel
             and not is_parameter_like(t)
             and storage_key(t) not in self.excluded
         )
@@ -97,16 +123,23 @@ class _SavedTensorHooks:
         hit = self.cache.get(key)
         if hit is not None and hit[0]() is not None:
             return hit[1]
-        packed = quantize(t, self.config)
+        if self.config is not None:
+            packed = quantize(t, self.config)
+            parts = packed.tensors()
+        else:
+            packed = _CastActivation(t.detach().to(self.cast_dtype), t.dtype)
+            parts = (packed.stored,)
         self.cache[key] = (weakref.ref(t), packed)
-        for part in packed.tensors():
+        for part in parts:
             _notify(part, t)
         return packed
 
     @staticmethod
-    def unpack(obj: torch.Tensor | PackedActivation) -> torch.Tensor:
+    def unpack(obj: torch.Tensor | PackedActivation | _CastActivation) -> torch.Tensor:
         if isinstance(obj, PackedActivation):
             return dequantize(obj)
+        if isinstance(obj, _CastActivation):
+            return obj.stored.to(obj.dtype)
         return obj
 
 
@@ -138,6 +171,32 @@ def compress_saved_tensors(
     if not isinstance(config, CompressionConfig):
         raise TypeError(f"compress_saved_tensors expects a CompressionConfig, got {type(config).__name__}")
     with _installed(_SavedTensorHooks(config, exclude)):
+        yield
+
+
+@contextlib.contextmanager
+def cast_saved_tensors(
+    dtype: torch.dtype = torch.bfloat16, *, min_numel: int = 0, exclude: Iterable[torch.Tensor] = ()
+) -> Iterator[None]:
+    """Store every floating tensor autograd saves inside this block in ``dtype`` (bf16 or fp16), and
+    cast it back to its own dtype when backward reads it.
+
+    The plain-cast baseline for activation compression: bf16 halves fp32 activation memory and rounds
+    to nearest (8 significant bits; biased, unlike tinykg's stochastic rounding). Left alone, as by
+    `compress_saved_tensors`: parameters and views of them, integer/bool tensors, tensors already as
+    narrow as ``dtype``, tensors with fewer than ``min_numel`` elements, anything sharing storage with
+    ``exclude``. Observers (`observe_saved_tensors`, `tinykg.profile.ActivationTracker`) see the
+    narrow copies, so the bytes they count are the bytes kept. Example::
+
+        with tinykg.compress.cast_saved_tensors(torch.bfloat16):
+            loss = model(batch).sum()
+        loss.backward()
+    """
+    if dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"cast_saved_tensors stores activations in torch.bfloat16 or torch.float16, got {dtype}")
+    if isinstance(min_numel, bool) or not isinstance(min_numel, int) or min_numel < 0:
+        raise ValueError(f"min_numel must be a non-negative int, got {min_numel!r}")
+    with _installed(_SavedTensorHooks(None, exclude, cast_dtype=dtype, cast_min_numel=min_numel)):
         yield
 
 

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..compress import CompressionConfig
+from ..compress import CompressionConfig, checkpoint
 from ..nn import (
     compressed_dropout,
     compressed_embedding,
@@ -214,6 +214,8 @@ class KGAT(TopKModel):
         head_bits: minimum bits of the per-batch activations (BPR scoring head, TransR batch), see
             `tinykg.models.bprmf.head_config`; None = the compression config's bits everywhere.
         compression: how saved activations are stored in training; None = plain fp32.
+        checkpoint_layers: recompute each propagation layer in backward instead of keeping its
+            activations (activation checkpointing, the alternative to compression; see `propagate`).
     """
 
     def __init__(
@@ -235,8 +237,10 @@ class KGAT(TopKModel):
         negative_slope: float = 0.2,
         head_bits: int | None = 8,
         compression: CompressionConfig | None = None,
+        checkpoint_layers: bool = False,
     ) -> None:
         super().__init__(compression)
+        self.checkpoint_layers = bool(checkpoint_layers)
         self.num_users = check_count("num_users", num_users)
         self.num_items = check_count("num_items", num_items)
         self.num_entities = check_count("num_entities", num_entities)
@@ -314,8 +318,25 @@ class KGAT(TopKModel):
 
     # -- phase I: propagation and BPR ------------------------------------------------------------------
 
+    def propagate_layer(
+        self, layer: int, x: torch.Tensor, head: torch.Tensor, tail: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One bi-interaction layer: x (N, d_l) -> (the next x (N, d_l+1), its row-L2-normalised copy)."""
+        config = self.active_config
+        side = _constant_edge_aggregate(head, tail, self.attention, x, self.num_nodes, config)  # (N, d_l)
+        summed = compressed_linear(x + side, self.gc_weights[layer], self.gc_biases[layer], config)  # (N, d_l+1)
+        summed = compressed_leaky_relu(summed, self.negative_slope, config)
+        product = compressed_mul(x, side, config)  # (N, d_l)
+        product = compressed_linear(product, self.bi_weights[layer], self.bi_biases[layer], config)
+        product = compressed_leaky_relu(product, self.negative_slope, config)
+        x = compressed_dropout(summed + product, self.mess_dropout[layer], self.training, config)  # (N, d_l+1)
+        return x, compressed_normalize(x, -1, 1e-12, config)
+
     def propagate(self) -> torch.Tensor:
-        """Representations of all nodes, (N, d + sum(layer_sizes)): the concatenation of every layer."""
+        """Representations of all nodes, (N, d + sum(layer_sizes)): the concatenation of every layer.
+
+        With ``checkpoint_layers`` (training only), each layer is an activation checkpoint: its input is
+        kept, its intermediates are recomputed in backward (`tinykg.compress.checkpoint`)."""
         config = self.active_config
         if compression_active(config, self.node_embedding):
             head, tail = self.head_index, self.tail_index  # narrow buffers, saved by reference
@@ -324,14 +345,11 @@ class KGAT(TopKModel):
         x = self.node_embedding  # (N, d)
         outputs = [x]
         for layer in range(len(self.layer_sizes)):
-            side = _constant_edge_aggregate(head, tail, self.attention, x, self.num_nodes, config)  # (N, d_l)
-            summed = compressed_linear(x + side, self.gc_weights[layer], self.gc_biases[layer], config)  # (N, d_l+1)
-            summed = compressed_leaky_relu(summed, self.negative_slope, config)
-            product = compressed_mul(x, side, config)  # (N, d_l)
-            product = compressed_linear(product, self.bi_weights[layer], self.bi_biases[layer], config)
-            product = compressed_leaky_relu(product, self.negative_slope, config)
-            x = compressed_dropout(summed + product, self.mess_dropout[layer], self.training, config)  # (N, d_l+1)
-            outputs.append(compressed_normalize(x, -1, 1e-12, config))
+            if self.checkpoint_layers and self.training:
+                x, normalized = checkpoint(self.propagate_layer, layer, x, head, tail)
+            else:
+                x, normalized = self.propagate_layer(layer, x, head, tail)
+            outputs.append(normalized)
         return torch.cat(outputs, dim=1)  # (N, d + sum d_l)
 
     def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
