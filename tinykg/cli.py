@@ -1,4 +1,4 @@
-"""The ``tinykg`` command: ``tinykg train`` and ``tinykg data info``. Thin: parses, calls, reports."""
+"""The ``tinykg`` command: ``tinykg train``, ``tinykg data info`` and ``tinykg bench``. Thin: parses, calls, reports."""
 
 from __future__ import annotations
 
@@ -6,12 +6,23 @@ import argparse
 import json
 import math
 import sys
+from pathlib import Path
 
 from . import __version__
 
 BITS_CHOICES = (32, 8, 4, 2, 1)
 CTR_MODEL_NAMES = ("kgcn", "kgnn-ls", "ripplenet", "ckan")
 TOPK_MODEL_NAMES = ("kgat", "kgin", "bprmf")
+# ``tinykg bench NAME``: the script of benchmarks/ it runs (each has main(argv) and --smoke).
+BENCH_SCRIPTS = {
+    "models": "bench_models.py",
+    "step": "bench_step.py",
+    "kernels": "bench_kernels.py",
+    "compress": "bench_compress.py",
+    "alternatives": "bench_alternatives.py",
+    "capacity": "bench_capacity.py",
+    "plots": "plots.py",
+}
 
 
 def _group_size(text: str) -> int | str:
@@ -96,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hparams", choices=("lastfm", "book", "synthetic", "recbole"), help="published hyper-parameter set to start from (default: from the dataset name)")
     train.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override a model hyper-parameter, e.g. --set embedding_dim=32")
     train.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    train.add_argument("--nproc", type=_positive_int, default=1, metavar="N", help="data-parallel training on N local processes (DDP: gloo on CPU, NCCL on CUDA with one GPU each); --batch-size stays the global batch. Under torchrun leave it out")
     train.add_argument("--out", metavar="FILE", help="write the results JSON here")
     train.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint here after every epoch (atomic)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint DIR")
@@ -107,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("directory", metavar="DIR")
     info.add_argument("--format", dest="fmt", choices=("kgcn", "lastfm-raw", "kgat", "recbole"))
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    bench = commands.add_parser(
+        "bench",
+        help="run a benchmark script of benchmarks/ (source checkout only)",
+        description="Run benchmarks/<script> with the arguments that follow, e.g. `tinykg bench alternatives --smoke`; "
+        "`tinykg bench NAME --help` shows the script's own options.",
+    )
+    bench.add_argument("script", choices=tuple(BENCH_SCRIPTS), help="which benchmark: " + ", ".join(f"{k} ({v})" for k, v in BENCH_SCRIPTS.items()))
+    bench.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments passed to the script")
     return parser
 
 
@@ -123,7 +144,7 @@ def _human_bytes(n: int | None) -> str:
 def _cmd_train(args) -> int:
     import torch
 
-    from .train.run import load_or_generate, train_ctr, write_json_atomic
+    from .train import distributed
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint DIR")
@@ -135,6 +156,26 @@ def _cmd_train(args) -> int:
         raise ValueError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"--device {args.device}: no such CUDA device on this machine")
+    if args.nproc > 1:
+        if distributed.launched_by_torchrun():
+            raise ValueError("--nproc starts its own processes: leave it out under torchrun (use --nproc-per-node)")
+        if device.type == "cuda" and (device.index is not None or args.nproc > torch.cuda.device_count()):
+            raise ValueError(f"--nproc {args.nproc} --device {args.device}: use --device cuda and at most one process per GPU")
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+        try:
+            return max(distributed.launch(_train_worker, (args,), args.nproc))
+        except ChildFailedError:
+            return 2  # the failing process has printed its error
+    with distributed.process_group(args.device) as device:
+        return _train_and_report(args, device)
+
+
+def _train_and_report(args, device: str) -> int:
+    """Train in this process (one rank of a torchrun job, or the only process) and report on rank 0."""
+    from .train import distributed
+    from .train.run import load_or_generate, train_ctr, write_json_atomic
+
     dataset = load_or_generate(args.data, args.fmt, synthetic_size=args.synthetic)
     overrides = dict(args.overrides)
     for name in ("epochs", "batch_size", "lr"):
@@ -149,7 +190,7 @@ def _cmd_train(args) -> int:
         seed=args.seed,
         overrides=overrides,
         key=args.hparams,
-        device=args.device,
+        device=device,
         patience=args.patience,
         progress=not args.quiet and sys.stderr.isatty(),
         log=log,
@@ -162,6 +203,8 @@ def _cmd_train(args) -> int:
         result = train_topk(args.model, dataset, **common)
     else:
         result = train_ctr(args.model, dataset, checkpoint_dir=args.checkpoint, resume=args.resume, **common)
+    if not distributed.is_main():
+        return 0  # rank 0 writes and reports
     if args.out:
         write_json_atomic(args.out, result)
     metrics = "  ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items())
@@ -170,10 +213,26 @@ def _cmd_train(args) -> int:
     line = f"activation memory per step: {_human_bytes(act)}"
     if args.bits != 32:
         line += f"  (fp32: {_human_bytes(fp32)}, {fp32 / act:.1f}x less)"
+    if result["world_size"] > 1:
+        line += f"  per process, {result['world_size']} processes"
     print(line)
     if args.out:
         print(f"results written to {args.out}")
     return 0
+
+
+def _train_worker(args) -> int:
+    """One process of ``tinykg train --nproc N`` (started by `tinykg.train.distributed.launch`): trains, and
+    reports an error the way `main` does before exiting with status 2, which stops the other processes."""
+    from .data import DataError
+    from .train.loop import TrainingError
+
+    try:
+        return _cmd_train(argparse.Namespace(**{**vars(args), "nproc": 1}))
+    except (DataError, TrainingError, ValueError, TypeError, OSError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"tinykg: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _cmd_data_info(args) -> int:
@@ -190,6 +249,32 @@ def _cmd_data_info(args) -> int:
     return 0
 
 
+def _benchmarks_root() -> Path:
+    """benchmarks/ of the source checkout this package is imported from (an editable install)."""
+    return Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _cmd_bench(args) -> int:
+    import importlib.util
+
+    root = _benchmarks_root()
+    if not (root / "bench_models.py").is_file():
+        raise FileNotFoundError(
+            f"tinykg bench runs the scripts in benchmarks/ of a source checkout, and there is none at {root}: "
+            "run it from a clone of the repository installed with `pip install -e .`"
+        )
+    path = root / BENCH_SCRIPTS[args.script]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such benchmark script in this checkout")
+    spec = importlib.util.spec_from_file_location(f"tinykg_bench_{args.script}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as err:
+        raise ValueError(f"{path.name} needs {err.name}, which is not installed: pip install -e '.[bench]'") from None
+    return int(module.main(list(args.script_args)) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .train.loop import TrainingError
@@ -199,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _cmd_train(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
         return _cmd_data_info(args)
     except (DataError, TrainingError, ValueError, TypeError, OSError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

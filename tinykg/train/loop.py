@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..profile import ActivationTracker
+from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
 from .metrics import accuracy, f1_score, roc_auc
 
@@ -124,18 +125,23 @@ def fit_ctr(
     """Train ``model`` (a `tinykg.models.base.CTRModel`) and return test metrics at the best epoch.
 
     Each epoch shuffles the training rows with a generator seeded by (seed, epoch), so a run is a pure
-    function of its seed on CPU. The activation memory reported is that of the first training batch.
+    function of its seed on CPU. The activation memory reported is that of the first training batch (this
+    process's part of it). Under torch.distributed every rank trains on its shard of each global batch of
+    ``batch_size`` rows and rank 0 evaluates, logs and checkpoints: see `tinykg.train.distributed`.
     """
     device = torch.device(config.device)
     model.to(device)
+    log = distributed.rank_zero_only(log)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step_loss = distributed.wrap(model)
     users, items, labels = _tensors(train, device)
     num_rows = len(users)
     num_batches = num_rows // config.batch_size if config.drop_last else math.ceil(num_rows / config.batch_size)
     if num_batches == 0:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {num_rows} training rows")
 
-    first = (users[: config.batch_size], items[: config.batch_size], labels[: config.batch_size])
+    local_batch = distributed.per_rank_batch_size(config.batch_size)
+    first = (users[:local_batch], items[:local_batch], labels[:local_batch])
     step_report = measure_step_activation(model, first, exclude=first)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -158,27 +164,29 @@ def fit_ctr(
         if state["bad_epochs"] and config.patience and state["bad_epochs"] >= config.patience:
             break
         model.train()
+        distributed.seed_epoch(config.seed, epoch)
         order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)).to(device)
         start = time.perf_counter()
         total_loss = 0.0
-        bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not config.progress, unit="batch")
+        bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not (config.progress and distributed.is_main()), unit="batch")
         for step in bar:
-            rows = order[step * config.batch_size : (step + 1) * config.batch_size]
-            loss = model.loss(users[rows], items[rows], labels[rows])
+            rows, weight = distributed.shard(order[step * config.batch_size : (step + 1) * config.batch_size])
+            loss = step_loss("loss", users[rows], items[rows], labels[rows])
             if not torch.isfinite(loss):
                 kept = f"; the last good checkpoint (epoch {state['epoch']}) is kept" if config.checkpoint_dir else ""
                 raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}{kept}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             optimizer.step()
-            total_loss += loss.item()
+            total_loss += loss.item() * weight
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         state["epoch_seconds"].append(time.perf_counter() - start)
-        valid_metrics = evaluate_ctr(model, valid, config.eval_batch_size, config.device)
-        state["history"].append({"epoch": epoch, "loss": total_loss / num_batches, **{f"valid_{k}": v for k, v in valid_metrics.items()}})
+        mean_loss = distributed.mean_across(total_loss) / num_batches
+        valid_metrics = distributed.from_rank_zero(lambda: evaluate_ctr(model, valid, config.eval_batch_size, config.device))
+        state["history"].append({"epoch": epoch, "loss": mean_loss, **{f"valid_{k}": v for k, v in valid_metrics.items()}})
         log(
-            f"epoch {epoch:>3}/{config.epochs}  loss {total_loss / num_batches:.4f}  "
+            f"epoch {epoch:>3}/{config.epochs}  loss {mean_loss:.4f}  "
             f"valid auc {valid_metrics['auc']:.4f} f1 {valid_metrics['f1']:.4f}  {state['epoch_seconds'][-1]:.1f}s"
         )
         if valid_metrics["auc"] > state["best_auc"]:
@@ -186,7 +194,7 @@ def fit_ctr(
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        if config.checkpoint_dir:
+        if config.checkpoint_dir and distributed.is_main():
             save_checkpoint(
                 config.checkpoint_dir,
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "train_config": config.fingerprint(), **state},
@@ -197,7 +205,7 @@ def fit_ctr(
     best_state = state["best_state"]
     if best_state is not None:
         model.load_state_dict(best_state)
-    test_metrics = evaluate_ctr(model, test, config.eval_batch_size, config.device)
+    test_metrics = distributed.from_rank_zero(lambda: evaluate_ctr(model, test, config.eval_batch_size, config.device))
     return TrainResult(
         metrics={"auc": test_metrics["auc"], "f1": test_metrics["f1"], "accuracy": test_metrics["accuracy"]},
         best_epoch=state["best_epoch"],

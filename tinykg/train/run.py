@@ -15,6 +15,7 @@ import torch
 from .. import __version__
 from ..compress import CompressionConfig
 from ..data import Dataset, SyntheticConfig, ctr_split, load_dataset, make_synthetic
+from . import distributed
 from .builders import build_ctr_model, hyperparameters
 from .loop import TrainConfig, fit_ctr, measure_step_activation, seed_everything
 
@@ -89,8 +90,11 @@ def train_ctr(
     """Split, build, train and evaluate one CTR model; returns the results-file payload.
 
     With ``checkpoint_dir`` a checkpoint is written after every epoch; ``resume`` continues from it and
-    ends with the same numbers, bit for bit on CPU, as a run that was never interrupted.
+    ends with the same numbers, bit for bit on CPU, as a run that was never interrupted (with the same
+    number of processes). Inside a torch.distributed process group every rank calls this with the same
+    arguments; ``batch_size`` is the global batch (`tinykg.train.distributed`).
     """
+    log = distributed.rank_zero_only(log)
     if model_name not in CTR_MODELS:
         raise ValueError(f"model must be one of {CTR_MODELS}, got {model_name!r}")
     key = key or dataset_key(dataset.name)
@@ -116,9 +120,10 @@ def train_ctr(
     if compression is not None:
         # The same first batch through the same model with compression off: the baseline it saves.
         model.compression = None
-        users = torch.as_tensor(train.user_index[: config.batch_size], dtype=torch.long)
-        items = torch.as_tensor(train.item_index[: config.batch_size], dtype=torch.long)
-        labels = torch.as_tensor(train.label[: config.batch_size], dtype=torch.float32)
+        local_batch = distributed.per_rank_batch_size(config.batch_size)
+        users = torch.as_tensor(train.user_index[:local_batch], dtype=torch.long)
+        items = torch.as_tensor(train.item_index[:local_batch], dtype=torch.long)
+        labels = torch.as_tensor(train.label[:local_batch], dtype=torch.float32)
         model.to(device)
         batch = tuple(t.to(device) for t in (users, items, labels))
         fp32_bytes = measure_step_activation(model, batch, exclude=batch).total_bytes
@@ -127,6 +132,7 @@ def train_ctr(
         f"tinykg: {model_name} on {dataset.name} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
         f"{dataset.kg.num_triples:,} triples), {'fp32' if compression is None else f'{bits}-bit'} activations, "
         f"{params['epochs']} epochs, batch {params['batch_size']}, seed {seed}"
+        + (f", {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
     )
     result = fit_ctr(model, train, valid, test, config, log=log)
     fp32_bytes = fp32_bytes if fp32_bytes is not None else result.activation_bytes
@@ -149,6 +155,7 @@ def train_ctr(
         "compression": None if compression is None else {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(compression).items()},
         "dataset_info": dataset.info(),
         "device": device,
+        "world_size": distributed.world_size(),
         "versions": {"tinykg": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
     return payload

@@ -37,6 +37,7 @@ from ..compress import CompressionConfig
 from ..data import Dataset, Interactions, topk_split
 from ..data.ckg import CollaborativeGraph, build_ckg, kg_with_inverse
 from ..models import TOPK_DEFAULTS, TOPK_MODELS
+from . import distributed
 from .loop import TrainingError, measure_step_activation, seed_everything
 
 # (test_ratio, valid_ratio) of the per-user split; valid_ratio applies to what is left after the test part.
@@ -268,12 +269,17 @@ def fit_topk(
     With ``kg_sampler`` (KGAT) every epoch adds the TransR phase and ``model.update_attention()``. Sampling
     draws from ``np.random.default_rng([seed, epoch])`` and dropout / quantization noise from torch's
     global generator, so a CPU run is a pure function of its seed. The activation memory reported is that
-    of one BPR step on `first_batch`.
+    of one BPR step on `first_batch` (this process's part of it). Under torch.distributed every rank trains
+    on its shard of each global BPR and TransR batch and rank 0 evaluates and logs: see
+    `tinykg.train.distributed`.
     """
     device = torch.device(config.device)
     model.to(device)
+    log = distributed.rank_zero_only(log)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     kg_optimizer = torch.optim.Adam(model.parameters(), lr=config.lr) if kg_sampler is not None else None
+    # KGAT's BPR and TransR phases train different parameter subsets: DDP must look for the unused ones.
+    step_loss = distributed.wrap(model, find_unused_parameters=kg_sampler is not None)
     num_rows = train.num_interactions
     if num_rows == 0:
         raise ValueError("no training positives")
@@ -281,7 +287,7 @@ def fit_topk(
     num_batches = math.ceil(num_rows / config.batch_size)
     num_kg_batches = math.ceil(kg_sampler.num_edges / config.kg_batch_size) if kg_sampler is not None else 0
 
-    batch = first_batch(train, config.batch_size, config.seed, device)
+    batch = first_batch(train, distributed.per_rank_batch_size(config.batch_size), config.seed, device)
     step_report = measure_step_activation(model, batch, exclude=batch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -292,45 +298,51 @@ def fit_topk(
     epoch_seconds: list[float] = []
     for epoch in range(1, config.epochs + 1):
         model.train()
+        distributed.seed_epoch(config.seed, epoch)
         rng = np.random.default_rng([config.seed, epoch])
         order = rng.permutation(num_rows)
         users, positives = train.user_index[order], train.item_index[order]
         negatives = sample_negatives(users, seen, train.num_items, rng)
         users, positives, negatives = (_long(a, device) for a in (users, positives, negatives))
+        positions = torch.arange(num_rows, device=device)
         start = time.perf_counter()
         total_loss = total_kg_loss = 0.0
-        bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not config.progress, unit="batch")
+        bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not (config.progress and distributed.is_main()), unit="batch")
         for step in bar:
-            rows = slice(step * config.batch_size, (step + 1) * config.batch_size)
-            loss = model.loss(users[rows], positives[rows], negatives[rows])
+            rows, weight = distributed.shard(positions[step * config.batch_size : (step + 1) * config.batch_size])
+            loss = step_loss("loss", users[rows], positives[rows], negatives[rows])
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()
             optimizer.step()
-            total_loss += loss.item()
+            total_loss += loss.item() * weight
         for step in range(num_kg_batches):
-            head, rel, tail, neg = (_long(a, device) for a in kg_sampler.sample(config.kg_batch_size, rng))
-            kg_loss = model.kg_loss(head, rel, tail, neg)
+            # Every rank draws the same global TransR batch (same rng) and trains on its shard of it.
+            triples = [_long(a, device) for a in kg_sampler.sample(config.kg_batch_size, rng)]
+            rows, weight = distributed.shard(torch.arange(config.kg_batch_size, device=device))
+            kg_loss = step_loss("kg_loss", *(t[rows] for t in triples))
             if not torch.isfinite(kg_loss):
                 raise TrainingError(f"non-finite KG loss ({kg_loss.item()}) at epoch {epoch}, step {step + 1}")
             kg_optimizer.zero_grad(set_to_none=True)
-            kg_loss.backward()
+            (kg_loss * weight).backward()
             kg_optimizer.step()
-            total_kg_loss += kg_loss.item()
+            total_kg_loss += kg_loss.item() * weight
         if kg_sampler is not None:
             model.update_attention()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_seconds.append(time.perf_counter() - start)
-        record = {"epoch": epoch, "loss": total_loss / num_batches}
+        record = {"epoch": epoch, "loss": distributed.mean_across(total_loss) / num_batches}
         message = f"epoch {epoch:>3}/{config.epochs}  loss {record['loss']:.4f}"
         if num_kg_batches:
-            record["kg_loss"] = total_kg_loss / num_kg_batches
+            record["kg_loss"] = distributed.mean_across(total_kg_loss) / num_kg_batches
             message += f"  kg {record['kg_loss']:.4f}"
         evaluate_now = has_valid and (epoch % config.eval_every == 0 or epoch == config.epochs)
         if evaluate_now:
-            metrics = evaluate_topk(model, valid, (train,), config.ks, config.eval_batch_size, device=config.device)
+            metrics = distributed.from_rank_zero(
+                lambda: evaluate_topk(model, valid, (train,), config.ks, config.eval_batch_size, device=config.device)
+            )
             record.update({f"valid_{k}": v for k, v in metrics.items()})
             message += f"  valid recall@20 {metrics['recall@20']:.4f} ndcg@20 {metrics['ndcg@20']:.4f}"
         history.append(record)
@@ -349,7 +361,9 @@ def fit_topk(
         model.load_state_dict(best_state)
     else:
         best_epoch = len(epoch_seconds)
-    test_metrics = evaluate_topk(model, test, (train, valid), config.ks, config.eval_batch_size, device=config.device)
+    test_metrics = distributed.from_rank_zero(
+        lambda: evaluate_topk(model, test, (train, valid), config.ks, config.eval_batch_size, device=config.device)
+    )
     return TopKResult(
         metrics=test_metrics,
         best_epoch=best_epoch,
@@ -452,9 +466,12 @@ def train_topk(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Split, build, train and evaluate one top-K model; returns the results-file payload (the schema of
-    `tinykg.train.run.train_ctr`, with ``metrics`` = test recall@K and ndcg@K). ``bits == 32``: fp32."""
+    `tinykg.train.run.train_ctr`, with ``metrics`` = test recall@K and ndcg@K). ``bits == 32``: fp32.
+    Inside a torch.distributed process group every rank calls this with the same arguments; ``batch_size``
+    and ``kg_batch_size`` are global batches (`tinykg.train.distributed`)."""
     from .run import compression_for  # run.py imports the CTR stack; imported late to keep this module light
 
+    log = distributed.rank_zero_only(log)
     key = key or topk_dataset_key(dataset.name)
     params = topk_hyperparameters(model_name, key, overrides)
     seed_everything(seed)
@@ -471,7 +488,7 @@ def train_topk(
         # The same first batch through the same model with compression off: the baseline it saves.
         model.to(device)
         model.compression = None
-        batch = first_batch(train, config.batch_size, seed, device)
+        batch = first_batch(train, distributed.per_rank_batch_size(config.batch_size), seed, device)
         fp32_bytes = measure_step_activation(model, batch, exclude=batch).total_bytes
         model.compression = compression
     log(
@@ -480,6 +497,7 @@ def train_topk(
         f"{test.num_interactions:,} train/valid/test positives), "
         f"{'fp32' if compression is None else f'{bits}-bit'} activations, {config.epochs} epochs, "
         f"batch {config.batch_size}, lr {config.lr}, seed {seed}"
+        + (f", {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
     )
     result = fit_topk(model, train, valid, test, config, kg_sampler=kg_sampler, log=log)
     fp32_bytes = fp32_bytes if fp32_bytes is not None else result.activation_bytes
@@ -505,5 +523,6 @@ def train_topk(
         "dataset_info": dataset.info(),
         "split": {"train": train.num_interactions, "valid": valid.num_interactions, "test": test.num_interactions},
         "device": device,
+        "world_size": distributed.world_size(),
         "versions": {"tinykg": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
