@@ -34,7 +34,23 @@ def _task(model: str) -> str:
 
 
 def _key(run: dict) -> tuple:
-    return (run["model"], run["dataset"], run["bits"], run["seed"], run["epochs_requested"])
+    return (run["model"], run["dataset"], run["bits"], run["seed"], run["epochs_requested"], _overrides_text(run.get("overrides")))
+
+
+def _overrides_text(overrides: dict | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((overrides or {}).items()))
+
+
+def _parse_set(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return name, cast(value)
+        except ValueError:
+            pass
+    return name, value
 
 
 def _load_runs(path: Path | None) -> list[dict]:
@@ -52,22 +68,22 @@ def _mean_std(values: list[float]) -> str:
 def table(runs: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["model"], run["dataset"], run["epochs"], run["bits"]), []).append(run)
+        groups.setdefault((run["model"], run["dataset"], _overrides_text(run.get("overrides")), run["epochs"], run["bits"]), []).append(run)
     lines = [
-        "| model | dataset | epochs | bits | seeds | test metric | mean ± std | second metric | vs fp32 | activation bytes/step | fp32 / this | epoch s |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | dataset | overrides | epochs | bits | seeds | test metric | mean ± std | second metric | vs fp32 | activation bytes/step | fp32 / this | epoch s |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for (model, dataset, epochs, bits), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], -kv[0][3])):
+    for (model, dataset, overrides, epochs, bits), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:4], -kv[0][4])):
         main_metric, second_metric = METRICS[_task(model)]
         values = [r["metrics"][main_metric] for r in rs]
-        base = groups.get((model, dataset, epochs, 32))
+        base = groups.get((model, dataset, overrides, epochs, 32))
         delta = ""
         if base and bits != 32:
             base_value = statistics.mean(r["metrics"][main_metric] for r in base)
             delta = f"{100 * (statistics.mean(values) - base_value) / base_value:+.2f}%"
         act = rs[0]["activation_bytes"]
         lines.append(
-            f"| {model} | {dataset} | {epochs} | {bits} | {len(rs)} | {main_metric} | {_mean_std(values)} | "
+            f"| {model} | {dataset} | {overrides or '-'} | {epochs} | {bits} | {len(rs)} | {main_metric} | {_mean_std(values)} | "
             f"{second_metric} {_mean_std([r['metrics'][second_metric] for r in rs])} | "
             f"{delta} | {act:,} | {rs[0]['activation_bytes_fp32'] / act:.1f}x | {statistics.median(r['epoch_seconds'] for r in rs):.2f} |"
         )
@@ -82,6 +98,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bits", type=int, nargs="+", default=[32, 8, 4, 2, 1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="override every model's epoch count")
+    parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
+                        help="override a hyper-parameter of every model run (repeatable), e.g. --set lr=0.002")
     parser.add_argument("--runs", type=Path, help="JSON-lines file of finished runs (appended, reused)")
     parser.add_argument("--out", type=Path, help="write the markdown table here too")
     args = parser.parse_args(argv)
@@ -97,15 +115,18 @@ def main(argv=None) -> int:
         for model in args.models:
             for bits in args.bits:
                 for seed in args.seeds:
-                    key = (model, dataset.name, bits, seed, args.epochs)
+                    overrides = dict(args.set)
+                    key = (model, dataset.name, bits, seed, args.epochs, _overrides_text(overrides))
                     if key in done:
                         continue
-                    overrides = {"epochs": args.epochs} if args.epochs else None
+                    if args.epochs:
+                        overrides["epochs"] = args.epochs
                     train = train_topk if _task(model) == "topk" else train_ctr
                     result = train(model, dataset, bits=bits, seed=seed, overrides=overrides, progress=False, log=lambda m: None)
                     result["epochs_requested"] = args.epochs
+                    result["overrides"] = dict(args.set)
                     slim = {k: result[k] for k in ("model", "dataset", "bits", "seed", "metrics", "activation_bytes",
-                                                    "activation_bytes_fp32", "epoch_seconds", "epochs", "best_epoch", "epochs_requested")}
+                                                    "activation_bytes_fp32", "epoch_seconds", "epochs", "best_epoch", "epochs_requested", "overrides", "history")}
                     runs.append(slim)
                     scores = "  ".join(f"{name} {slim['metrics'][name]:.4f}" for name in METRICS[_task(model)])
                     print(f"{model} {dataset.name} bits={bits} seed={seed}: {scores} act {slim['activation_bytes']:,} B "

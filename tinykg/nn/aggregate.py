@@ -103,7 +103,8 @@ class _GatherAggregateFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, source, index, weights, scale, config):
         # source: (N, D), index: (*, K) in [0, N), weights: (*, K) or None -> (*, D)
-        gathered = source[gather_index(index)]  # (*, K, D), freed after forward
+        # F.embedding (index_select) rather than source[index]: advanced indexing measured 7x slower on CPU.
+        gathered = F.embedding(gather_index(index), source)  # (*, K, D), freed after forward
         ctx.num_rows, ctx.scale, ctx.has_weights = source.shape[0], scale, weights is not None
         need_source = weights is not None and weights.requires_grad
         save(
@@ -129,7 +130,7 @@ class _GatherAggregateFunction(torch.autograd.Function):
             grad_s = g.new_zeros(ctx.num_rows, g.shape[-1])
             grad_s.index_add_(0, index.reshape(-1), per_edge.reshape(-1, g.shape[-1]))
         if ctx.has_weights and ctx.needs_input_grad[2]:
-            grad_w = (source.to(g.dtype)[index] * g.unsqueeze(-2)).sum(-1)
+            grad_w = (F.embedding(index, source.to(g.dtype)) * g.unsqueeze(-2)).sum(-1)
         return grad_s, None, grad_w, None, None
 
 
