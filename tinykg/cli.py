@@ -21,6 +21,7 @@ BENCH_SCRIPTS = {
     "compress": "bench_compress.py",
     "alternatives": "bench_alternatives.py",
     "capacity": "bench_capacity.py",
+    "fp32-cannot": "bench_fp32_cannot.py",
     "plots": "plots.py",
 }
 
