@@ -97,3 +97,19 @@ def test_cli_train_topk_models_write_results_schema(tmp_path, model):
 def test_cli_topk_rejects_checkpoint(tmp_path, capsys):
     assert main(["train", "--model", "kgat", "--synthetic", "toy", "--quiet", "--checkpoint", str(tmp_path)]) == 2
     assert "CTR models" in capsys.readouterr().err
+
+
+def test_write_json_atomic_gives_the_file_open_permissions(tmp_path):
+    # mkstemp's 0600 must not leak into the results file: other users of a shared run directory read it.
+    import os
+    import stat
+
+    from tinykg.train.run import write_json_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_json_atomic(tmp_path / "results.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
