@@ -171,11 +171,11 @@ def fit_ctr(
         bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not (config.progress and distributed.is_main()), unit="batch")
         for step in bar:
             rows, weight = distributed.shard(order[step * config.batch_size : (step + 1) * config.batch_size])
+            optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients are not held through it
             loss = step_loss("loss", users[rows], items[rows], labels[rows])
             if not torch.isfinite(loss):
                 kept = f"; the last good checkpoint (epoch {state['epoch']}) is kept" if config.checkpoint_dir else ""
                 raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}{kept}")
-            optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()
             optimizer.step()
             total_loss += loss.item() * weight

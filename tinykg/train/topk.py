@@ -310,10 +310,10 @@ def fit_topk(
         bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not (config.progress and distributed.is_main()), unit="batch")
         for step in bar:
             rows, weight = distributed.shard(positions[step * config.batch_size : (step + 1) * config.batch_size])
+            optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients are not held through it
             loss = step_loss("loss", users[rows], positives[rows], negatives[rows])
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}")
-            optimizer.zero_grad(set_to_none=True)
             (loss * weight).backward()
             optimizer.step()
             total_loss += loss.item() * weight
@@ -321,10 +321,10 @@ def fit_topk(
             # Every rank draws the same global TransR batch (same rng) and trains on its shard of it.
             triples = [_long(a, device) for a in kg_sampler.sample(config.kg_batch_size, rng)]
             rows, weight = distributed.shard(torch.arange(config.kg_batch_size, device=device))
+            kg_optimizer.zero_grad(set_to_none=True)
             kg_loss = step_loss("kg_loss", *(t[rows] for t in triples))
             if not torch.isfinite(kg_loss):
                 raise TrainingError(f"non-finite KG loss ({kg_loss.item()}) at epoch {epoch}, step {step + 1}")
-            kg_optimizer.zero_grad(set_to_none=True)
             (kg_loss * weight).backward()
             kg_optimizer.step()
             total_kg_loss += kg_loss.item() * weight
