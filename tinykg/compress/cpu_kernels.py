@@ -111,13 +111,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
-def _worker_pool(workers: int) -> ThreadPoolExecutor:
-    """The shared pool, rebuilt when ``torch.set_num_threads`` has changed the number of workers."""
+def _worker_pool() -> ThreadPoolExecutor:
+    """The shared pool of ``torch.get_num_threads() - 1`` workers (the caller is the other thread), rebuilt
+    when ``torch.set_num_threads`` changes that number. The old pool is not shut down: a concurrent caller
+    may still be submitting to it; its idle threads exit once it is garbage-collected."""
     global _pool, _pool_workers
+    workers = max(1, torch.get_num_threads() - 1)
     with _pool_lock:
         if _pool is None or _pool_workers != workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tinykg-cpu")
             _pool_workers = workers
         return _pool
@@ -134,7 +135,8 @@ def run_tasks(kernel, num_tasks: int, *args) -> None:
     if num_tasks <= 1:
         kernel(0, 1, *args)
         return
-    futures = [_worker_pool(num_tasks - 1).submit(kernel, task, num_tasks, *args) for task in range(1, num_tasks)]
+    pool = _worker_pool()
+    futures = [pool.submit(kernel, task, num_tasks, *args) for task in range(1, num_tasks)]
     try:
         kernel(0, num_tasks, *args)
     finally:
