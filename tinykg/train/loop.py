@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import copy
 import math
+import platform
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -15,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import __version__
+from ..compress import CompressionConfig
 from ..profile import ActivationTracker
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
@@ -70,6 +73,40 @@ class TrainResult:
     activation_bytes: int | None = None
     activation_bytes_by_op: dict[str, int] = field(default_factory=dict)
     peak_memory_bytes: int | None = None
+
+
+def results_payload(
+    model_name: str, dataset, bits: int, seed: int, metrics: dict, result: TrainResult, fp32_bytes: int | None,
+    params: dict, compression: CompressionConfig | None, device: str, **extra,
+) -> dict:
+    """The results-file payload (schema in the README) shared by the CTR and top-K runs; ``extra`` keys
+    (e.g. the top-K split sizes) are added before ``device``."""
+    fp32_bytes = fp32_bytes if fp32_bytes is not None else result.activation_bytes
+    return {
+        "model": model_name,
+        "dataset": dataset.name,
+        "bits": bits,
+        "seed": seed,
+        "metrics": metrics,
+        "activation_bytes": result.activation_bytes,
+        "activation_bytes_fp32": fp32_bytes,
+        "activation_ratio": fp32_bytes / result.activation_bytes if result.activation_bytes else None,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "epoch_seconds": sum(result.epoch_seconds) / len(result.epoch_seconds),
+        "epochs": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "history": result.history,
+        "activation_bytes_by_op": result.activation_bytes_by_op,
+        "hyperparameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
+        "compression": None
+        if compression is None
+        else {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(compression).items()},
+        "dataset_info": dataset.info(),
+        **extra,
+        "device": device,
+        "world_size": distributed.world_size(),
+        "versions": {"tinykg": __version__, "torch": torch.__version__, "python": platform.python_version()},
+    }
 
 
 def seed_everything(seed: int) -> None:

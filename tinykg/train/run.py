@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .. import __version__
 from ..compress import CompressionConfig
 from ..data import Dataset, SyntheticConfig, ctr_split, load_dataset, make_synthetic
 from . import distributed
 from .builders import build_ctr_model, hyperparameters
-from .loop import TrainConfig, fit_ctr, measure_step_activation, seed_everything
+from .loop import TrainConfig, fit_ctr, measure_step_activation, results_payload, seed_everything
 
 CTR_MODELS = ("kgcn", "kgnn-ls", "ripplenet", "ckan")
 DATASET_KEYS = ("lastfm", "book", "synthetic")
@@ -139,27 +136,5 @@ def train_ctr(
         + (f", {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
     )
     result = fit_ctr(model, train, valid, test, config, log=log)
-    fp32_bytes = fp32_bytes if fp32_bytes is not None else result.activation_bytes
-    payload = {
-        "model": model_name,
-        "dataset": dataset.name,
-        "bits": bits,
-        "seed": seed,
-        "metrics": {"auc": result.metrics["auc"], "f1": result.metrics["f1"]},
-        "activation_bytes": result.activation_bytes,
-        "activation_bytes_fp32": fp32_bytes,
-        "activation_ratio": fp32_bytes / result.activation_bytes if result.activation_bytes else None,
-        "peak_memory_bytes": result.peak_memory_bytes,
-        "epoch_seconds": sum(result.epoch_seconds) / len(result.epoch_seconds),
-        "epochs": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "history": result.history,
-        "activation_bytes_by_op": result.activation_bytes_by_op,
-        "hyperparameters": {k: v for k, v in params.items()},
-        "compression": None if compression is None else {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(compression).items()},
-        "dataset_info": dataset.info(),
-        "device": device,
-        "world_size": distributed.world_size(),
-        "versions": {"tinykg": __version__, "torch": torch.__version__, "python": platform.python_version()},
-    }
-    return payload
+    metrics = {"auc": result.metrics["auc"], "f1": result.metrics["f1"]}
+    return results_payload(model_name, dataset, bits, seed, metrics, result, fp32_bytes, params, compression, device)

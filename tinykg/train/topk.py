@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import copy
 import math
-import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,13 +31,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__
 from ..compress import CompressionConfig
 from ..data import Dataset, Interactions, topk_split
 from ..data.ckg import CollaborativeGraph, build_ckg, kg_with_inverse
 from ..models import TOPK_DEFAULTS, TOPK_MODELS
 from . import distributed
-from .loop import TrainingError, measure_step_activation, seed_everything
+from .loop import TrainingError, TrainResult, measure_step_activation, results_payload, seed_everything
 
 # (test_ratio, valid_ratio) of the per-user split; valid_ratio applies to what is left after the test part.
 SPLITS = {"lastfm": (0.2, 0.1), "synthetic": (0.2, 0.1), "recbole": (0.1, 1.0 / 9.0)}
@@ -229,18 +227,6 @@ class TopKConfig:
         object.__setattr__(self, "ks", tuple(sorted(set(ks) | {20})))
 
 
-@dataclass
-class TopKResult:
-    metrics: dict[str, float]
-    best_epoch: int
-    epochs_run: int
-    epoch_seconds: list[float]
-    history: list[dict[str, float]] = field(default_factory=list)
-    activation_bytes: int | None = None
-    activation_bytes_by_op: dict[str, int] = field(default_factory=dict)
-    peak_memory_bytes: int | None = None
-
-
 def _long(values: np.ndarray, device) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.long, device=device)
 
@@ -263,7 +249,7 @@ def fit_topk(
     *,
     kg_sampler: KGTripleSampler | None = None,
     log: Callable[[str], None] = print,
-) -> TopKResult:
+) -> TrainResult:
     """Train a top-K model (`tinykg.models.bprmf.TopKModel`) with BPR; test metrics at the best epoch.
 
     With ``kg_sampler`` (KGAT) every epoch adds the TransR phase and ``model.update_attention()``. Sampling
@@ -364,7 +350,7 @@ def fit_topk(
     test_metrics = distributed.from_rank_zero(
         lambda: evaluate_topk(model, test, (train, valid), config.ks, config.eval_batch_size, device=config.device)
     )
-    return TopKResult(
+    return TrainResult(
         metrics=test_metrics,
         best_epoch=best_epoch,
         epochs_run=len(epoch_seconds),
@@ -500,29 +486,7 @@ def train_topk(
         + (f", {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
     )
     result = fit_topk(model, train, valid, test, config, kg_sampler=kg_sampler, log=log)
-    fp32_bytes = fp32_bytes if fp32_bytes is not None else result.activation_bytes
-    return {
-        "model": model_name,
-        "dataset": dataset.name,
-        "bits": bits,
-        "seed": seed,
-        "metrics": dict(result.metrics),
-        "activation_bytes": result.activation_bytes,
-        "activation_bytes_fp32": fp32_bytes,
-        "activation_ratio": fp32_bytes / result.activation_bytes if result.activation_bytes else None,
-        "peak_memory_bytes": result.peak_memory_bytes,
-        "epoch_seconds": sum(result.epoch_seconds) / len(result.epoch_seconds),
-        "epochs": result.epochs_run,
-        "best_epoch": result.best_epoch,
-        "history": result.history,
-        "activation_bytes_by_op": result.activation_bytes_by_op,
-        "hyperparameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
-        "compression": None
-        if compression is None
-        else {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(compression).items()},
-        "dataset_info": dataset.info(),
-        "split": {"train": train.num_interactions, "valid": valid.num_interactions, "test": test.num_interactions},
-        "device": device,
-        "world_size": distributed.world_size(),
-        "versions": {"tinykg": __version__, "torch": torch.__version__, "python": platform.python_version()},
-    }
+    split = {"train": train.num_interactions, "valid": valid.num_interactions, "test": test.num_interactions}
+    return results_payload(
+        model_name, dataset, bits, seed, dict(result.metrics), result, fp32_bytes, params, compression, device, split=split
+    )
