@@ -61,8 +61,8 @@ def test_model_activation_bytes_fall_with_bits(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_model_saves_no_full_precision_activation(name):
     """With compression, autograd keeps: packed codes (uint8), fp16 metadata, narrowed indices, and
-    nothing in fp32 but the (B,) logits the BCE terms save (4 bytes per example and BCE term: under 15%
-    of the 2-bit total, under 1% of fp32). No index is kept as int64. The batch itself is held by the
+    nothing in fp32 but the (B,) logits the BCE terms save (4 bytes per example and BCE term; at most two
+    terms, KGNN-LS's label smoothness being the second). No index is kept as int64. The batch itself is held by the
     caller and not counted (as `tinykg.train.loop.measure_step_activation` does)."""
     settings, batch_size, _ = LASTFM_SHAPES[name]
     batch_size = 64
@@ -74,15 +74,14 @@ def test_model_saves_no_full_precision_activation(name):
         loss = model.loss(user, item, label)
     kept = {storage_key(t): t for t in saved if storage_key(t) not in held}
     assert kept
-    fp32_bytes = total = 0
+    fp32_bytes = 0
     for t in kept.values():
         nbytes = t.untyped_storage().nbytes()
-        total += nbytes
         assert t.dtype != torch.int64
         if t.dtype in (torch.float32, torch.float64, torch.bfloat16) and t.numel() > 0:
             assert t.numel() <= batch_size, (t.dtype, tuple(t.shape))
             fp32_bytes += nbytes
-    assert fp32_bytes <= 0.15 * total
+    assert fp32_bytes <= 2 * 4 * batch_size, fp32_bytes
     del loss
 
 

@@ -55,6 +55,7 @@ from .rng import seed_key
 log = logging.getLogger("tinykg.compress")
 
 _MD_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_MD_BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 # Below this many elements the kernels run on the calling thread alone: handing work to another thread
 # costs tens of microseconds, about what 64k elements take.
 _SERIAL_BELOW = 1 << 16
@@ -436,21 +437,25 @@ def dequantize_group(cs, s, z, bits, os):
             os[j] = f32(f32((cs[j >> 3] >> (j & 7)) & 1) * s) + z
 
 
-def dequantize_task(task, num_tasks, codes, scale, zp, numel, G, num_groups, bits, out):
-    """Task ``task`` of ``num_tasks``: a contiguous run of groups, unpacked and dequantized."""
+def dequantize_task(task, num_tasks, codes, scale_bits, zp_bits, kind, numel, G, num_groups, bits, out):
+    """Task ``task`` of ``num_tasks``: a contiguous run of groups, unpacked and dequantized.
+
+    ``scale_bits``, ``zp_bits``: the metadata's bit patterns (int32 for fp32, int16 for fp16 / bf16).
+    """
     mask = (1 << bits) - 1
+    width = i64(0xFFFFFFFF) if kind == 0 else i64(0xFFFF)
     g0 = task * num_groups // num_tasks
     g1 = (task + 1) * num_groups // num_tasks
     for g in range(g0, g1):
         start = g * G
         end = min(start + G, numel)
+        s = md_value(i64(scale_bits[g]) & width, kind)
+        z = md_value(i64(zp_bits[g]) & width, kind)
         if (start * bits) % 8 == 0:
             b0 = (start * bits) // 8
             b1 = (end * bits + 7) // 8
-            dequantize_group(codes[b0:b1], scale[g], zp[g], bits, out[start:end])
+            dequantize_group(codes[b0:b1], s, z, bits, out[start:end])
         else:  # a group that does not start on a byte boundary (tiny or odd "row" groups)
-            s = scale[g]
-            z = zp[g]
             for i in range(start, end):
                 pos = i * bits
                 out[i] = f32(f32((codes[pos >> 3] >> (pos & 7)) & mask) * s) + z
@@ -508,22 +513,25 @@ def quantize_cpu(x: torch.Tensor, config: CompressionConfig, seed: int) -> Packe
     groups_per_chunk = per_byte // math.gcd(group_size, per_byte)
     num_bytes = -(-num_groups * group_size * bits // 8)
     codes = torch.empty(num_bytes, dtype=torch.uint8)
-    scale_bits = torch.empty(num_groups, dtype=torch.int32)
-    zp_bits = torch.empty(num_groups, dtype=torch.int32)
-    flags = torch.empty(num_groups, dtype=torch.uint8)
+    # The kernel writes metadata bit patterns straight into the metadata tensors (through an integer view
+    # of their own width) and exact-group flags into a numpy scratch: no conversion pass after it.
+    scale = torch.empty(num_groups, dtype=md)
+    zero_point = torch.empty(num_groups, dtype=md)
+    bits_dtype = _MD_BITS[md]
+    flags = np.empty(num_groups, np.uint8)
     x_np = flat32.numpy()
     num_chunks = -(-num_groups // int(groups_per_chunk))
     run_tasks(
         kernel, min(num_threads(numel), num_chunks),
         x_np, x_np.view("int32"), numel, group_size, num_groups, int(groups_per_chunk), bits,
         _MD_KIND[md], config.stochastic, seed_key(seed) if config.stochastic else 0,
-        codes.numpy(), scale_bits.numpy(), zp_bits.numpy(), flags.numpy(),
+        codes.numpy(), scale.view(bits_dtype).numpy(), zero_point.view(bits_dtype).numpy(), flags,
     )
-    if md == torch.float32:
-        scale, zero_point = scale_bits.view(torch.float32), zp_bits.view(torch.float32)
-    else:
-        scale, zero_point = scale_bits.to(torch.int16).view(md), zp_bits.to(torch.int16).view(md)
-    exact_index, exact_values = gather_exact(flags, flat, group_size)
+    if flags.any():
+        exact_index, exact_values = gather_exact(torch.from_numpy(flags), flat, group_size)
+    else:  # the usual case, without nonzero's scan
+        exact_index = codes.new_empty(0, dtype=narrowest_int_dtype(num_groups - 1))
+        exact_values = flat.new_empty((0, group_size))
     return PackedActivation(codes, scale, zero_point, exact_index, exact_values, meta)
 
 
@@ -559,14 +567,18 @@ def dequantize_cpu(packed: PackedActivation) -> torch.Tensor:
     """`reference.dequantize_ref` as one fused pass (bitwise identical output)."""
     _, kernel = _get_kernels()
     meta = packed.meta
-    if meta.numel == 0:
+    numel = meta.numel
+    if numel == 0:
         return torch.empty(meta.shape, dtype=meta.dtype, device=packed.device)
     num_groups = meta.num_groups
-    out = torch.empty(meta.numel, dtype=torch.float32)
+    out = torch.empty(numel, dtype=torch.float32)
+    md = packed.scale.dtype
+    bits_dtype = _MD_BITS[md]
+    # Metadata is read as bit patterns and widened inside the kernel (exactly as ``.float()`` would).
     run_tasks(
-        kernel, min(num_threads(meta.numel), num_groups),
-        packed.codes.numpy(), packed.scale.float().numpy(), packed.zero_point.float().numpy(), meta.numel,
-        meta.group_size, num_groups, meta.bits, out.numpy(),
+        kernel, min(num_threads(numel), num_groups),
+        packed.codes.numpy(), packed.scale.view(bits_dtype).numpy(), packed.zero_point.view(bits_dtype).numpy(),
+        _MD_KIND[md], numel, meta.group_size, num_groups, meta.bits, out.numpy(),
     )
     out = out.to(meta.dtype)
     if packed.exact_index.numel():

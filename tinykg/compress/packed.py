@@ -42,7 +42,6 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Inverse of `pack_codes`: the first ``numel`` codes as a 1-D uint8 tensor."""
     if bits == 8:
         return packed[:numel]
-    per_byte = 8 // bits
     shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)  # (per_byte,)
     lanes = (packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)  # (num_bytes, per_byte)
     return lanes.reshape(-1)[:numel]

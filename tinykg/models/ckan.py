@@ -33,7 +33,6 @@ from ..nn import (
     compressed_linear,
     compressed_mul,
     compressed_relu,
-    compressed_sigmoid,
     compressed_softmax,
     gather_aggregate,
 )
@@ -126,9 +125,9 @@ class CKAN(CTRModel):
         head_vectors = compressed_embedding(heads, self.entity_embedding, config)  # (B, S, d)
         relation_vectors = compressed_embedding(relations, self.relation_embedding, config)  # (B, S, d)
         hidden = torch.cat([head_vectors, relation_vectors], dim=-1)  # (B, S, 2d)
-        hidden = compressed_relu(compressed_linear(hidden, w1, None, config), config)  # (B, S, d)
-        hidden = compressed_relu(compressed_linear(hidden, w2, None, config), config)  # (B, S, d)
-        scores = compressed_sigmoid(compressed_linear(hidden, w3, None, config), config).squeeze(-1)  # (B, S)
+        hidden = compressed_linear(hidden, w1, None, config, "relu")  # (B, S, d)
+        hidden = compressed_linear(hidden, w2, None, config, "relu")  # (B, S, d)
+        scores = compressed_linear(hidden, w3, None, config, "sigmoid").squeeze(-1)  # (B, S)
         weights = compressed_softmax(scores, -1, config)  # (B, S)
         return gather_aggregate(self.entity_embedding, tails, weights, config=config)  # (B, d)
 

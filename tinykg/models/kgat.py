@@ -53,7 +53,6 @@ from ..compress import CompressionConfig, checkpoint
 from ..nn import (
     compressed_dropout,
     compressed_embedding,
-    compressed_leaky_relu,
     compressed_linear,
     compressed_mul,
     compressed_normalize,
@@ -324,11 +323,12 @@ class KGAT(TopKModel):
         """One bi-interaction layer: x (N, d_l) -> (the next x (N, d_l+1), its row-L2-normalised copy)."""
         config = self.active_config
         side = _constant_edge_aggregate(head, tail, self.attention, x, self.num_nodes, config)  # (N, d_l)
-        summed = compressed_linear(x + side, self.gc_weights[layer], self.gc_biases[layer], config)  # (N, d_l+1)
-        summed = compressed_leaky_relu(summed, self.negative_slope, config)
+        slope = self.negative_slope
+        summed = compressed_linear(
+            x + side, self.gc_weights[layer], self.gc_biases[layer], config, "leaky_relu", slope
+        )  # (N, d_l+1)
         product = compressed_mul(x, side, config)  # (N, d_l)
-        product = compressed_linear(product, self.bi_weights[layer], self.bi_biases[layer], config)
-        product = compressed_leaky_relu(product, self.negative_slope, config)
+        product = compressed_linear(product, self.bi_weights[layer], self.bi_biases[layer], config, "leaky_relu", slope)
         x = compressed_dropout(summed + product, self.mess_dropout[layer], self.training, config)  # (N, d_l+1)
         return x, compressed_normalize(x, -1, 1e-12, config)
 

@@ -16,10 +16,11 @@ For a batch of (user u, item v) the receptive field is hop-i entities e_i (B, K^
     loss        mean BCE + l2_weight * (l2(U) + l2(E) + l2(R) + sum_i l2(W_i)),  l2(x) = ||x||^2 / 2
 
 Memory layout (what autograd keeps with a `CompressionConfig`): mean_d(u * r) is computed as
-``(u R^T)[b, r_k] / d`` -- one (B, num_relations) product, saving a quantized u and the narrowed
-per-neighbour index, never the (B, K, d) relation vectors. The attention of hop h depends only on the
+``(u R^T)[b, r_k] / d`` -- one (B, num_relations) product inside `indexed_attention`, which keeps a
+quantized u, the per-neighbour relation index narrowed to the relation count (uint8) and the quantized
+weights, never the (B, K, d) relation vectors or the logits. The attention of hop h depends only on the
 user and the relations, so it is computed once and shared by all iterations (the TF code recomputes
-identical values). Neighbours of iteration 1 are gathered straight from the entity table
+identical values). Each aggregator's linear map and activation are one fused op. Neighbours of iteration 1 are gathered straight from the entity table
 (`gather_aggregate`: narrowed index + quantized weights saved, table by reference).
 
 Legend: B batch, K neighbours per entity, H iterations (hops), d embedding dim, E entities,
@@ -32,16 +33,7 @@ import torch
 from torch import nn
 
 from ..compress import CompressionConfig
-from ..nn import (
-    compressed_embedding,
-    compressed_linear,
-    compressed_mul,
-    compressed_relu,
-    compressed_softmax,
-    compressed_tanh,
-    gather_aggregate,
-    weighted_sum,
-)
+from ..nn import compressed_embedding, compressed_linear, compressed_mul, gather_aggregate, indexed_attention, weighted_sum
 from .base import CTRModel, check_choice, check_count, index_buffer, op_index, tf_l2
 
 AGGREGATORS = ("sum", "concat", "neighbor")
@@ -125,17 +117,12 @@ class KGCN(CTRModel):
 
     def attention(self, user_vectors: torch.Tensor, relations: list[torch.Tensor], config) -> list[torch.Tensor]:
         """Softmax weights [(B, K^h, K) for h = 0..H-1] of mean_d(u * r) over each node's K neighbours."""
-        batch, d, num_rel = user_vectors.shape[0], self.embedding_dim, self.num_relations
-        # mean_d(u * r) for every relation at once: (B, N_r); saves a quantized u only.
-        scores = compressed_linear(user_vectors, self.relation_embedding, None, config) / d
-        table = scores.reshape(batch * num_rel, 1)  # (B * N_r, 1)
-        row_offset = torch.arange(batch, device=scores.device, dtype=torch.int32).view(batch, 1) * num_rel
-        weights = []
-        for hop_relations in relations:  # (B, n * K)
-            picked = compressed_embedding(row_offset + hop_relations, table, config)  # (B, n * K, 1)
-            logits = picked.view(batch, -1, self.num_neighbors)  # (B, n, K)
-            weights.append(compressed_softmax(logits, -1, config))
-        return weights
+        batch, k = user_vectors.shape[0], self.num_neighbors
+        scale = 1.0 / self.embedding_dim  # mean over d
+        return [
+            indexed_attention(user_vectors, self.relation_embedding, hop_relations.view(batch, -1, k), scale, config)
+            for hop_relations in relations  # (B, n * K)
+        ]
 
     def _aggregate(self, iteration: int, self_vectors, neighbor_vectors, config) -> torch.Tensor:
         # self_vectors, neighbor_vectors: (B, n, d) -> (B, n, d)
@@ -145,10 +132,10 @@ class KGCN(CTRModel):
             inputs = torch.cat([self_vectors, neighbor_vectors], dim=-1)  # (B, n, 2d)
         else:
             inputs = neighbor_vectors
-        out = compressed_linear(inputs, self.aggregator_weights[iteration], self.aggregator_biases[iteration], config)
-        if iteration == self.num_layers - 1:
-            return compressed_tanh(out, config)
-        return compressed_relu(out, config)
+        activation = "tanh" if iteration == self.num_layers - 1 else "relu"
+        return compressed_linear(
+            inputs, self.aggregator_weights[iteration], self.aggregator_biases[iteration], config, activation
+        )
 
     def encode(self, user_index: torch.Tensor, item_index: torch.Tensor) -> dict[str, object]:
         """User vectors (B, d), item vectors (B, d) and the receptive field with its attention."""

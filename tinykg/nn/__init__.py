@@ -18,6 +18,7 @@ from .activation import (
     compressed_softmax,
     compressed_tanh,
 )
+from .attention import IndexedAttention, indexed_attention
 from .aggregate import CompressedEmbedding, GatherAggregate, compressed_embedding, gather_aggregate, weighted_sum
 from .convert import compress_
 from .elementwise import CompressedMul, CompressedNormalize, compressed_mul, compressed_normalize
@@ -30,5 +31,5 @@ __all__ = [
     "compressed_softmax", "compressed_tanh", "CompressedEmbedding", "GatherAggregate", "compressed_embedding",
     "gather_aggregate", "weighted_sum", "compress_", "CompressedMul", "CompressedNormalize", "compressed_mul",
     "compressed_normalize", "CompressedLinear", "compressed_linear", "EdgeAggregate", "SparseMatmul",
-    "edge_aggregate", "sparse_matmul",
+    "edge_aggregate", "sparse_matmul", "IndexedAttention", "indexed_attention",
 ]

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -69,12 +69,31 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     # An intermediate saved by two ops (tanh's output, which the next linear saves too) is quantized
     # once: the packed copy rides on the tensor object, valid while its version counter is unchanged.
     # Intermediates are created anew by every forward pass, so no noise is reused across steps.
-    cached = getattr(x, "_tinykg_packed", None)
+    owner = _cache_owner(x)
+    cached = getattr(owner, "_tinykg_packed", None)
     if cached is not None and cached[0] == config and cached[1] == x._version:
-        return cached[2]
+        packed = cached[2]
+        return packed if packed.shape == x.shape else replace(packed, meta=replace(packed.meta, shape=x.shape))
     packed = quantize(x, config)
-    x._tinykg_packed = (config, x._version, packed)
+    owner._tinykg_packed = (config, x._version, packed)
     return packed
+
+
+def _cache_owner(x: torch.Tensor) -> torch.Tensor:
+    """The tensor a packed copy of ``x`` is cached on: the base of a view covering all of it in the same
+    order (so a reshaped view of a cached tensor, e.g. ``y.view(B, d)``, finds the copy; views share their
+    base's version counter), else ``x`` itself."""
+    base = x._base
+    if (
+        base is not None
+        and x.dtype == base.dtype
+        and x.numel() == base.numel()
+        and x.storage_offset() == base.storage_offset()
+        and x.is_contiguous()
+        and base.is_contiguous()
+    ):
+        return base
+    return x
 
 
 _PACKED_PARTS = 5  # codes, scale, zero_point, exact_index, exact_values

@@ -24,9 +24,14 @@ class _CompressedReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (positive,) = load(ctx)
-        if ctx.negative_slope == 0.0:
-            return grad_out * positive, None
-        return grad_out * torch.where(positive, 1.0, ctx.negative_slope).to(grad_out.dtype), None
+        return mask_grad(positive, grad_out, ctx.negative_slope), None
+
+
+def mask_grad(positive: torch.Tensor, grad_out: torch.Tensor, negative_slope: float) -> torch.Tensor:
+    """Gradient of ReLU (``negative_slope == 0``) or LeakyReLU given the mask of positive inputs."""
+    if negative_slope == 0.0:
+        return grad_out * positive
+    return grad_out * torch.where(positive, 1.0, negative_slope).to(grad_out.dtype)
 
 
 def compressed_relu(x: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
@@ -74,7 +79,8 @@ def compressed_dropout(
     return _CompressedDropoutFunction.apply(x, p, generator)
 
 
-_OUTPUT_GRADS = {
+# Gradients of the activations whose derivative is a function of their output y (g: the output's gradient).
+OUTPUT_GRADS = {
     "sigmoid": lambda y, g: g * y * (1 - y),
     "tanh": lambda y, g: g * (1 - y * y),
 }
@@ -100,7 +106,7 @@ class _CompressedOutputActivation(torch.autograd.Function):
         if ctx.kind == "softmax":
             grad = y * (grad_out - (grad_out * y).sum(ctx.dim, keepdim=True))
         else:
-            grad = _OUTPUT_GRADS[ctx.kind](y, grad_out)
+            grad = OUTPUT_GRADS[ctx.kind](y, grad_out)
         return grad, None, None, None
 
 
