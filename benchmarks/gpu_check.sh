@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of the Triton backend on one CUDA GPU, in under 5 minutes; installs nothing (works offline).
+# GPU check of the Triton backend (and of the README's DDP launch over NCCL) on one CUDA GPU, in under 5 minutes; installs nothing (works offline).
 # Needs python with torch (CUDA build) and triton. Prints markdown; writes $OUT/gpu_check.json when OUT is
 # set. Usage: bash benchmarks/gpu_check.sh [--numel N] [--repeats R] [--out FILE]
 set -euo pipefail
@@ -24,4 +24,10 @@ if missing or not torch.cuda.is_available():
 PY
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 
-exec "$PYTHON" benchmarks/gpu_check.py "$@"
+"$PYTHON" benchmarks/gpu_check.py "$@"
+
+# The README's GPU launch (DDP over NCCL, one process per GPU, cuda:LOCAL_RANK), on this machine's GPUs.
+NGPU="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')"
+echo "## DDP launch check: torchrun --standalone --nproc-per-node $NGPU ... --device cuda"
+"$PYTHON" -m torch.distributed.run --standalone --nproc-per-node "$NGPU" -m tinykg train --synthetic toy \
+    --epochs 1 --device cuda --out "${OUT:-/tmp}/gpu_ddp_check.json"
