@@ -120,11 +120,10 @@ def _segment_bytes(model: nn.Module, method: str, batch: tuple) -> int:
     model.train()
     largest = 0
     with torch.random.fork_rng(devices=[]):
-        head, tail = model.head_index.long(), model.tail_index.long()
         x = model.node_embedding
         for layer in range(len(model.layer_sizes)):
-            with ActivationTracker(model, exclude=(x, head, tail)) as tracker:
-                x, _ = model.propagate_layer(layer, x, head, tail)
+            with ActivationTracker(model, exclude=(x,)) as tracker:
+                x, _ = model.propagate_layer(layer, x)
             largest = max(largest, tracker.report().total_bytes)
             x = x.detach().requires_grad_()
     return largest

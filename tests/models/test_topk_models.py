@@ -21,7 +21,7 @@ from tinykg.data import Interactions, KnowledgeGraph, SyntheticConfig, make_synt
 from tinykg.data.ckg import build_ckg, kg_with_inverse
 from tinykg.models import BPRMF, KGAT, KGIN, TOPK_DEFAULTS, TOPK_MODELS
 from tinykg.models.bprmf import head_config
-from tinykg.models.kgat import _constant_edge_aggregate, _relation_project, segment_softmax
+from tinykg.models.kgat import _csr, _propagate, _relation_project, segment_softmax
 from tinykg.models.kgin import _parameter_function, _relational_mean, cosine_independence, distance_correlation
 from tinykg.profile import ActivationTracker
 
@@ -209,21 +209,53 @@ def test_head_config_raises_only_the_batch_head_bits():
 # -- private ops ---------------------------------------------------------------------------------------
 
 
-def test_constant_edge_aggregate_gradcheck_and_saves_no_float():
+def test_propagate_gradcheck_matches_edge_sums_and_saves_nothing():
     g = torch.Generator().manual_seed(0)
-    target, source = torch.randint(0, 5, (20,), generator=g), torch.randint(0, 7, (20,), generator=g)
+    target, source = torch.randint(0, 7, (20,), generator=g), torch.randint(0, 7, (20,), generator=g)
+    order = torch.argsort(target, stable=True)
+    target, source = target[order], source[order]
     weight = torch.rand(20, generator=g, dtype=torch.float64)
     x = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    config = config_for(2)
-    torch.autograd.gradcheck(lambda x: _constant_edge_aggregate(target, source, weight, x, 5, config), (x,))
-    ref = torch.zeros(5, 3, dtype=torch.float64).index_add_(0, target, x[source] * weight[:, None])
-    torch.testing.assert_close(_constant_edge_aggregate(target, source, weight, x, 5, config), ref)
-    # With float32 graph buffers held by the caller, nothing new is kept for backward.
-    weight32 = weight.float()
+    back = torch.argsort(source, stable=True)
+    adjacency = (_csr(target, source, weight, 7, 7), _csr(source[back], target[back], weight[back], 7, 7))
+    torch.autograd.gradcheck(lambda x: _propagate(x, adjacency), (x,))
+    ref = torch.zeros(7, 3, dtype=torch.float64).index_add_(0, target, x[source] * weight[:, None])
+    torch.testing.assert_close(_propagate(x, adjacency), ref)
+    # The adjacency is the model's cached graph structure: nothing is kept for backward.
     x32 = x.detach().float().requires_grad_()
-    with ActivationTracker(exclude=(target, source, weight32)) as tracker:
-        out = _constant_edge_aggregate(target, source, weight32, x32 * 1.0, 5, config)
-    assert out.shape == (5, 3) and tracker.report().total_bytes == 0
+    adjacency32 = tuple(a.to(torch.float32) for a in adjacency)
+    with ActivationTracker() as tracker:
+        out = _propagate(x32 * 1.0, adjacency32)
+    assert out.shape == (7, 3) and tracker.report().total_bytes == 0
+
+
+def test_kgat_adjacency_follows_the_attention_and_any_edge_order(toy):
+    dataset, train = toy
+    model = make_topk("kgat", dataset, train)
+    forward, transpose = model.adjacency()
+    n = model.num_nodes
+    dense = torch.zeros(n, n).index_put_((model.head_index.long(), model.tail_index.long()), model.attention, accumulate=True)
+    torch.testing.assert_close(forward.to_dense(), dense)
+    torch.testing.assert_close(transpose.to_dense(), dense.t())
+    assert model.adjacency()[0] is forward  # cached while nothing changes
+    model.update_attention()
+    refreshed = model.adjacency()[0]
+    assert refreshed is not forward
+    torch.testing.assert_close(refreshed.values(), model.attention)
+    # Edges given in any order are stored sorted by head: the same propagation.
+    ckg = build_ckg(train, dataset.kg)
+    shuffle = torch.randperm(len(ckg.head_index), generator=torch.Generator().manual_seed(0)).numpy()
+    kwargs = dict(embedding_dim=8, layer_sizes=(8, 4), kge_dim=8, mess_dropout=0.0)
+    torch.manual_seed(0)
+    ordered = KGAT.from_ckg(ckg, train.num_items, **kwargs)
+    torch.manual_seed(0)
+    shuffled = KGAT(
+        ckg.num_users, train.num_items, ckg.num_entities, ckg.num_relations, ckg.head_index[shuffle],
+        ckg.rel_type[shuffle], ckg.tail_index[shuffle], ckg.edge_weight[shuffle], **kwargs,
+    )
+    assert bool((shuffled.head_index[1:] >= shuffled.head_index[:-1]).all())
+    with torch.no_grad():
+        torch.testing.assert_close(shuffled.eval().propagate(), ordered.eval().propagate())
 
 
 def test_relation_project_matches_gathered_matrices():
