@@ -141,3 +141,14 @@ def test_reshaped_view_reuses_its_base_packed_copy():
     with torch.no_grad():
         base.mul_(2)
     assert maybe_quantize(view, CFG).codes is not packed.codes
+
+
+@pytest.mark.parametrize("numel", [0, 1, 7, 8, 9, 1001])
+def test_bitmask_cpu_fast_path_matches_pack_codes_layout(numel):
+    from tinykg.compress import pack_codes
+    from tinykg.nn._saved import BitMask
+
+    mask = torch.rand(numel, generator=torch.Generator().manual_seed(numel)) > 0.5
+    packed = BitMask.pack(mask.view(1, numel))
+    assert torch.equal(packed.bits, pack_codes(mask, 1))  # the layout the GPU path writes
+    assert torch.equal(packed.unpack(), mask.view(1, numel))
