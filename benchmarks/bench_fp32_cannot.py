@@ -1,6 +1,6 @@
 """Train what fp32 cannot: full-graph KGAT on a synthetic graph too big for fp32 in this machine's memory.
 
-    python benchmarks/bench_fp32_cannot.py --triples 7e6 --limit-gib 19 --steps 3
+    python benchmarks/bench_fp32_cannot.py --triples 1e7 --limit-gib 20 --steps 4
     python benchmarks/bench_fp32_cannot.py --smoke        # a tiny graph, both runs complete (run by the tests)
 
 Each run is a child process that caps its own address space first (RLIMIT_AS = ``--limit-gib``), so an
@@ -210,8 +210,8 @@ def runs_table(runs: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="a tiny graph; both runs complete")
-    parser.add_argument("--triples", type=lambda s: int(float(s)), default=7_000_000, help="requested KG triples")
-    parser.add_argument("--limit-gib", type=float, default=19.0, help="address-space limit of each run")
+    parser.add_argument("--triples", type=lambda s: int(float(s)), default=10_000_000, help="requested KG triples")
+    parser.add_argument("--limit-gib", type=float, default=20.0, help="address-space limit of each run")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--fractions", type=float, nargs="+", default=[1 / 64, 1 / 32, 1 / 16, 1 / 8],
                         help="scaled-down graphs measured to extrapolate fp32's need")
