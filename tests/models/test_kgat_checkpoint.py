@@ -57,8 +57,8 @@ def test_kgat_checkpoint_layers_hold_layer_inputs_instead_of_layer_activations()
     inputs = model.num_nodes * 8 * 4 + 2 * CPU_RNG_STATE_BYTES
     # What the BPR head keeps outside the layers: the same loss on fixed node representations.
     model.checkpoint_layers = False
-    nodes = model.propagate().detach().requires_grad_() * 1.0  # non-leaf, like the real concatenation
-    with mock.patch.object(model, "propagate", return_value=nodes), ActivationTracker(model, exclude=batch) as head:
+    layers = [layer.detach().requires_grad_() * 1.0 for layer in model.propagate_layers()]  # non-leaf, like the real ones
+    with mock.patch.object(model, "propagate_layers", return_value=layers), ActivationTracker(model, exclude=batch) as head:
         loss = model.loss(*batch)
     head_bytes = head.report().total_bytes
     assert head_bytes > 0

@@ -355,8 +355,8 @@ class KGAT(TopKModel):
         x = compressed_dropout(summed + product, self.mess_dropout[layer], self.training, config)  # (N, d_l+1)
         return x, compressed_normalize(x, -1, 1e-12, config)
 
-    def propagate(self) -> torch.Tensor:
-        """Representations of all nodes, (N, d + sum(layer_sizes)): the concatenation of every layer.
+    def propagate_layers(self) -> list[torch.Tensor]:
+        """Every layer's representation of all nodes: [e^(0) (N, d), norm(e^(1)) (N, d_1), ...].
 
         With ``checkpoint_layers`` (training only), each layer is an activation checkpoint: its input is
         kept, its intermediates are recomputed in backward (`tinykg.compress.checkpoint`)."""
@@ -368,19 +368,31 @@ class KGAT(TopKModel):
             else:
                 x, normalized = self.propagate_layer(layer, x)
             outputs.append(normalized)
-        return torch.cat(outputs, dim=1)  # (N, d + sum d_l)
+        return outputs
+
+    def propagate(self) -> torch.Tensor:
+        """Representations of all nodes, (N, d + sum(layer_sizes)): the concatenation of every layer."""
+        return torch.cat(self.propagate_layers(), dim=1)
 
     def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         nodes = self.propagate()
         return nodes[: self.num_users], nodes[self.num_users : self.num_users + self.num_items]
 
     def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
-        """BPR loss of phase I (B,) x 3 -> scalar."""
+        """BPR loss of phase I (B,) x 3 -> scalar.
+
+        The batch's rows are gathered from each layer at once, users, positives and negatives together:
+        the (N, d + sum d_l) concatenation of all nodes is never formed (3.4 GiB at 10M triples), and
+        backward builds one gradient per layer rather than one (N, d + sum d_l) gradient per gather.
+        """
         config = self.active_config
-        nodes = self.propagate()
-        user = compressed_embedding(op_index(user_index), nodes, config)  # (B, D')
-        pos = compressed_embedding(op_index(pos_index + self.num_users), nodes, config)  # (B, D')
-        neg = compressed_embedding(op_index(neg_index + self.num_users), nodes, config)  # (B, D')
+        batch, offset = user_index.shape[0], self.num_users
+        index = op_index(torch.cat([user_index, pos_index + offset, neg_index + offset]))  # (3B,)
+        if compression_active(config, self.node_embedding):
+            index = narrow_index(index, self.num_nodes)  # narrowed once: every layer's gather saves this tensor
+        layers = self.propagate_layers()
+        rows = torch.cat([compressed_embedding(index, layer, config) for layer in layers], dim=1)  # (3B, D')
+        user, pos, neg = rows.split(batch)  # (B, D') each
         return bpr_loss(user, pos, neg, self.l2_weight, head_config(config, self.head_bits))
 
     # -- phase II: TransR and the attention refresh ----------------------------------------------------

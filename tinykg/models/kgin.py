@@ -342,8 +342,9 @@ class KGIN(TopKModel):
         config = self.active_config
         users, entities = self.propagate()
         user = compressed_embedding(op_index(user_index), users, config)  # (B, d)
-        pos = compressed_embedding(op_index(pos_index), entities, config)  # (B, d)
-        neg = compressed_embedding(op_index(neg_index), entities, config)  # (B, d)
+        # Positives and negatives in one gather: backward builds one entity-sized gradient, not two.
+        items = compressed_embedding(op_index(torch.cat([pos_index, neg_index])), entities, config)  # (2B, d)
+        pos, neg = items.split(user_index.shape[0])  # (B, d) each
         loss = bpr_loss(user, pos, neg, self.l2_weight, head_config(config, self.head_bits))
         if self.sim_weight:
             loss = loss + self.sim_weight * self.independence_loss()
