@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--synthetic", default="default", type=_synthetic_size, metavar="SIZE", help="without --data: synthetic size 'toy', 'default' or a number of KG triples")
     train.add_argument("--format", dest="fmt", choices=("kgcn", "lastfm-raw", "kgat", "recbole"), help="dataset format (default: detected)")
     train.add_argument("--bits", type=int, default=2, choices=BITS_CHOICES, help="activation storage bits; 32 = no compression (default 2)")
-    train.add_argument("--group-size", type=_group_size, default=256, help="elements per quantization group, or 'row' (default 256)")
+    train.add_argument(
+        "--group-size", type=_group_size, default=None,
+        help="elements per quantization group, or 'row' (default: 256, or the model's setting for the dataset)",
+    )
     train.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "triton"), help="quantizer implementation")
     train.add_argument("--epochs", type=_positive_int, help="training epochs (default: the model's published setting)")
     train.add_argument("--batch-size", type=_positive_int, help="training batch size (default: published setting)")

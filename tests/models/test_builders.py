@@ -83,3 +83,20 @@ def test_build_ctr_model_settings_follow_overrides(toy):
     ckan = build_ctr_model("ckan", dataset, train, compression=None, seed=0, overrides=overrides)
     assert ckan.user_heads.shape == (train.num_users, 1, 5)
     assert ckan.weight_decay == DEFAULTS["ckan"]["synthetic"]["l2_weight"]
+
+
+def test_model_sets_its_quantization_group_for_a_dataset(toy):
+    """RippleNet on Book-Crossing (d = 4) quantizes in groups of 64 unless the caller picks a size; every
+    other setting keeps the library default of 256."""
+    dataset, _ = toy
+    from tinykg.train.run import train_ctr
+
+    assert hyperparameters("ripplenet", "book")["group_size"] == 64
+    assert all("group_size" not in hyperparameters(name, "lastfm") for name in NAMES)
+    fast = {"epochs": 1, "batch_size": 256}
+    chosen = train_ctr("ripplenet", dataset, bits=2, key="book", overrides=fast, progress=False, log=lambda _: None)
+    assert chosen["compression"]["group_size"] == 64
+    given = train_ctr("ripplenet", dataset, bits=2, group_size=128, key="book", overrides=fast, progress=False, log=lambda _: None)
+    assert given["compression"]["group_size"] == 128
+    other = train_ctr("kgcn", dataset, bits=2, key="lastfm", overrides={"epochs": 1}, progress=False, log=lambda _: None)
+    assert other["compression"]["group_size"] == 256

@@ -13,8 +13,10 @@ from ..compress import CompressionConfig
 from ..data import Dataset, Interactions, ckan_triple_sets, kgcn_neighbors, ripple_sets
 from ..models import DEFAULTS, MODELS
 
-# Keys the training loop reads; every other key is a model or sampling setting.
-TRAINING_KEYS = ("lr", "batch_size", "epochs", "drop_last")
+# Keys the training loop reads (group_size: the default quantization group of `train_ctr` where a model
+# sets one for the dataset); every other key is a model or sampling setting.
+TRAINING_KEYS = ("lr", "batch_size", "epochs", "drop_last", "group_size")
+DEFAULT_GROUP_SIZE = 256
 
 
 def _check_name(name: str) -> None:

@@ -13,7 +13,7 @@ import torch
 from ..compress import CompressionConfig
 from ..data import Dataset, SyntheticConfig, ctr_split, load_dataset, make_synthetic
 from . import distributed
-from .builders import build_ctr_model, hyperparameters
+from .builders import DEFAULT_GROUP_SIZE, build_ctr_model, hyperparameters
 from .loop import TrainConfig, fit_ctr, measure_step_activation, results_payload, seed_everything
 
 CTR_MODELS = ("kgcn", "kgnn-ls", "ripplenet", "ckan")
@@ -76,7 +76,7 @@ def train_ctr(
     dataset: Dataset,
     *,
     bits: int = 2,
-    group_size: int | str = 256,
+    group_size: int | str | None = None,
     backend: str = "auto",
     seed: int = 0,
     overrides: dict | None = None,
@@ -90,6 +90,9 @@ def train_ctr(
 ) -> dict:
     """Split, build, train and evaluate one CTR model; returns the results-file payload.
 
+    ``group_size`` None: the model's setting for the dataset (``DEFAULTS[model][key]["group_size"]``),
+    else 256.
+
     With ``checkpoint_dir`` a checkpoint is written after every epoch; ``resume`` continues from it and
     ends with the same numbers, bit for bit on CPU, as a run that was never interrupted (with the same
     number of processes). Inside a torch.distributed process group every rank calls this with the same
@@ -102,6 +105,8 @@ def train_ctr(
     params = hyperparameters(model_name, key, overrides)
     seed_everything(seed)
     train, valid, test = ctr_split(dataset.interactions, seed=seed)
+    if group_size is None:
+        group_size = params.get("group_size", DEFAULT_GROUP_SIZE)
     compression = compression_for(bits, group_size, backend)
     model = build_ctr_model(model_name, dataset, train, compression=compression, seed=seed, overrides=overrides, dataset_key=key)
     config = TrainConfig(
