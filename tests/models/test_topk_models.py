@@ -21,7 +21,7 @@ from tinykg.data import Interactions, KnowledgeGraph, SyntheticConfig, make_synt
 from tinykg.data.ckg import build_ckg, kg_with_inverse
 from tinykg.models import BPRMF, KGAT, KGIN, TOPK_DEFAULTS, TOPK_MODELS
 from tinykg.models.bprmf import head_config
-from tinykg.models.kgat import _csr, _propagate, _relation_project, segment_softmax
+from tinykg.models.kgat import _bi_interaction, _csr, _propagate, _relation_project, segment_softmax
 from tinykg.models.kgin import _parameter_function, _relational_mean, cosine_independence, distance_correlation
 from tinykg.profile import ActivationTracker
 
@@ -227,6 +227,48 @@ def test_propagate_gradcheck_matches_edge_sums_and_saves_nothing():
     with ActivationTracker() as tracker:
         out = _propagate(x32 * 1.0, adjacency32)
     assert out.shape == (7, 3) and tracker.report().total_bytes == 0
+
+
+def _bi_inputs(dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(*shape, generator=g, dtype=dtype).requires_grad_() for shape in ((40, 6), (40, 6), (5, 6), (5,), (5, 6), (5,))]
+
+
+def test_bi_interaction_gradcheck_and_matches_the_composed_ops():
+    config = config_for(2)
+    inputs = _bi_inputs()
+    torch.autograd.gradcheck(lambda *t: _bi_interaction(*t, 0.2, config), inputs)  # float64: kept exactly
+    x, side, w1, b1, w2, b2 = (t.detach().float() for t in inputs)
+    plain = F.leaky_relu(F.linear(x + side, w1, b1), 0.2) + F.leaky_relu(F.linear(x * side, w2, b2), 0.2)
+    torch.testing.assert_close(_bi_interaction(x, side, w1, b1, w2, b2, 0.2, None), plain)
+    fresh = [t.detach().float().requires_grad_() for t in inputs]
+    torch.testing.assert_close(_bi_interaction(*fresh, 0.2, config), plain)  # exact forward
+
+
+def test_bi_interaction_gradient_is_unbiased_and_keeps_two_packed_inputs():
+    """E[grad] = fp32 grad (the product x_hat * side_hat of independent copies is unbiased): the squared
+    error of the mean over N draws matches the noise of the mean (ratio ~1, see tests/models/test_unbiased.py)."""
+    inputs = [t.detach().float() for t in _bi_inputs(seed=1)]
+    grad_out = torch.randn(40, 5, generator=torch.Generator().manual_seed(2))
+
+    def grads(config):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        x, side = (leaves[0] * 1.0, leaves[1] * 1.0)  # non-leaf activations, as in the model
+        _bi_interaction(x, side, *leaves[2:], 0.2, config).backward(grad_out)
+        return torch.cat([t.grad.reshape(-1) for t in leaves]).double()
+
+    exact = grads(None)
+    torch.manual_seed(0)
+    draws = torch.stack([grads(CompressionConfig(bits=2, group_size=32, backend="torch")) for _ in range(128)])
+    ratio = (draws.mean(0) - exact).pow(2).sum() / (draws.var(0).sum() / len(draws))
+    assert ratio < 2.0, ratio
+    x, side = (inputs[0].clone().requires_grad_() * 1.0, inputs[1].clone().requires_grad_() * 1.0)
+    weights = [t.clone().requires_grad_() for t in inputs[2:]]
+    with ActivationTracker(exclude=weights) as tracker:
+        out = _bi_interaction(x, side, *weights, 0.2, CompressionConfig(bits=2, group_size=32, backend="torch"))
+    # two 2-bit (40, 6) copies (60 B codes + fp16 metadata each) and two 1-bit (40, 5) masks (25 B each)
+    assert tracker.report().total_bytes < 2 * (60 + 4 * 8) + 2 * 25 + 64
+    del out
 
 
 def test_kgat_adjacency_follows_the_attention_and_any_edge_order(toy):

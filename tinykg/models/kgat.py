@@ -58,7 +58,8 @@ from ..nn import (
     compressed_mul,
     compressed_normalize,
 )
-from ..nn._saved import compression_active, load, narrow_index, save
+from ..nn._saved import BitMask, compression_active, load, maybe_quantize, narrow_index, save
+from ..nn.activation import mask_grad
 from .base import check_count, index_buffer, op_index
 from .bprmf import TopKModel, bpr_loss, head_config
 
@@ -104,6 +105,59 @@ def _propagate(x: torch.Tensor, adjacency: tuple[torch.Tensor, torch.Tensor]) ->
     CSR (2x faster than the CSC view ``adjacency.t()``).
     """
     return _PropagateFunction.apply(x, *adjacency)
+
+
+class _BiInteractionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, side, w1, b1, w2, b2, slope, config):
+        # x, side: (N, d); w1, w2: (d', d); b1, b2: (d',) -> (N, d')
+        # Only x and e_N are kept (quantized; layer 0's x is the embedding table, kept by reference): the
+        # backward rebuilds x + e_N and x * e_N from the two copies. Each copy is unbiased and their
+        # rounding noise is independent, so the sum and the product are unbiased too.
+        x_saved, side_saved = maybe_quantize(x, config), maybe_quantize(side, config)
+        summed = F.linear(x + side, w1, b1)  # (N, d')
+        product = F.linear(x * side, w2, b2)  # (N, d')
+        masks = BitMask.pack(summed > 0), BitMask.pack(product > 0)
+        ctx.slope = slope
+        save(ctx, x_saved, side_saved, w1, w2, *masks)
+        return F.leaky_relu_(summed, slope) + F.leaky_relu_(product, slope)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, side, w1, w2, positive1, positive2 = load(ctx)
+        x, side = x.to(grad_out.dtype), side.to(grad_out.dtype)
+        g1 = mask_grad(positive1, grad_out, ctx.slope)  # (N, d')
+        g2 = mask_grad(positive2, grad_out, ctx.slope)
+        grad_sum = g1 @ w1.to(g1.dtype)  # (N, d): gradient of x + e_N
+        grad_product = g2 @ w2.to(g2.dtype)  # (N, d): gradient of x * e_N
+        grad_x = grad_side = grad_w1 = grad_b1 = grad_w2 = grad_b2 = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_sum + grad_product * side
+        if ctx.needs_input_grad[1]:
+            grad_side = grad_sum + grad_product * x
+        if ctx.needs_input_grad[2]:
+            grad_w1 = g1.t() @ (x + side)
+        if ctx.needs_input_grad[3]:
+            grad_b1 = g1.sum(0)
+        if ctx.needs_input_grad[4]:
+            grad_w2 = g2.t() @ (x * side)
+        if ctx.needs_input_grad[5]:
+            grad_b2 = g2.sum(0)
+        return grad_x, grad_side, grad_w1, grad_b1, grad_w2, grad_b2, None, None
+
+
+def _bi_interaction(x, side, w1, b1, w2, b2, slope: float, config: CompressionConfig | None) -> torch.Tensor:
+    """KGAT's bi-interaction aggregator LeakyReLU(W1 (x + e_N) + b1) + LeakyReLU(W2 (x * e_N) + b2), (N, d').
+
+    Compressed, one op that keeps 2-bit x and e_N and two 1-bit masks: the composition of compressed linears
+    and a compressed product kept x + e_N, x, e_N and x * e_N (twice the codes, twice the quantize calls).
+    Without compression: the plain PyTorch composition (the fp32 baseline).
+    """
+    if not compression_active(config, x, side, w1, w2):
+        summed = compressed_linear(x + side, w1, b1, None, "leaky_relu", slope)
+        product = compressed_linear(compressed_mul(x, side, None), w2, b2, None, "leaky_relu", slope)
+        return summed + product
+    return _BiInteractionFunction.apply(x, side, w1, b1, w2, b2, float(slope), config)
 
 
 def _project_grouped(x: torch.Tensor, rel_type: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
@@ -346,13 +400,11 @@ class KGAT(TopKModel):
         """One bi-interaction layer: x (N, d_l) -> (the next x (N, d_l+1), its row-L2-normalised copy)."""
         config = self.active_config
         side = _propagate(x, self.adjacency())  # (N, d_l)
-        slope = self.negative_slope
-        summed = compressed_linear(
-            x + side, self.gc_weights[layer], self.gc_biases[layer], config, "leaky_relu", slope
+        x = _bi_interaction(
+            x, side, self.gc_weights[layer], self.gc_biases[layer], self.bi_weights[layer], self.bi_biases[layer],
+            self.negative_slope, config,
         )  # (N, d_l+1)
-        product = compressed_mul(x, side, config)  # (N, d_l)
-        product = compressed_linear(product, self.bi_weights[layer], self.bi_biases[layer], config, "leaky_relu", slope)
-        x = compressed_dropout(summed + product, self.mess_dropout[layer], self.training, config)  # (N, d_l+1)
+        x = compressed_dropout(x, self.mess_dropout[layer], self.training, config)
         return x, compressed_normalize(x, -1, 1e-12, config)
 
     def propagate_layers(self) -> list[torch.Tensor]:
