@@ -31,9 +31,10 @@ every embedding starts from Xavier initialisation here (expect more epochs than 
 
 Memory layout with a `CompressionConfig` (what autograd keeps in phase I): the propagation over E edges
 is a product with the attention as a CSR matrix, which the model caches (`KGAT.adjacency`): nothing is
-kept for it, and the (E, d) messages never exist (`_propagate`); the linears keep 2-bit copies of their inputs, LeakyReLU and dropout
-1-bit masks, the L2 normalisation its quantized output and one norm per row; layer 0 reads the embedding
-table by reference. TransR's per-triple projection never gathers the (B, d, k) matrices
+kept for it, and the (E, d) messages never exist (`_propagate`). Each bi-interaction layer is one op
+(`_bi_interaction`) keeping 2-bit copies of x and e_N and two 1-bit LeakyReLU masks; dropout keeps a 1-bit
+mask, the L2 normalisation its quantized output and one norm per row; layer 0 reads the embedding table by
+reference. TransR's per-triple projection never gathers the (B, d, k) matrices
 (`_RelationProjectFunction` keeps the triple and relation indices only).
 
 Legend: U users, I items, N = U + N_e nodes, E CKG edges, R CKG relations, d embedding dim, k TransR dim,
