@@ -127,23 +127,21 @@ class _BiInteractionFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, side, w1, w2, positive1, positive2 = load(ctx)
         x, side = x.to(grad_out.dtype), side.to(grad_out.dtype)
+        need = ctx.needs_input_grad
+        # Every (N, d) temporary is dropped as soon as it has been used, and the last one is updated in
+        # place: this backward sets the peak memory of a large KGAT step (1.3 GB per tensor at 10M triples).
         g1 = mask_grad(positive1, grad_out, ctx.slope)  # (N, d')
+        grad_w1 = g1.t() @ (x + side) if need[2] else None
+        grad_b1 = g1.sum(0) if need[3] else None
+        grad_in = g1 @ w1.to(g1.dtype)  # (N, d): gradient of x + e_N, shared by both
+        del g1
         g2 = mask_grad(positive2, grad_out, ctx.slope)
-        grad_sum = g1 @ w1.to(g1.dtype)  # (N, d): gradient of x + e_N
+        grad_w2 = g2.t() @ (x * side) if need[4] else None
+        grad_b2 = g2.sum(0) if need[5] else None
         grad_product = g2 @ w2.to(g2.dtype)  # (N, d): gradient of x * e_N
-        grad_x = grad_side = grad_w1 = grad_b1 = grad_w2 = grad_b2 = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_sum + grad_product * side
-        if ctx.needs_input_grad[1]:
-            grad_side = grad_sum + grad_product * x
-        if ctx.needs_input_grad[2]:
-            grad_w1 = g1.t() @ (x + side)
-        if ctx.needs_input_grad[3]:
-            grad_b1 = g1.sum(0)
-        if ctx.needs_input_grad[4]:
-            grad_w2 = g2.t() @ (x * side)
-        if ctx.needs_input_grad[5]:
-            grad_b2 = g2.sum(0)
+        del g2
+        grad_x = torch.addcmul(grad_in, grad_product, side) if need[0] else None
+        grad_side = grad_in.addcmul_(grad_product, x) if need[1] else None
         return grad_x, grad_side, grad_w1, grad_b1, grad_w2, grad_b2, None, None
 
 
