@@ -29,8 +29,9 @@ multiple of 8). Per group, while it sits in L1:
 dequantize, one pass: unpack the bytes of each group and write ``code * s + z`` in fp32.
 
 What stays in PyTorch (cheap or rare): fp16/bf16 inputs are widened to fp32 first and outputs narrowed after
-(the benchmarked fp32 path has no extra pass), metadata is widened to fp32 before dequantization
-(one value per group), and exact groups are gathered / scattered by index after the kernel flags them.
+(the benchmarked fp32 path has no extra pass), and exact groups are gathered / scattered by index after the
+kernel flags them. Metadata needs no pass of its own: quantize writes the fp16/bf16/fp32 bit patterns straight
+into the metadata tensors, and dequantize widens them per group inside the kernel.
 
 Compilation: numba compiles one specialization per kernel on first use (a few seconds) and caches it on disk
 (``cache=True``, in ``__pycache__``), so later processes load it in well under a second. See
