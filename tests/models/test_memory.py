@@ -30,10 +30,10 @@ LASTFM_SHAPES = {
 }
 
 
-def _activation_bytes(name, bits, group_size=256):
+def _activation_bytes(name, bits, group_size=256, **kw):
     settings, batch_size, _ = LASTFM_SHAPES[name]
     config = None if bits is None else CompressionConfig(bits=bits, group_size=group_size)
-    model = make_model(name, config, sizes=LASTFM, **settings)
+    model = make_model(name, config, sizes=LASTFM, **settings, **kw)
     user, item, label = batch(LASTFM["num_users"], LASTFM["num_items"], batch_size)
     with ActivationTracker(model, exclude=(user, item, label)) as tracker:
         loss = model.loss(user, item, label)
@@ -94,3 +94,19 @@ def test_kgcn_saved_indices_are_int16_on_lastfm():
     int_dtypes = {t.dtype for t in saved if not t.dtype.is_floating_point and t.dtype != torch.uint8}
     assert int_dtypes == {torch.int16}
     del loss
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_score_head_costs_exactly_its_operands_extra_codes_at_one_bit(name):
+    """At 1 bit the score's two (B, d) operands are stored at 2 bits (head_bits=2), each once: the step
+    holds exactly one extra code bit per operand element (group and metadata layout unchanged), so
+    neither operand is also kept at 1 bit by another op (KGCN: the attention's query, the last tanh)."""
+    settings, batch_size, _ = LASTFM_SHAPES[name]
+    d = settings["embedding_dim"]
+    if name == "ckan":  # the concat aggregator scores (B, (L + 1) d) vectors
+        d *= settings["num_layers"] + 1
+    one_bit = _activation_bytes(name, 1, head_bits=None)
+    with_head = _activation_bytes(name, 1, head_bits=2)
+    assert with_head - one_bit == 2 * batch_size * d // 8
+    # From 2 bits on the head changes nothing.
+    assert _activation_bytes(name, 2, head_bits=2) == _activation_bytes(name, 2, head_bits=None)

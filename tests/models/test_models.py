@@ -139,3 +139,21 @@ def test_model_rejects_bad_arguments():
         KGCN(3, 5, 2, torch.full((5, 4), 7), torch.zeros(5, 4, dtype=torch.long), num_neighbors=4)
     with pytest.raises(TypeError, match="CompressionConfig"):
         make_model("kgcn", compression={"bits": 2})
+    for bad in (3, 32, True, "2"):
+        with pytest.raises(ValueError, match="head_bits"):
+            make_model("ripplenet", head_bits=bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_head_bits_set_only_the_score_operands_and_only_below_them(name):
+    """The scoring head's config: at least head_bits bits in training, None (fp32) in eval; a config
+    at or above head_bits is handed through unchanged, so from 2 bits on the default changes nothing."""
+    one = CompressionConfig(bits=1, group_size=64)
+    model = make_model(name, one)
+    assert model.head_bits == 2 and model.active_config is one
+    assert model.active_head_config == CompressionConfig(bits=2, group_size=64)
+    model.eval()
+    assert model.active_head_config is None
+    two = CompressionConfig(bits=2)
+    assert make_model(name, two).active_head_config is two
+    assert make_model(name, one, head_bits=None).active_head_config is one

@@ -20,7 +20,7 @@ from tinykg.compress import CompressionConfig
 from tinykg.data import Interactions, KnowledgeGraph, SyntheticConfig, make_synthetic, topk_split
 from tinykg.data.ckg import build_ckg, kg_with_inverse
 from tinykg.models import BPRMF, KGAT, KGIN, TOPK_DEFAULTS, TOPK_MODELS
-from tinykg.models.bprmf import head_config
+from tinykg.models.base import head_config
 from tinykg.models.kgat import _bi_interaction, _csr, _propagate, _relation_project, segment_softmax
 from tinykg.models.kgin import _parameter_function, _relational_mean, cosine_independence, distance_correlation
 from tinykg.profile import ActivationTracker

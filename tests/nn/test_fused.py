@@ -143,6 +143,54 @@ def test_reshaped_view_reuses_its_base_packed_copy():
     assert maybe_quantize(view, CFG).codes is not packed.codes
 
 
+def _saved_bits(fn):
+    """``fn()`` and the tensors saved for backward while it runs."""
+    saved = []
+    with observe_saved_tensors(lambda stored, *rest: saved.append(stored)):
+        out = fn()
+    return out, saved
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_fused_linear_output_config_stores_the_output_alone_at_its_bits(activation):
+    x = torch.randn(64, 32, requires_grad=True) * 1
+    w = torch.nn.Parameter(torch.randn(32, 32) / 6)
+    head = CompressionConfig(bits=8, group_size=32)
+    one_bit = CompressionConfig(bits=1, group_size=32)
+    out, saved = _saved_bits(lambda: compressed_linear(x, w, None, one_bit, activation, output_config=head))
+    codes = sorted(t.numel() for t in saved if t.dtype == torch.uint8 and t.numel())
+    assert codes == [64 * 32 // 8, 64 * 32]  # the input at 1 bit, the output at 8 bits
+    # A later op saving the output at the head's config reuses that copy: nothing more is stored.
+    assert maybe_quantize(out, head).codes.numel() == 64 * 32
+    assert maybe_quantize(out, head).codes is maybe_quantize(out, head).codes
+    # Same gradients as the unfused pair with the output's config on the activation.
+    results = []
+    for fused in (True, False):
+        xi = x.detach().requires_grad_()
+        torch.manual_seed(5)
+        if fused:
+            y = compressed_linear(xi, w, None, one_bit, activation, output_config=head)
+        else:
+            y = UNFUSED[activation](compressed_linear(xi, w, None, one_bit), head)
+        (grad_x,) = torch.autograd.grad(y, xi, torch.ones_like(y))
+        results.append(grad_x)
+    assert torch.equal(results[0], results[1])
+
+
+def test_indexed_attention_query_config_stores_the_query_at_its_bits():
+    query = torch.randn(128, 16, requires_grad=True) * 1
+    keys = torch.nn.Parameter(torch.randn(60, 16))
+    index = torch.randint(0, 60, (128, 1, 8))
+    one_bit = CompressionConfig(bits=1, group_size=256)
+    head = CompressionConfig(bits=2, group_size=256)
+    _, saved = _saved_bits(lambda: indexed_attention(query, keys, index, 1 / 16, one_bit, head))
+    codes = sorted(t.numel() for t in saved if t.dtype == torch.uint8 and t.numel())
+    # weights (128 * 8) at 1 bit, query (128 * 16) at 2 bits, the uint8 relation index (128 * 8); no
+    # 1-bit copy of the query (128 * 16 // 8 bytes).
+    assert codes == [128 * 8 // 8, 128 * 16 * 2 // 8, 128 * 8]
+    assert maybe_quantize(query, head).codes is maybe_quantize(query, head).codes
+
+
 @pytest.mark.parametrize("numel", [0, 1, 7, 8, 9, 1001])
 def test_bitmask_cpu_fast_path_matches_pack_codes_layout(numel):
     from tinykg.compress import pack_codes

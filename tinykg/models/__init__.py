@@ -5,6 +5,8 @@ hyper-parameters (model sizes and weights, plus ``lr``, ``batch_size``, ``epochs
 training loop and the sampling sizes for `tinykg.train.builders`). Sources: the authors' ``main.py``
 settings (see /work/shared/REFERENCE.md 1.1-1.4); values the authors never published for a dataset are
 marked "chosen" below. ``synthetic`` settings are ours, sized for the synthetic default dataset.
+``head_bits`` (ours): the score's (B, d) operands are kept at 2 bits at least (`tinykg.models.base.head_config`);
+it matters only at 1 bit, where a 1-bit score stalled KGCN / KGNN-LS on Last.FM (benchmarks/RESULTS.md).
 """
 
 from .base import CTRModel
@@ -19,43 +21,43 @@ DEFAULTS: dict[str, dict[str, dict]] = {
     "kgcn": {
         # hwwang55/KGCN src/main.py ("music" block); paper table identical.
         "lastfm": dict(embedding_dim=16, num_layers=1, num_neighbors=8, aggregator="sum", l2_weight=1e-4,
-                       lr=5e-4, batch_size=128, epochs=10, drop_last=True),
+                       lr=5e-4, batch_size=128, epochs=10, drop_last=True, head_bits=2),
         # main.py "book" block: n_iter=3 (the paper's table is recalled as H=1).
         "book": dict(embedding_dim=64, num_layers=3, num_neighbors=8, aggregator="sum", l2_weight=2e-5,
-                     lr=2e-4, batch_size=256, epochs=10, drop_last=True),
+                     lr=2e-4, batch_size=256, epochs=10, drop_last=True, head_bits=2),
         "synthetic": dict(embedding_dim=16, num_layers=2, num_neighbors=8, aggregator="sum", l2_weight=3e-5,
-                          lr=1e-2, batch_size=256, epochs=10, drop_last=True),
+                          lr=1e-2, batch_size=256, epochs=10, drop_last=True, head_bits=2),
     },
     "kgnn-ls": {
         # hwwang55/KGNN-LS src/main.py "music" and "book" blocks.
         "lastfm": dict(embedding_dim=16, num_layers=1, num_neighbors=8, l2_weight=1e-4, ls_weight=0.1,
-                       lr=5e-4, batch_size=128, epochs=10, drop_last=True),
+                       lr=5e-4, batch_size=128, epochs=10, drop_last=True, head_bits=2),
         "book": dict(embedding_dim=64, num_layers=2, num_neighbors=8, l2_weight=2e-5, ls_weight=0.5,
-                     lr=2e-4, batch_size=256, epochs=10, drop_last=True),
+                     lr=2e-4, batch_size=256, epochs=10, drop_last=True, head_bits=2),
         "synthetic": dict(embedding_dim=16, num_layers=2, num_neighbors=8, l2_weight=3e-5, ls_weight=0.1,
-                          lr=1e-2, batch_size=256, epochs=10, drop_last=True),
+                          lr=1e-2, batch_size=256, epochs=10, drop_last=True, head_bits=2),
     },
     "ripplenet": {
         # RippleNet has no Last.FM setting: chosen = the code's default (MovieLens-1M) block.
         "lastfm": dict(embedding_dim=16, num_hops=2, num_memory=32, kge_weight=0.01, l2_weight=1e-7,
-                       lr=0.02, batch_size=1024, epochs=10, drop_last=False),
+                       lr=0.02, batch_size=1024, epochs=10, drop_last=False, head_bits=2),
         # hwwang55/RippleNet src/main.py "Book-Crossing" block (latest: n_hop=2). group_size: quantization
         # groups of 64 codes (tinykg's setting, not the paper's): with d = 4 a 256-code group spans 64 memory
         # rows; at 2 bits, 3 seeds x 10 epochs, test AUC was -6.4% of fp32 with 256 and -0.65% with 64
         # (9.3x vs 8.8x less activation memory; benchmarks/RESULTS.md).
         "book": dict(embedding_dim=4, num_hops=2, num_memory=32, kge_weight=0.01, l2_weight=1e-5,
-                     lr=1e-3, batch_size=1024, epochs=10, drop_last=False, group_size=64),
+                     lr=1e-3, batch_size=1024, epochs=10, drop_last=False, group_size=64, head_bits=2),
         "synthetic": dict(embedding_dim=16, num_hops=2, num_memory=32, kge_weight=0.01, l2_weight=1e-7,
-                          lr=0.02, batch_size=1024, epochs=10, drop_last=False),
+                          lr=0.02, batch_size=1024, epochs=10, drop_last=False, head_bits=2),
     },
     "ckan": {
         # weberrr/CKAN src/main.py defaults (music) and README command for book.
         "lastfm": dict(embedding_dim=64, num_layers=3, user_set_size=8, item_set_size=64, aggregator="concat",
-                       l2_weight=1e-5, lr=2e-3, batch_size=2048, epochs=20, drop_last=False),
+                       l2_weight=1e-5, lr=2e-3, batch_size=2048, epochs=20, drop_last=False, head_bits=2),
         "book": dict(embedding_dim=64, num_layers=2, user_set_size=16, item_set_size=64, aggregator="concat",
-                     l2_weight=1e-5, lr=2e-3, batch_size=2048, epochs=20, drop_last=False),
+                     l2_weight=1e-5, lr=2e-3, batch_size=2048, epochs=20, drop_last=False, head_bits=2),
         "synthetic": dict(embedding_dim=32, num_layers=2, user_set_size=16, item_set_size=32, aggregator="concat",
-                          l2_weight=1e-5, lr=2e-3, batch_size=512, epochs=10, drop_last=False),
+                          l2_weight=1e-5, lr=2e-3, batch_size=512, epochs=10, drop_last=False, head_bits=2),
     },
 }
 
@@ -72,7 +74,7 @@ TOPK_MODELS = {"kgat": KGAT, "kgin": KGIN, "bprmf": BPRMF}
 # all their datasets; REFERENCE.md 1.5-1.6). Chosen here: lr (the published 1e-4 needs ~1000 epochs and, for
 # KGAT, a pretrained BPR-MF we do not have; picked on Last.FM validation recall@20 among 1e-3 and 5e-3, and
 # 1e-2 for BPR-MF), epochs and eval_every (sized for a CPU: ~5 min per model on Last.FM).
-# head_bits (ours): per-batch activations kept at >= 8 bits, see tinykg.models.bprmf.head_config.
+# head_bits (ours): per-batch activations kept at >= 8 bits, see tinykg.models.base.head_config.
 _KGAT = dict(embedding_dim=64, layer_sizes=(64, 32, 16), kge_dim=64, mess_dropout=0.1, l2_weight=1e-5,
              kg_l2_weight=1e-5, head_bits=8, batch_size=1024, kg_batch_size=2048)
 _KGIN = dict(embedding_dim=64, num_hops=3, num_intents=4, node_dropout=0.5, mess_dropout=0.1, l2_weight=1e-5,

@@ -17,52 +17,23 @@ Legend: B batch, U users, I items, D embedding dim.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
 from ..nn import compressed_embedding, compressed_mul
-from .base import check_count, op_index
+from .base import CompressedModel, check_count, op_index
 
 
-class TopKModel(nn.Module):
-    """Base class of the top-K models: the compression config and the shared BPR terms."""
-
-    def __init__(self, compression: CompressionConfig | None = None) -> None:
-        super().__init__()
-        if compression is not None and not isinstance(compression, CompressionConfig):
-            raise TypeError(f"compression must be a CompressionConfig or None, got {type(compression).__name__}")
-        self.compression = compression
-
-    @property
-    def active_config(self) -> CompressionConfig | None:
-        """The config the ops get now: the model's in training mode, None (plain fp32) in eval."""
-        return self.compression if self.training else None
+class TopKModel(CompressedModel):
+    """Base class of the top-K models: the compression settings and the shared BPR terms."""
 
     def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-    def extra_repr(self) -> str:
-        return f"compression={self.compression}"
-
-
-def head_config(config: CompressionConfig | None, head_bits: int | None) -> CompressionConfig | None:
-    """The config of a model's per-batch scoring head: ``config`` with at least ``head_bits`` bits
-    (``head_bits=None``: ``config`` itself).
-
-    The head (the gathered (B, D') user/item vectors of the BPR and L2 terms) is O(B D') bytes, independent
-    of the graph, yet at 2 bits it is the largest source of gradient noise of the graph models (KGIN on
-    Last.FM: cosine to the fp32 gradient 0.78 with a 2-bit head, 0.95 with an exact one).
-    """
-    if config is None or head_bits is None or config.bits >= head_bits:
-        return config
-    return dataclasses.replace(config, bits=head_bits)
 
 
 def bpr_loss(

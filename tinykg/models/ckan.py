@@ -53,6 +53,8 @@ class CKAN(CTRModel):
         user_mask: (num_users,) bool, False for users without a triple set (no training positive);
             the original drops their rows. Kept as the ``user_mask`` buffer; default all True.
         compression: how saved activations are stored in training; None = plain fp32.
+        head_bits: minimum code width of the (B, d) operands of the score (`tinykg.models.base.head_config`):
+            at 1 bit they stay at 2 bits; None = the compression config's bits everywhere.
     """
 
     def __init__(
@@ -72,8 +74,9 @@ class CKAN(CTRModel):
         l2_weight: float = 1e-5,
         user_mask=None,
         compression: CompressionConfig | None = None,
+        head_bits: int | None = 2,
     ) -> None:
-        super().__init__(compression)
+        super().__init__(compression, head_bits)
         self.num_users = check_count("num_users", num_users)
         self.num_items = check_count("num_items", num_items)
         self.num_entities = check_count("num_entities", num_entities)
@@ -165,4 +168,4 @@ class CKAN(CTRModel):
             item_vectors.append(gather_aggregate(self.entity_embedding, item_heads[:, 0], reduce="mean", config=config))
         user = self._combine(user_vectors, config)
         item = self._combine(item_vectors, config)
-        return compressed_mul(user, item, config).sum(-1)  # (B,)
+        return compressed_mul(user, item, self.active_head_config).sum(-1)  # (B,)

@@ -62,7 +62,7 @@ from ..nn import (
 from ..nn._saved import BitMask, compression_active, load, maybe_quantize, narrow_index, save
 from ..nn.activation import mask_grad
 from .base import check_count, index_buffer, op_index
-from .bprmf import TopKModel, bpr_loss, head_config
+from .bprmf import TopKModel, bpr_loss
 
 # --------------------------------------------------------------------------------------------------------
 # Private ops (candidates for tinykg.nn)
@@ -264,7 +264,7 @@ class KGAT(TopKModel):
         l2_weight: weight of the batch L2 term of the BPR loss (``regs[0]``); kg_l2_weight: of TransR's
             (``regs[1]``). negative_slope: LeakyReLU slope (TF's default 0.2).
         head_bits: minimum bits of the per-batch activations (BPR scoring head, TransR batch), see
-            `tinykg.models.bprmf.head_config`; None = the compression config's bits everywhere.
+            `tinykg.models.base.head_config`; None = the compression config's bits everywhere.
         compression: how saved activations are stored in training; None = plain fp32.
         checkpoint_layers: recompute each propagation layer in backward instead of keeping its
             activations (activation checkpointing, the alternative to compression; see `propagate`).
@@ -291,7 +291,7 @@ class KGAT(TopKModel):
         compression: CompressionConfig | None = None,
         checkpoint_layers: bool = False,
     ) -> None:
-        super().__init__(compression)
+        super().__init__(compression, head_bits)
         self.checkpoint_layers = bool(checkpoint_layers)
         self.num_users = check_count("num_users", num_users)
         self.num_items = check_count("num_items", num_items)
@@ -314,7 +314,6 @@ class KGAT(TopKModel):
         self.mess_dropout = tuple(rates)
         self.l2_weight, self.kg_l2_weight = float(l2_weight), float(kg_l2_weight)
         self.negative_slope = float(negative_slope)
-        self.head_bits = head_bits
 
         num_nodes = self.num_nodes
         head = index_buffer(head_index, num_nodes)
@@ -444,7 +443,7 @@ class KGAT(TopKModel):
         layers = self.propagate_layers()
         rows = torch.cat([compressed_embedding(index, layer, config) for layer in layers], dim=1)  # (3B, D')
         user, pos, neg = rows.split(batch)  # (B, D') each
-        return bpr_loss(user, pos, neg, self.l2_weight, head_config(config, self.head_bits))
+        return bpr_loss(user, pos, neg, self.l2_weight, self.active_head_config)
 
     # -- phase II: TransR and the attention refresh ----------------------------------------------------
 
@@ -453,7 +452,7 @@ class KGAT(TopKModel):
     ) -> torch.Tensor:
         """TransR loss on CKG triples (h, r, t) and corrupted tails t', all (B,) node/relation ids -> scalar.
         Every activation here is per batch: stored at ``head_bits`` at least."""
-        config = head_config(self.active_config, self.head_bits)
+        config = self.active_head_config
         batch = head_index.shape[0]
         table, projection = self.node_embedding, self.relation_projection
         head = _relation_project(table, head_index, rel_type, projection, config)  # (B, k)

@@ -49,6 +49,8 @@ class KGCN(CTRModel):
         aggregator: "sum", "concat" or "neighbor".
         l2_weight: weight of the TF-style L2 term over all embedding tables and aggregator weights.
         compression: how saved activations are stored in training; None = plain fp32.
+        head_bits: minimum code width of the (B, d) operands of the score (`tinykg.models.base.head_config`):
+            at 1 bit they stay at 2 bits; None = the compression config's bits everywhere.
     """
 
     def __init__(
@@ -64,8 +66,9 @@ class KGCN(CTRModel):
         aggregator: str = "sum",
         l2_weight: float = 1e-4,
         compression: CompressionConfig | None = None,
+        head_bits: int | None = 2,
     ) -> None:
-        super().__init__(compression)
+        super().__init__(compression, head_bits)
         self.num_users = check_count("num_users", num_users)
         self.num_entities = check_count("num_entities", num_entities)
         self.num_relations = check_count("num_relations", num_relations)
@@ -119,8 +122,11 @@ class KGCN(CTRModel):
         """Softmax weights [(B, K^h, K) for h = 0..H-1] of mean_d(u * r) over each node's K neighbours."""
         batch, k = user_vectors.shape[0], self.num_neighbors
         scale = 1.0 / self.embedding_dim  # mean over d
+        head = self.active_head_config  # u is a score operand too: one packed copy at the head's bits
         return [
-            indexed_attention(user_vectors, self.relation_embedding, hop_relations.view(batch, -1, k), scale, config)
+            indexed_attention(
+                user_vectors, self.relation_embedding, hop_relations.view(batch, -1, k), scale, config, head
+            )
             for hop_relations in relations  # (B, n * K)
         ]
 
@@ -132,9 +138,11 @@ class KGCN(CTRModel):
             inputs = torch.cat([self_vectors, neighbor_vectors], dim=-1)  # (B, n, 2d)
         else:
             inputs = neighbor_vectors
-        activation = "tanh" if iteration == self.num_layers - 1 else "relu"
+        last = iteration == self.num_layers - 1
+        # The last iteration's tanh output is the item vector, a score operand: kept at the head's bits.
         return compressed_linear(
-            inputs, self.aggregator_weights[iteration], self.aggregator_biases[iteration], config, activation
+            inputs, self.aggregator_weights[iteration], self.aggregator_biases[iteration], config,
+            "tanh" if last else "relu", output_config=self.active_head_config if last else None,
         )
 
     def encode(self, user_index: torch.Tensor, item_index: torch.Tensor) -> dict[str, object]:
@@ -174,7 +182,7 @@ class KGCN(CTRModel):
 
     def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """Logits u . v (B,)."""
-        return compressed_mul(user_vectors, item_vectors, self.active_config).sum(-1)
+        return compressed_mul(user_vectors, item_vectors, self.active_head_config).sum(-1)
 
     def forward(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
         encoded = self.encode(user_index, item_index)

@@ -51,7 +51,7 @@ from ..nn import (
 )
 from ..nn._saved import compression_active, load, maybe_quantize, save
 from .base import check_choice, check_count, index_buffer, op_index
-from .bprmf import TopKModel, bpr_loss, head_config
+from .bprmf import TopKModel, bpr_loss
 
 INDEPENDENCE = ("distance", "cosine")
 
@@ -211,7 +211,7 @@ class KGIN(TopKModel):
         mess_dropout: message dropout after every hop.
         l2_weight: batch L2 weight (``l2``). sim_weight: independence-loss weight (``sim_regularity``).
         independence: "distance" (distance correlation, default) or "cosine".
-        head_bits: minimum bits of the per-batch BPR scoring head (`tinykg.models.bprmf.head_config`);
+        head_bits: minimum bits of the per-batch BPR scoring head (`tinykg.models.base.head_config`);
             None = the compression config's bits everywhere.
         compression: how saved activations are stored in training; None = plain fp32.
     """
@@ -238,7 +238,7 @@ class KGIN(TopKModel):
         head_bits: int | None = 8,
         compression: CompressionConfig | None = None,
     ) -> None:
-        super().__init__(compression)
+        super().__init__(compression, head_bits)
         self.num_users = check_count("num_users", num_users)
         self.num_items = check_count("num_items", num_items)
         self.num_entities = check_count("num_entities", num_entities)
@@ -254,7 +254,6 @@ class KGIN(TopKModel):
         self.node_dropout, self.mess_dropout = float(node_dropout), float(mess_dropout)
         self.l2_weight, self.sim_weight = float(l2_weight), float(sim_weight)
         self.independence = check_choice("independence", independence, INDEPENDENCE)
-        self.head_bits = head_bits
 
         self.register_buffer("kg_head", index_buffer(head_index, num_entities))  # (E,)
         self.register_buffer("kg_rel", index_buffer(rel_type, num_relations))  # (E,)
@@ -345,7 +344,7 @@ class KGIN(TopKModel):
         # Positives and negatives in one gather: backward builds one entity-sized gradient, not two.
         items = compressed_embedding(op_index(torch.cat([pos_index, neg_index])), entities, config)  # (2B, d)
         pos, neg = items.split(user_index.shape[0])  # (B, d) each
-        loss = bpr_loss(user, pos, neg, self.l2_weight, head_config(config, self.head_bits))
+        loss = bpr_loss(user, pos, neg, self.l2_weight, self.active_head_config)
         if self.sim_weight:
             loss = loss + self.sim_weight * self.independence_loss()
         return loss

@@ -37,7 +37,7 @@ class KGNNLS(KGCN):
 
     Args:
         num_users, num_entities, num_relations, adj_entity, adj_relation, embedding_dim, num_layers,
-            num_neighbors, l2_weight, compression: as `KGCN`.
+            num_neighbors, l2_weight, compression, head_bits: as `KGCN`.
         train_user_index, train_item_index, train_label: the training rows (P,) for the label table.
         ls_weight: weight of the label-smoothness BCE.
     """
@@ -58,10 +58,11 @@ class KGNNLS(KGCN):
         l2_weight: float = 1e-4,
         ls_weight: float = 0.1,
         compression: CompressionConfig | None = None,
+        head_bits: int | None = 2,
     ) -> None:
         super().__init__(
             num_users, num_entities, num_relations, adj_entity, adj_relation, embedding_dim, num_layers,
-            num_neighbors, "sum", l2_weight, compression,
+            num_neighbors, "sum", l2_weight, compression, head_bits,
         )
         self.ls_weight = float(ls_weight)
         keys, labels = self._label_table(train_user_index, train_item_index, train_label)

@@ -58,6 +58,8 @@ class RippleNet(CTRModel):
             placeholders; the original drops their rows). Kept as the ``user_mask`` buffer for the
             training loop; default all True.
         compression: how saved activations are stored in training; None = plain fp32.
+        head_bits: minimum code width of the (B, d) operands of the score (`tinykg.models.base.head_config`):
+            at 1 bit they stay at 2 bits; None = the compression config's bits everywhere.
     """
 
     def __init__(
@@ -73,8 +75,9 @@ class RippleNet(CTRModel):
         l2_weight: float = 1e-7,
         user_mask=None,
         compression: CompressionConfig | None = None,
+        head_bits: int | None = 2,
     ) -> None:
-        super().__init__(compression)
+        super().__init__(compression, head_bits)
         self.num_users = check_count("num_users", num_users)
         self.num_entities = check_count("num_entities", num_entities)
         self.num_relations = check_count("num_relations", num_relations)
@@ -140,7 +143,7 @@ class RippleNet(CTRModel):
         user_vector = responses[0]
         for response in responses[1:]:
             user_vector = user_vector + response  # (B, d)
-        return compressed_mul(item_vectors, user_vector, config).sum(-1), hops
+        return compressed_mul(item_vectors, user_vector, self.active_head_config).sum(-1), hops
 
     def forward(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
         return self.propagate(user_index, item_index)[0]

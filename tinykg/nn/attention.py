@@ -44,9 +44,9 @@ def _weights(query, keys, index, scale):
 
 class _IndexedAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, query, keys, index, scale, config):
+    def forward(ctx, query, keys, index, scale, config, query_config):
         ctx.scale, ctx.num_keys = scale, keys.shape[0]
-        query_saved = maybe_quantize(query, config) if keys.requires_grad else None
+        query_saved = maybe_quantize(query, query_config) if keys.requires_grad else None
         weights = _weights(query, keys, index, scale)  # (B, M, K)
         save(ctx, query_saved, keys, narrow_index(index, keys.shape[0]), maybe_quantize(weights, config, is_output=True))
         return weights
@@ -66,7 +66,7 @@ class _IndexedAttentionFunction(torch.autograd.Function):
             grad_q = grad_scores @ keys.to(grad_scores.dtype)  # (B, d)
         if ctx.needs_input_grad[1]:
             grad_k = grad_scores.t() @ query.to(grad_scores.dtype)  # (N, d)
-        return grad_q, grad_k, None, None, None
+        return grad_q, grad_k, None, None, None, None
 
 
 def indexed_attention(
@@ -75,6 +75,7 @@ def indexed_attention(
     index: torch.Tensor,
     scale: float = 1.0,
     config: CompressionConfig | None = None,
+    query_config: CompressionConfig | None = None,
 ) -> torch.Tensor:
     """Weights (B, M, K): softmax over k of ``scale * <query[b], keys[index[b, m, k]]>``.
 
@@ -83,11 +84,13 @@ def indexed_attention(
         index: (B, M, K) integers in [0, N), any integer dtype.
         scale: multiplies the dot products (KGCN: 1 / d, a mean over the features).
         config: how saved activations are stored; None = plain PyTorch.
+        query_config: how the saved query is stored (default ``config``): a model whose scoring head
+            also saves the query keeps it at the head's bits, so that one packed copy serves both.
     """
     _check_shapes(query, keys, index)
     if not compression_active(config, query, keys):
         return _weights(query, keys, index, scale)
-    return _IndexedAttentionFunction.apply(query, keys, index, float(scale), config)
+    return _IndexedAttentionFunction.apply(query, keys, index, float(scale), config, query_config or config)
 
 
 class IndexedAttention(nn.Module):

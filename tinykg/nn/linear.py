@@ -39,7 +39,7 @@ def _plain_activation(out: torch.Tensor, activation: str | None, negative_slope:
 
 class _CompressedLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, config, activation, negative_slope):
+    def forward(ctx, x, weight, bias, config, activation, negative_slope, output_config):
         # x: (..., in), weight: (out, in), bias: (out,) or None -> (..., out)
         ctx.has_bias = bias is not None
         ctx.activation = activation
@@ -52,7 +52,7 @@ class _CompressedLinearFunction(torch.autograd.Function):
             out = out.relu_() if activation == "relu" else F.leaky_relu_(out, negative_slope)
         elif activation is not None:
             out = out.tanh_() if activation == "tanh" else out.sigmoid_()
-            act_saved = maybe_quantize(out, config, is_output=True)
+            act_saved = maybe_quantize(out, output_config, is_output=True)
         save(ctx, x_saved, weight, act_saved)
         return out
 
@@ -71,7 +71,7 @@ class _CompressedLinearFunction(torch.autograd.Function):
             grad_w = g2.t() @ x_hat.reshape(-1, x_hat.shape[-1]).to(g2.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
-        return grad_x, grad_w, grad_b, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None
 
 
 def compressed_linear(
@@ -81,6 +81,7 @@ def compressed_linear(
     config: CompressionConfig | None = None,
     activation: str | None = None,
     negative_slope: float = 0.01,
+    output_config: CompressionConfig | None = None,
 ) -> torch.Tensor:
     """``act(F.linear(x, weight, bias))`` whose saved input is quantized with ``config`` (plain PyTorch
     when None).
@@ -88,11 +89,15 @@ def compressed_linear(
     ``activation``: None, "relu", "leaky_relu" (with ``negative_slope``), "tanh" or "sigmoid"; the fused
     activation saves what `compressed_relu` / `compressed_leaky_relu` / `compressed_tanh` /
     `compressed_sigmoid` would (a 1-bit mask or the quantized output).
+    ``output_config``: how the saved tanh / sigmoid output is stored (default ``config``): a model whose
+    scoring head also saves this output keeps it at the head's bits, so that one packed copy serves both.
     """
     _check_activation(activation)
     if not compression_active(config, x, weight, bias):
         return _plain_activation(F.linear(x, weight, bias), activation, negative_slope)
-    return _CompressedLinearFunction.apply(x, weight, bias, config, activation, float(negative_slope))
+    return _CompressedLinearFunction.apply(
+        x, weight, bias, config, activation, float(negative_slope), output_config or config
+    )
 
 
 class CompressedLinear(nn.Linear):
