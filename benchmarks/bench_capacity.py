@@ -56,7 +56,7 @@ import torch
 from tinykg.data import SyntheticConfig, ctr_split, make_synthetic
 from tinykg.data.ckg import build_ckg, kg_with_inverse
 from tinykg.profile import ActivationTracker
-from tinykg.train.builders import build_ctr_model
+from tinykg.train.builders import build_ctr_model, default_group_size
 from tinykg.train.loop import measure_step_activation
 from tinykg.train.run import CTR_MODELS, compression_for, dataset_key, load_or_generate, write_json_atomic
 from tinykg.train.topk import build_topk_model, first_batch, topk_hyperparameters, topk_split_for
@@ -202,7 +202,7 @@ def batch_capacity(dataset, models, bits_list, budget_bytes: int, resolution: fl
         model = build_ctr_model(name, dataset, train, compression=None, seed=0, dataset_key=key)
         model.train()
         for bits in bits_list:
-            model.compression = compression_for(bits)
+            model.compression = compression_for(bits, default_group_size(name, key))
             start = time.perf_counter()
             fits = lambda b: _step_bytes(model, _ctr_batch(train, b)) <= budget_bytes  # noqa: E731
             largest, smallest_over, probes = largest_fitting(fits, 256, resolution, max_batch)

@@ -22,7 +22,7 @@ import torch
 from tinykg.data import ctr_split
 from tinykg.models import TOPK_MODELS
 from tinykg.profile import time_ratio
-from tinykg.train.builders import build_ctr_model, hyperparameters
+from tinykg.train.builders import build_ctr_model, default_group_size, hyperparameters
 from tinykg.train.loop import measure_step_activation
 from tinykg.train.run import CTR_MODELS, compression_for, dataset_key, load_or_generate
 from tinykg.train.topk import build_topk_model, first_batch, topk_dataset_key, topk_hyperparameters, topk_split_for
@@ -80,7 +80,7 @@ def measure(model_name: str, dataset, bits: int, batch_size: int | None, device:
     fp32, batch = build(model_name, dataset, batch_size, device)
     fp32 = fp32.to(device)
     packed = copy.deepcopy(fp32)
-    packed.compression = compression_for(bits, 256, backend)
+    packed.compression = compression_for(bits, default_group_size(model_name, dataset_key(dataset.name)), backend)
     steps = {}
     for name, model in (("fp32", fp32), ("packed", packed)):
         model.train()

@@ -100,3 +100,8 @@ def test_model_sets_its_quantization_group_for_a_dataset(toy):
     assert given["compression"]["group_size"] == 128
     other = train_ctr("kgcn", dataset, bits=2, key="lastfm", overrides={"epochs": 1}, progress=False, log=lambda _: None)
     assert other["compression"]["group_size"] == 256
+    # What the benchmarks use when they build a model themselves.
+    from tinykg.train.builders import default_group_size
+
+    assert default_group_size("ripplenet", "book") == 64
+    assert default_group_size("ripplenet", "lastfm") == default_group_size("kgat", "lastfm") == 256

@@ -24,6 +24,12 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
 
 
+def default_group_size(name: str, dataset_key: str) -> int | str:
+    """The quantization group model ``name`` uses on a dataset: its ``group_size`` setting in ``DEFAULTS``
+    (RippleNet on Book-Crossing: 64), else `DEFAULT_GROUP_SIZE`; top-K models and unknown keys: the latter."""
+    return DEFAULTS.get(name, {}).get(dataset_key, {}).get("group_size", DEFAULT_GROUP_SIZE)
+
+
 def hyperparameters(name: str, dataset_key: str = "synthetic", overrides: dict | None = None) -> dict:
     """``DEFAULTS[name][dataset_key]`` updated by ``overrides``: lr, batch_size, epochs, drop_last and the
     model/sampling settings. Unknown model, dataset key or override key -> ValueError."""
