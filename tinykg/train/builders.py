@@ -34,7 +34,12 @@ def hyperparameters(name: str, dataset_key: str = "synthetic", overrides: dict |
     """``DEFAULTS[name][dataset_key]`` updated by ``overrides``: lr, batch_size, epochs, drop_last and the
     model/sampling settings. Unknown model, dataset key or override key -> ValueError."""
     _check_name(name)
-    table = DEFAULTS[name]
+    return settings_for(name, DEFAULTS[name], dataset_key, overrides)
+
+
+def settings_for(name: str, table: dict[str, dict], dataset_key: str, overrides: dict | None) -> dict:
+    """``table[dataset_key]`` (a model's published settings per dataset) updated by ``overrides``; an
+    unknown dataset key or override key -> ValueError naming the allowed ones."""
     if dataset_key not in table:
         raise ValueError(f"unknown dataset key {dataset_key!r} for {name}; allowed: {', '.join(table)}")
     params = dict(table[dataset_key])

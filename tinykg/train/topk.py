@@ -36,6 +36,7 @@ from ..data import Dataset, Interactions, topk_split
 from ..data.ckg import CollaborativeGraph, build_ckg, kg_with_inverse
 from ..models import TOPK_DEFAULTS, TOPK_MODELS
 from . import distributed
+from .builders import settings_for
 from .loop import TrainingError, TrainResult, measure_step_activation, results_payload, seed_everything
 
 # (test_ratio, valid_ratio) of the per-user split; valid_ratio applies to what is left after the test part.
@@ -382,15 +383,7 @@ def topk_hyperparameters(name: str, key: str = "synthetic", overrides: dict | No
     """``TOPK_DEFAULTS[name][key]`` updated by ``overrides``; unknown model, key or override -> ValueError."""
     if name not in TOPK_MODELS:
         raise ValueError(f"unknown top-K model {name!r}; allowed: {', '.join(TOPK_MODELS)}")
-    table = TOPK_DEFAULTS[name]
-    if key not in table:
-        raise ValueError(f"unknown dataset key {key!r} for {name}; allowed: {', '.join(table)}")
-    params = dict(table[key])
-    unknown = sorted(set(overrides or {}) - set(params))
-    if unknown:
-        raise ValueError(f"unknown hyper-parameter(s) for {name}: {', '.join(unknown)}; allowed: {', '.join(params)}")
-    params.update(overrides or {})
-    return params
+    return settings_for(name, TOPK_DEFAULTS[name], key, overrides)
 
 
 def _unique_positives(interactions: Interactions) -> Interactions:
