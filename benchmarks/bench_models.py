@@ -7,9 +7,11 @@
 CTR models (kgcn, kgnn-ls, ripplenet, ckan) report test AUC and F1; top-K models (kgat, kgin, bprmf)
 report test Recall@20 and NDCG@20 on the same dataset read as a top-K set (see `tinykg.train.topk`).
 
-Each finished run is appended to ``--runs`` (JSON lines) and skipped when the script is started again,
-so a long grid can be resumed. The table compares every bit width with fp32 at equal epochs and
-hyper-parameters (the models' published settings for the dataset unless overridden).
+Each finished run is appended to the last ``--runs`` file (JSON lines) and skipped when the script is
+started again, so a long grid can be resumed; earlier files supply finished runs too, a later file's run
+replacing an earlier one of the same setting (a re-run after a change). The table shows the runs the
+command asks for and compares every bit width with fp32 at equal epochs and hyper-parameters (the models'
+published settings for the dataset unless overridden).
 """
 
 from __future__ import annotations
@@ -53,10 +55,17 @@ def _parse_set(text: str) -> tuple[str, object]:
     return name, value
 
 
-def _load_runs(path: Path | None) -> list[dict]:
-    if path is None or not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def _load_runs(paths: list[Path]) -> list[dict]:
+    """Runs of every file in order; a run replaces an earlier one with the same `_key` (a later file holds
+    a re-run, e.g. after a change that alters one bit width)."""
+    merged: dict[tuple, dict] = {}
+    for path in paths:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    run = json.loads(line)
+                    merged[_key(run)] = run
+    return list(merged.values())
 
 
 def _mean_std(values: list[float]) -> str:
@@ -100,7 +109,10 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="override every model's epoch count")
     parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyper-parameter of every model run (repeatable), e.g. --set lr=0.002")
-    parser.add_argument("--runs", type=Path, help="JSON-lines file of finished runs (appended, reused)")
+    parser.add_argument("--runs", type=Path, nargs="+", default=[],
+                        help="JSON-lines files of finished runs, reused; read in order, a later file's run replaces "
+                             "an earlier one of the same model, dataset, bits, seed, epochs and overrides; new runs "
+                             "are appended to the last file")
     parser.add_argument("--out", type=Path, help="write the markdown table here too")
     args = parser.parse_args(argv)
 
@@ -111,12 +123,14 @@ def main(argv=None) -> int:
         datasets = [load_or_generate(d) for d in args.data] if args.data else [load_or_generate(None)]
     runs = _load_runs(args.runs)
     done = {_key(r) for r in runs}
+    wanted = set()
     for dataset in datasets:
         for model in args.models:
             for bits in args.bits:
                 for seed in args.seeds:
                     overrides = dict(args.set)
                     key = (model, dataset.name, bits, seed, args.epochs, _overrides_text(overrides))
+                    wanted.add(key)
                     if key in done:
                         continue
                     if args.epochs:
@@ -132,9 +146,9 @@ def main(argv=None) -> int:
                     print(f"{model} {dataset.name} bits={bits} seed={seed}: {scores} act {slim['activation_bytes']:,} B "
                           f"{slim['epoch_seconds']:.2f} s/epoch", flush=True)
                     if args.runs:
-                        with args.runs.open("a") as f:
+                        with args.runs[-1].open("a") as f:
                             f.write(json.dumps(slim) + "\n")
-    text = table(runs)
+    text = table([r for r in runs if _key(r) in wanted])  # the runs this command asked for
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -17,3 +17,30 @@ def test_benchmark_smoke(script):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "|" in proc.stdout  # printed its markdown table
+
+
+def test_bench_models_merges_runs_files_later_first_and_tables_only_what_was_asked(tmp_path, capsys):
+    """Finished runs are reused from every --runs file (a later file's run replaces an earlier one of the
+    same setting) and the table holds only the runs the command asks for: nothing trains here."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_models
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import json
+
+    def run(bits, seed, auc, act):
+        return {"model": "kgcn", "dataset": "synthetic", "bits": bits, "seed": seed, "metrics": {"auc": auc, "f1": 0.5},
+                "activation_bytes": act, "activation_bytes_fp32": 1000, "epoch_seconds": 1.0, "epochs": 1,
+                "best_epoch": 1, "epochs_requested": 1, "overrides": {}, "history": []}
+
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    old.write_text("".join(json.dumps(r) + "\n" for r in (run(32, 0, 0.8, 1000), run(1, 0, 0.5, 50), run(4, 0, 0.7, 200))))
+    new.write_text(json.dumps(run(1, 0, 0.79, 60)) + "\n")
+    merged = {(r["bits"], r["metrics"]["auc"]) for r in bench_models._load_runs([old, new])}
+    assert merged == {(32, 0.8), (1, 0.79), (4, 0.7)}
+    assert bench_models.main(["--models", "kgcn", "--bits", "32", "1", "--seeds", "0", "--epochs", "1",
+                              "--runs", str(old), str(new)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| kgcn")]
+    assert len(rows) == 2 and "0.7900" in rows[1] and "-1.25%" in rows[1] and "16.7x" in rows[1]
+    assert new.read_text().count("\n") == 1  # nothing trained, nothing appended
