@@ -49,7 +49,7 @@ from torch import nn
 from tinykg.compress import cast_saved_tensors, checkpoint
 from tinykg.data import ctr_split
 from tinykg.profile import ActivationTracker
-from tinykg.train.builders import DEFAULT_GROUP_SIZE, build_ctr_model, default_group_size, hyperparameters
+from tinykg.train.builders import build_ctr_model, default_group_size, hyperparameters
 from tinykg.train.loop import TrainConfig, fit_ctr, measure_step_activation, seed_everything
 from tinykg.train.run import CTR_MODELS, compression_for, dataset_key, load_or_generate
 from tinykg.train.topk import (
@@ -136,7 +136,7 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def _setup(method: str, bits: int | None, group_size: int | str = DEFAULT_GROUP_SIZE):
+def _setup(method: str, bits: int | None, group_size: int | str | None = None):
     """(compression config, wrapper method) of a method name."""
     if method == "tinykg":
         return compression_for(bits, group_size), "tinykg"
@@ -149,7 +149,7 @@ def run_ctr(model_name: str, dataset, method: str, bits: int | None, seed: int, 
     params = hyperparameters(model_name, key, overrides)
     seed_everything(seed)
     train, valid, test = ctr_split(dataset.interactions, seed=seed)
-    compression, wrapper_method = _setup(method, bits, default_group_size(model_name, key))
+    compression, wrapper_method = _setup(method, bits, bits and default_group_size(model_name, key, bits))
     model = build_ctr_model(model_name, dataset, train, compression=compression, seed=seed, overrides=overrides, dataset_key=key)
     if method == "checkpoint":
         wrapper_method = "checkpoint-forward"  # CTR models: the whole training forward is the segment
@@ -364,8 +364,7 @@ def step_times(model_name: str, dataset, bits: list[int], repeats: int) -> list[
         batch = (torch.as_tensor(train.user_index[:n]), torch.as_tensor(train.item_index[:n]), torch.as_tensor(train.label[:n], dtype=torch.float32))
         build = lambda compression: build_ctr_model(model_name, dataset, train, compression=compression, seed=0, dataset_key=key)
     variants = {"fp32": ("fp32", None), "bf16": ("bf16", None)}
-    group = default_group_size(model_name, dataset_key(dataset.name))
-    variants.update({f"tinykg-{b}": ("tinykg", compression_for(b, group)) for b in bits})
+    variants.update({f"tinykg-{b}": ("tinykg", compression_for(b, default_group_size(model_name, key, b))) for b in bits})
     steps = {}
     for name, (method, compression) in {**variants, "checkpoint": ("checkpoint", None)}.items():
         torch.manual_seed(0)

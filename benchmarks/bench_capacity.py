@@ -202,7 +202,7 @@ def batch_capacity(dataset, models, bits_list, budget_bytes: int, resolution: fl
         model = build_ctr_model(name, dataset, train, compression=None, seed=0, dataset_key=key)
         model.train()
         for bits in bits_list:
-            model.compression = compression_for(bits, default_group_size(name, key))
+            model.compression = compression_for(bits, default_group_size(name, key, bits))
             start = time.perf_counter()
             fits = lambda b: _step_bytes(model, _ctr_batch(train, b)) <= budget_bytes  # noqa: E731
             largest, smallest_over, probes = largest_fitting(fits, 256, resolution, max_batch)

@@ -141,6 +141,7 @@ def main(argv=None) -> int:
                     result["overrides"] = dict(args.set)
                     slim = {k: result[k] for k in ("model", "dataset", "bits", "seed", "metrics", "activation_bytes",
                                                     "activation_bytes_fp32", "epoch_seconds", "epochs", "best_epoch", "epochs_requested", "overrides", "history")}
+                    slim["group_size"] = (result.get("compression") or {}).get("group_size")
                     runs.append(slim)
                     scores = "  ".join(f"{name} {slim['metrics'][name]:.4f}" for name in METRICS[_task(model)])
                     print(f"{model} {dataset.name} bits={bits} seed={seed}: {scores} act {slim['activation_bytes']:,} B "

@@ -80,7 +80,7 @@ def measure(model_name: str, dataset, bits: int, batch_size: int | None, device:
     fp32, batch = build(model_name, dataset, batch_size, device)
     fp32 = fp32.to(device)
     packed = copy.deepcopy(fp32)
-    packed.compression = compression_for(bits, default_group_size(model_name, dataset_key(dataset.name)), backend)
+    packed.compression = compression_for(bits, default_group_size(model_name, dataset_key(dataset.name), bits), backend)
     steps = {}
     for name, model in (("fp32", fp32), ("packed", packed)):
         model.train()

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--bits", type=int, default=2, choices=BITS_CHOICES, help="activation storage bits; 32 = no compression (default 2)")
     train.add_argument(
         "--group-size", type=_group_size, default=None,
-        help="elements per quantization group, or 'row' (default: 256, or the model's setting for the dataset)",
+        help="elements per quantization group, or 'row' (default: the model's setting for the dataset, else 64 at --bits 1 and 256 otherwise)",
     )
     train.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "triton"), help="quantizer implementation")
     train.add_argument("--epochs", type=_positive_int, help="training epochs (default: the model's published setting)")

@@ -103,5 +103,9 @@ def test_model_sets_its_quantization_group_for_a_dataset(toy):
     # What the benchmarks use when they build a model themselves.
     from tinykg.train.builders import default_group_size
 
-    assert default_group_size("ripplenet", "book") == 64
-    assert default_group_size("ripplenet", "lastfm") == default_group_size("kgat", "lastfm") == 256
+    assert default_group_size("ripplenet", "book", 2) == default_group_size("ripplenet", "book", 1) == 64
+    assert default_group_size("ripplenet", "lastfm", 2) == default_group_size("kgat", "lastfm", 4) == 256
+    # At 1 bit the library default is 64, in training as in the benchmarks.
+    assert default_group_size("kgcn", "lastfm", 1) == default_group_size("kgat", "lastfm", 1) == 64
+    one = train_ctr("kgcn", dataset, bits=1, key="lastfm", overrides={"epochs": 1}, progress=False, log=lambda _: None)
+    assert one["compression"]["group_size"] == 64

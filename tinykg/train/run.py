@@ -13,7 +13,7 @@ import torch
 from ..compress import CompressionConfig
 from ..data import Dataset, SyntheticConfig, ctr_split, load_dataset, make_synthetic
 from . import distributed
-from .builders import DEFAULT_GROUP_SIZE, build_ctr_model, hyperparameters
+from .builders import build_ctr_model, group_size_for_bits, hyperparameters
 from .loop import TrainConfig, fit_ctr, measure_step_activation, results_payload, seed_everything
 
 CTR_MODELS = ("kgcn", "kgnn-ls", "ripplenet", "ckan")
@@ -45,11 +45,11 @@ def load_or_generate(data: str | None, fmt: str | None = None, *, synthetic_size
     return make_synthetic(config, seed=0)
 
 
-def compression_for(bits: int, group_size: int | str = 256, backend: str = "auto") -> CompressionConfig | None:
-    """``bits == 32`` means no compression."""
+def compression_for(bits: int, group_size: int | str | None = None, backend: str = "auto") -> CompressionConfig | None:
+    """``bits == 32`` means no compression; ``group_size`` None: `group_size_for_bits` (64 at 1 bit, else 256)."""
     if bits == 32:
         return None
-    return CompressionConfig(bits=bits, group_size=group_size, backend=backend)
+    return CompressionConfig(bits=bits, group_size=group_size or group_size_for_bits(bits), backend=backend)
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
@@ -106,7 +106,7 @@ def train_ctr(
     seed_everything(seed)
     train, valid, test = ctr_split(dataset.interactions, seed=seed)
     if group_size is None:
-        group_size = params.get("group_size", DEFAULT_GROUP_SIZE)
+        group_size = params.get("group_size", group_size_for_bits(bits))
     compression = compression_for(bits, group_size, backend)
     model = build_ctr_model(model_name, dataset, train, compression=compression, seed=seed, overrides=overrides, dataset_key=key)
     config = TrainConfig(

@@ -448,14 +448,14 @@ def train_topk(
     `tinykg.train.run.train_ctr`, with ``metrics`` = test recall@K and ndcg@K). ``bits == 32``: fp32.
     Inside a torch.distributed process group every rank calls this with the same arguments; ``batch_size``
     and ``kg_batch_size`` are global batches (`tinykg.train.distributed`)."""
-    from .run import DEFAULT_GROUP_SIZE, compression_for  # run.py imports the CTR stack; imported late to keep this module light
+    from .run import compression_for  # run.py imports the CTR stack; imported late to keep this module light
 
     log = distributed.rank_zero_only(log)
     key = key or topk_dataset_key(dataset.name)
     params = topk_hyperparameters(model_name, key, overrides)
     seed_everything(seed)
     train, valid, test = topk_split_for(dataset, key, seed)
-    compression = compression_for(bits, DEFAULT_GROUP_SIZE if group_size is None else group_size, backend)
+    compression = compression_for(bits, group_size, backend)  # group None: 64 at 1 bit, else 256
     model, kg_sampler = build_topk_model(model_name, dataset, train, compression=compression, params=params)
     config = TopKConfig(
         epochs=params["epochs"], batch_size=params["batch_size"], kg_batch_size=params.get("kg_batch_size", 2048),
