@@ -49,7 +49,9 @@ def compression_for(bits: int, group_size: int | str | None = None, backend: str
     """``bits == 32`` means no compression; ``group_size`` None: `group_size_for_bits` (64 at 1 bit, else 256)."""
     if bits == 32:
         return None
-    return CompressionConfig(bits=bits, group_size=group_size or group_size_for_bits(bits), backend=backend)
+    if group_size is None:
+        group_size = group_size_for_bits(bits)
+    return CompressionConfig(bits=bits, group_size=group_size, backend=backend)
 
 
 def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
