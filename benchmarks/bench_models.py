@@ -36,7 +36,7 @@ def _task(model: str) -> str:
 
 
 def _key(run: dict) -> tuple:
-    return (run["model"], run["dataset"], run["bits"], run["seed"], run["epochs_requested"], _overrides_text(run.get("overrides")))
+    return (run["model"], run["dataset"], run["bits"], run["seed"], run.get("epochs_requested"), _overrides_text(run.get("overrides")))
 
 
 def _overrides_text(overrides: dict | None) -> str:
