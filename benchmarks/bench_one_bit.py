@@ -5,7 +5,7 @@ storing at 8 bits (or with the scoring head at 1 bit too), per seed, with the va
         --variants head1 linear attention elementwise aggregate --group-size 256
     python benchmarks/bench_one_bit.py --smoke        # toy synthetic data, 1 epoch (run by the tests)
 
-Variants (everything else at 1 bit, the library's defaults otherwise):
+Variants (everything else at ``--bits``, default 1; the library's defaults otherwise):
 
 * ``default``            tinykg's setting: the score's operands at 2 bits (``head_bits=2``);
 * ``head1``              the score's operands at 1 bit too (``head_bits=None``, the setting before session 4);
@@ -51,12 +51,12 @@ def eight_bit(module_name: str | None):
         module.maybe_quantize = original
 
 
-def run(dataset, model: str, variant: str, seed: int, group_size, epochs: int | None) -> dict:
+def run(dataset, model: str, variant: str, seed: int, group_size, epochs: int | None, bits: int = 1) -> dict:
     overrides = {} if variant == "default" else {"head_bits": None}
     if epochs:
         overrides["epochs"] = epochs
     with eight_bit(variant if variant in MODULES else None):
-        result = train_ctr(model, dataset, bits=1, group_size=group_size, seed=seed, overrides=overrides,
+        result = train_ctr(model, dataset, bits=bits, group_size=group_size, seed=seed, overrides=overrides,
                            progress=False, log=lambda _: None)
     return {
         "variant": variant, "seed": seed, "auc": result["metrics"]["auc"],
@@ -73,6 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--group-size", type=lambda t: t if t == "row" else int(t), help="default: the library's at 1 bit")
     parser.add_argument("--epochs", type=int, help="default: the model's published setting")
+    parser.add_argument("--bits", type=int, default=1, choices=(1, 2, 4), help="the width of everything else (default 1)")
     args = parser.parse_args(argv)
     if args.smoke:
         dataset = load_or_generate(None, synthetic_size="toy")
@@ -82,11 +83,11 @@ def main(argv=None) -> int:
     rows = []
     for variant in args.variants:
         for seed in args.seeds:
-            row = run(dataset, args.model, variant, seed, args.group_size, args.epochs)
+            row = run(dataset, args.model, variant, seed, args.group_size, args.epochs, args.bits)
             rows.append(row)
             print(f"{variant} seed={seed}: test auc {row['auc']:.4f}, validation auc per epoch "
                   + " ".join(f"{v:.3f}" for v in row["valid_auc"]), flush=True)
-    print(f"\n# bench_one_bit: {args.model} on {dataset.name}, 1 bit, group {args.group_size or 'default'}")
+    print(f"\n# bench_one_bit: {args.model} on {dataset.name}, {args.bits} bit, group {args.group_size or 'default'}")
     print("| variant | seeds | test AUC per seed | mean | activation bytes/step |")
     print("|---|---:|---|---:|---:|")
     for variant in args.variants:
