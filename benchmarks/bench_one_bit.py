@@ -1,8 +1,10 @@
-"""Which saved tensors' noise stalls 1-bit training: a CTR model trained at 1 bit with one family of ops
-storing at 8 bits (or with the scoring head at 1 bit too), per seed, with the validation AUC per epoch.
+"""Which saved tensors' noise costs accuracy at a low width: a CTR model trained at ``--bits`` (1 by
+default) with one family of ops storing at 8 bits (or with the scoring head at that width too), per seed,
+with the validation AUC per epoch.
 
     python benchmarks/bench_one_bit.py --data ../shared/data/lastfm-kgcn --model kgcn --seeds 1 2 \\
         --variants head1 linear attention elementwise aggregate --group-size 256
+    python benchmarks/bench_one_bit.py --model ripplenet --bits 2 --seeds 0 2 --variants default elementwise
     python benchmarks/bench_one_bit.py --smoke        # toy synthetic data, 1 epoch (run by the tests)
 
 Variants (everything else at ``--bits``, default 1; the library's defaults otherwise):
