@@ -22,6 +22,8 @@ BENCH_SCRIPTS = {
     "alternatives": "bench_alternatives.py",
     "capacity": "bench_capacity.py",
     "fp32-cannot": "bench_fp32_cannot.py",
+    "one-bit": "bench_one_bit.py",
+    "kgat-pretrain": "bench_kgat_pretrain.py",
     "plots": "plots.py",
 }
 
