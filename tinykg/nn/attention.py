@@ -90,7 +90,9 @@ def indexed_attention(
     _check_shapes(query, keys, index)
     if not compression_active(config, query, keys):
         return _weights(query, keys, index, scale)
-    return _IndexedAttentionFunction.apply(query, keys, index, float(scale), config, query_config or config)
+    if query_config is None:
+        query_config = config
+    return _IndexedAttentionFunction.apply(query, keys, index, float(scale), config, query_config)
 
 
 class IndexedAttention(nn.Module):

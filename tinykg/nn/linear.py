@@ -95,9 +95,9 @@ def compressed_linear(
     _check_activation(activation)
     if not compression_active(config, x, weight, bias):
         return _plain_activation(F.linear(x, weight, bias), activation, negative_slope)
-    return _CompressedLinearFunction.apply(
-        x, weight, bias, config, activation, float(negative_slope), output_config or config
-    )
+    if output_config is None:
+        output_config = config
+    return _CompressedLinearFunction.apply(x, weight, bias, config, activation, float(negative_slope), output_config)
 
 
 class CompressedLinear(nn.Linear):

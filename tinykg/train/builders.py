@@ -19,7 +19,7 @@ TRAINING_KEYS = ("lr", "batch_size", "epochs", "drop_last", "group_size")
 DEFAULT_GROUP_SIZE = 256
 # At 1 bit every value is rounded to its group's minimum or maximum, so the group's range sets the noise.
 # Groups of 64 (0.375 more bits per value) cut what 1 bit lost against fp32 on Last.FM (3 seeds, Recall@20)
-# from -12.1% to -4.6% for KGAT and, in a first seed, from -17% to -6% for KGIN (benchmarks/RESULTS.md).
+# from -12.1% to -4.6% for KGAT and from -17.2% to -6.3% for KGIN (benchmarks/RESULTS.md).
 ONE_BIT_GROUP_SIZE = 64
 
 
