@@ -204,12 +204,41 @@ def check_throughput(device: torch.device, numel: int, repeats: int, group_size:
     return rows
 
 
+# Launch settings the sweep tries: (elements per program, warps, 32-bit word stores).
+SWEEP_SETTINGS = [(tile, warps, words) for words in (False, True) for tile in (2048, 4096, 8192)
+                  for warps in (4, 8)]
+
+
+def sweep_quantize(device: torch.device, numel: int, repeats: int, group_size: int = 256) -> list[dict]:
+    """Quantize kernel time (CUDA events, back to back) per bit width and launch setting, as % of a copy.
+
+    Each setting's codes are checked against the reference on the same tensor (a setting that is fast but
+    wrong must not be picked)."""
+    x = torch.randn(numel, device=device)
+    clone_device = device_time(x.clone, device, repeats)
+    rows = []
+    for bits in (1, 2, 4, 8):
+        config = CompressionConfig(bits=bits, group_size=group_size)
+        want = quantize_ref(x, config, SEED).codes
+        for setting in SWEEP_SETTINGS:
+            codes = triton_kernels.launch_quantize(x, config, SEED, group_size, tuning=setting)[0]
+            t = device_time(lambda: triton_kernels.launch_quantize(x, config, SEED, group_size, tuning=setting),
+                            device, repeats)
+            rows.append({"bits": bits, "tile": setting[0], "warps": setting[1], "stores": "word" if setting[2] else "byte",
+                         "device_percent_of_copy": 100.0 * clone_device / t if t else None,
+                         "us": 1e6 * t if t else None, "codes_equal_reference_64M": torch.equal(codes, want)})
+        del want
+    return rows
+
+
 # --------------------------------------------------------------------------------------------------------
 # 3. HOOK: model step-time overhead. ``make_step(config)`` returns a zero-argument callable that runs one
 # full training step (forward, backward, optimizer) of a freshly built model, compressed with ``config``
 # or uncompressed when ``config`` is None. Register steps in MODEL_STEPS, e.g. {"KGCN": make_kgcn_step}.
 
 MakeStep = Callable[[CompressionConfig | None], Callable[[], None]]
+# Where the step makers put models and batches (the tests build them on "cpu").
+STEP_DEVICE = "cuda"
 
 
 def make_ctr_step(model_name: str, overrides: dict, batch_size: int, synthetic_triples: int | None = None) -> MakeStep:
@@ -218,17 +247,16 @@ def make_ctr_step(model_name: str, overrides: dict, batch_size: int, synthetic_t
     def make(config: CompressionConfig | None) -> Callable[[], None]:
         from tinykg.data import ctr_split
         from tinykg.train.builders import build_ctr_model
-        from tinykg.train.run import load_or_generate
 
-        dataset = load_or_generate(None, synthetic_size=synthetic_triples or "default")
+        dataset = _synthetic(synthetic_triples)
         train, _, _ = ctr_split(dataset.interactions, seed=0)
         torch.manual_seed(0)
-        model = build_ctr_model(model_name, dataset, train, compression=config, seed=0, overrides=overrides).cuda()
+        model = build_ctr_model(model_name, dataset, train, compression=config, seed=0, overrides=overrides).to(STEP_DEVICE)
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         g = torch.Generator().manual_seed(0)
         rows = torch.randint(0, len(train), (batch_size,), generator=g)
-        batch = [torch.as_tensor(a[rows.numpy()]).cuda() for a in (train.user_index, train.item_index, train.label)]
+        batch = [torch.as_tensor(a[rows.numpy()]).to(STEP_DEVICE) for a in (train.user_index, train.item_index, train.label)]
         batch[2] = batch[2].float()
 
         def step() -> None:
@@ -237,9 +265,52 @@ def make_ctr_step(model_name: str, overrides: dict, batch_size: int, synthetic_t
             loss.backward()
             optimizer.step()
 
+        step.model, step.batch = model, tuple(batch)
         return step
 
     return make
+
+
+def make_topk_step(model_name: str, batch_size: int | None = None, synthetic_triples: int | None = None) -> MakeStep:
+    """A BPR training step of a top-K model (KGAT / KGIN / BPR-MF) on the synthetic dataset, its published
+    synthetic settings, the first batch of (user, positive, negative)."""
+
+    def make(config: CompressionConfig | None) -> Callable[[], None]:
+        from tinykg.train.topk import build_topk_model, first_batch, topk_dataset_key, topk_hyperparameters, topk_split_for
+
+        dataset = _synthetic(synthetic_triples)
+        key = topk_dataset_key(dataset.name)
+        params = topk_hyperparameters(model_name, key)
+        train, _, _ = topk_split_for(dataset, key, seed=0)
+        torch.manual_seed(0)
+        model, _ = build_topk_model(model_name, dataset, train, compression=config, params=params)
+        model = model.to(STEP_DEVICE).train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+        batch = first_batch(train, batch_size or params["batch_size"], seed=0, device=STEP_DEVICE)
+
+        def step() -> None:
+            loss = model.loss(*batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step.model, step.batch = model, batch
+        return step
+
+    return make
+
+
+_DATASETS: dict = {}
+
+
+def _synthetic(triples: int | None):
+    """The synthetic default (or a graph of about ``triples`` KG triples), generated once per process."""
+    from tinykg.train.run import load_or_generate
+
+    key = triples or "default"
+    if key not in _DATASETS:
+        _DATASETS[key] = load_or_generate(None, synthetic_size=key)
+    return _DATASETS[key]
 
 
 MODEL_STEPS: dict[str, MakeStep] = {
@@ -248,27 +319,95 @@ MODEL_STEPS: dict[str, MakeStep] = {
     "KGNN-LS d64 H2 K8 B4096": make_ctr_step("kgnn-ls", {"embedding_dim": 64, "num_layers": 2}, 4096),
     "RippleNet d16 H2 M32 B8192": make_ctr_step("ripplenet", {}, 8192),
     "CKAN d64 L2 B4096": make_ctr_step("ckan", {"embedding_dim": 64}, 4096),
+    "KGAT synthetic default (B1024)": make_topk_step("kgat"),
+    "KGAT ~1M triples (B1024)": make_topk_step("kgat", synthetic_triples=1_000_000),
+    "KGIN synthetic default": make_topk_step("kgin"),
+    "KGIN ~1M triples": make_topk_step("kgin", synthetic_triples=1_000_000),
 }
 
 
+def _enqueue_seconds(step: Callable[[], None], repeats: int) -> float:
+    """Median wall seconds the host needs to issue one step (the device idle at the start, not waited for
+    at the end; syncs inside the step do wait). Close to the step time: the step is bound by the host
+    (Python, launches, syncs), not by the GPU's work."""
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def profile_step(name: str, make_step: MakeStep, *, bits: int = 2, steps: int = 3, top: int = 12) -> str:
+    """torch.profiler tables (top ops by device time and by host time) of ``steps`` fp32 and compressed
+    steps after warm-up, as markdown-ish text."""
+    from torch.profiler import ProfilerActivity, profile
+
+    parts = []
+    for label, config in (("fp32", None), (f"{bits}-bit", CompressionConfig(bits=bits, backend="triton"))):
+        step = make_step(config)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+        table = prof.key_averages()
+        for sort in ("self_cuda_time_total", "self_cpu_time_total"):
+            parts.append(f"### {name}, {label}, {steps} steps, top {top} by {sort}\n\n"
+                         + table.table(sort_by=sort, row_limit=top, max_name_column_width=60))
+    return "\n".join(parts)
+
+
+def _no_exact_sync(flags: torch.Tensor, flat: torch.Tensor, group_size: int):
+    """Diagnostic stand-in for `gather_exact` that never reads ``flags`` back (no device sync) and keeps no
+    exact group: the step time it gives bounds what removing the per-tensor sync could gain. Not correct
+    for tensors with non-finite groups; used only for timing."""
+    return flags.new_empty(0, dtype=torch.uint8), flat.new_empty((0, group_size))
+
+
 def measure_step_overhead(name: str, make_step: MakeStep, *, bits: int = 2, repeats: int = 20,
-                          warmup: int = 3, device: torch.device | str = "cuda") -> dict:
-    """Step time of the compressed model over the fp32 one (same run, interleaved) and peak memory of each."""
+                          warmup: int = 3, device: torch.device | str = "cuda", sync_diagnostic: bool = True) -> dict:
+    """Step time of the compressed model over the fp32 one (same run, interleaved), peak memory of each, the
+    exact bytes each holds for backward, host CPU time per step, and (``sync_diagnostic``) the compressed
+    step's time without the exact-group sync."""
+    from tinykg.train.loop import measure_step_activation
+
     config = CompressionConfig(bits=bits, backend="triton")
     plain, compressed = make_step(None), make_step(config)
-    peaks = {}
+    peaks, saved = {}, {}
     for label, step in (("fp32", plain), (f"{bits}-bit", compressed)):
         step()
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
         step()
         torch.cuda.synchronize(device)
-        peaks[label] = torch.cuda.max_memory_allocated(device)
+        peaks[label] = torch.cuda.max_memory_allocated(device) - base
+        model = getattr(step, "model", None)
+        saved[label] = (measure_step_activation(model, step.batch, exclude=step.batch).total_bytes
+                        if model is not None else None)
     ratio, t_compressed, t_plain = time_ratio(compressed, plain, repeats=repeats, warmup=warmup, device=device)
-    return {"model": name, "bits": bits, "step_ratio": ratio, "overhead_percent": 100.0 * (ratio - 1),
-            "fp32_step_ms": 1e3 * t_plain, "compressed_step_ms": 1e3 * t_compressed,
-            "fp32_peak_MiB": peaks["fp32"] / 2**20, "compressed_peak_MiB": peaks[f"{bits}-bit"] / 2**20,
-            "peak_reduction": peaks["fp32"] / max(peaks[f"{bits}-bit"], 1)}
+    row = {"model": name, "bits": bits, "step_ratio": ratio, "overhead_percent": 100.0 * (ratio - 1),
+           "fp32_step_ms": 1e3 * t_plain, "compressed_step_ms": 1e3 * t_compressed,
+           "fp32_enqueue_ms": 1e3 * _enqueue_seconds(plain, max(3, repeats // 2)),
+           "compressed_enqueue_ms": 1e3 * _enqueue_seconds(compressed, max(3, repeats // 2)),
+           "fp32_peak_MiB": peaks["fp32"] / 2**20, "compressed_peak_MiB": peaks[f"{bits}-bit"] / 2**20,
+           "peak_reduction": peaks["fp32"] / max(peaks[f"{bits}-bit"], 1),
+           "fp32_saved_MiB": saved["fp32"] / 2**20 if saved["fp32"] is not None else None,
+           "compressed_saved_MiB": saved[f"{bits}-bit"] / 2**20 if saved[f"{bits}-bit"] is not None else None,
+           "no_sync_step_ratio": None}
+    if sync_diagnostic:
+        real = triton_kernels.gather_exact
+        triton_kernels.gather_exact = _no_exact_sync
+        try:
+            row["no_sync_step_ratio"] = time_ratio(compressed, plain, repeats=repeats, warmup=warmup, device=device)[0]
+        finally:
+            triton_kernels.gather_exact = real
+    return row
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -297,6 +436,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--numel", type=int, default=None, help="throughput tensor size (default 64M)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_check.json when OUT is set)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="also time the quantize kernel under every launch setting in SWEEP_SETTINGS")
+    parser.add_argument("--steps", nargs="*", default=None,
+                        help="only the MODEL_STEPS whose name contains one of these strings (default: all)")
+    parser.add_argument("--step-repeats", type=int, default=None, help="timed steps per model (default --repeats)")
+    parser.add_argument("--skip-correctness", action="store_true", help="skip section 1 (already checked)")
+    parser.add_argument("--profile", action="store_true",
+                        help="torch.profiler tables of the selected --steps instead of timing them")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -308,14 +455,20 @@ def main(argv: list[str] | None = None) -> int:
         print("Triton backend unavailable on", device, "(no GPU, triton missing, or TRITON_INTERPRET unset)")
         return 2
     report: dict = {"environment": info}
+    out = args.out or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None)
+
+    def save() -> None:  # after every section, so a run cut short still leaves what it measured
+        if out:
+            Path(out).write_text(json.dumps(report, indent=2, default=str))
 
     t0 = time.perf_counter()
-    correctness = check_correctness(device, args.smoke)
+    correctness = [] if args.skip_correctness else check_correctness(device, args.smoke)
     report["correctness"] = correctness
     print(f"## Correctness: Triton vs quantize_ref on CPU, same seed ({time.perf_counter() - t0:.0f} s)\n")
     print(markdown_table(correctness, ["case", "bits", "metadata", "group_size", "stochastic", "exact_groups",
                                        "triton_equals_reference", "dequantize_equal",
                                        "reference_gpu_equals_cpu"]), "\n")
+    save()
 
     numel = args.numel or (4096 if args.smoke else 64 * 2**20)
     t0 = time.perf_counter()
@@ -331,31 +484,58 @@ def main(argv: list[str] | None = None) -> int:
                                       "ms", "clone_ms",
                                       "GBps", "copy_GBps", "bandwidth_percent_of_copy",
                                       "codes_equal_reference_64M"]), "\n")
+    save()
+
+    if args.sweep:
+        t0 = time.perf_counter()
+        sweep = sweep_quantize(device, numel, 3 if args.smoke else args.repeats)
+        report["quantize_sweep"] = sweep
+        print(f"## Quantize launch settings ({time.perf_counter() - t0:.0f} s): kernel time from CUDA events, "
+              "% of a device-to-device copy of the same tensor\n")
+        print(markdown_table(sweep, ["bits", "tile", "warps", "stores", "device_percent_of_copy", "us",
+                                     "codes_equal_reference_64M"]), "\n")
+        save()
 
     steps = []
     if not args.smoke and device.type == "cuda":
         for name, make_step in MODEL_STEPS.items():
+            if args.steps and not any(part in name for part in args.steps):
+                continue
+            if args.profile:
+                print(profile_step(name, make_step), flush=True)
+                continue
             try:
-                steps.append(measure_step_overhead(name, make_step, device=device))
+                steps.append(measure_step_overhead(name, make_step, device=device,
+                                                   repeats=args.step_repeats or args.repeats))
+                print(steps[-1], flush=True)
             except Exception as err:  # one model failing must not hide the others' numbers
                 print(f"model step {name} failed: {type(err).__name__}: {err}")
+            report["model_steps"] = steps
+            save()
     report["model_steps"] = steps
     print("## Model step time (hook: MODEL_STEPS / measure_step_overhead)\n")
     if steps:
+        print("enqueue_ms = host wall time to issue one step from an idle device, not waiting for it at the end: "
+              "close to the step time means the step is bound by Python, launches and syncs, not by the GPU's "
+              "work. no_sync_step_ratio = the step "
+              "ratio with the exact-group device sync removed (timing diagnostic only). peak = "
+              "max_memory_allocated during one step above what was allocated before it; saved = exact bytes "
+              "held for backward (ActivationTracker)\n")
         print(markdown_table(steps, ["model", "bits", "step_ratio", "overhead_percent", "fp32_step_ms",
-                                     "compressed_step_ms", "fp32_peak_MiB", "compressed_peak_MiB",
-                                     "peak_reduction"]), "\n")
+                                     "compressed_step_ms", "fp32_enqueue_ms", "compressed_enqueue_ms",
+                                     "no_sync_step_ratio", "fp32_peak_MiB", "compressed_peak_MiB",
+                                     "peak_reduction", "fp32_saved_MiB", "compressed_saved_MiB"]), "\n")
     else:
         print("no model steps registered yet\n")
 
     ok = all(r["triton_equals_reference"] and r["dequantize_equal"] for r in correctness)
     ok = ok and all(r["codes_equal_reference_64M"] for r in throughput)
+    ok = ok and all(r["codes_equal_reference_64M"] for r in report.get("quantize_sweep", []))
     report["all_correct"] = ok
     report["seconds"] = time.perf_counter() - start
     print(f"all correct: {ok}; {report['seconds']:.0f} s")
-    out = args.out or (os.path.join(os.environ["OUT"], "gpu_check.json") if os.environ.get("OUT") else None)
+    save()
     if out:
-        Path(out).write_text(json.dumps(report, indent=2, default=str))
         print("wrote", out)
     return 0 if ok else 1
 

@@ -206,6 +206,24 @@ def test_backend_groups_longer_than_one_tile(backend, shape):
     check_backend(kind, _sample(shape, torch.float32, device), CompressionConfig(bits=2, group_size="row"))
 
 
+@pytest.mark.parametrize("tuning", [(1024, 2, True), (4096, 4, True), (16384, 8, True), (2048, 4, False)],
+                         ids=lambda t: f"tile{t[0]}-w{t[1]}-{'word' if t[2] else 'byte'}")
+@pytest.mark.parametrize("bits", BITS)
+def test_triton_quantize_tuning_settings_match_reference(backend, monkeypatch, bits, tuning):
+    # Every launch setting the GPU sweep may pick (32-bit word or byte stores, tile, warps) is the same
+    # function: special groups at G=32, a partial 256-group, rows of 96 (fill whole 32-bit words at every
+    # width without being a power of two), of 77 (bytes only) and rows longer than one chunk.
+    kind, device = backend
+    if kind != Backend.TRITON:
+        pytest.skip("Triton launch settings")
+    monkeypatch.setitem(triton_kernels._QUANTIZE_TUNING, bits, tuning)
+    check_backend(kind, _special_groups().to(device), CompressionConfig(bits=bits, group_size=32))
+    check_backend(kind, _sample((9, 77), torch.float32, device), CompressionConfig(bits=bits, group_size=256))
+    for shape in ((9, 77), (5, 96)):
+        check_backend(kind, _sample(shape, torch.float32, device), CompressionConfig(bits=bits, group_size="row"))
+    check_backend(kind, _sample((2, 4100), torch.float32, device), CompressionConfig(bits=bits, group_size="row"))
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -11,8 +11,9 @@ multiple of 8 (odd "row" groups), codes are stored one per byte and packed by `p
 dequantize: one pass over tiles of whole groups; each byte is loaded once and split into its codes (or,
 for groups that do not fill whole bytes, each code reads its own byte); writes ``code * s + z``.
 
-Measured on an H200 (64M fp32, G=256; benchmarks/gpu_check.sh): the 1- and 2-bit quantize kernels take
-about the time of ``x.clone()``, 4- and 8-bit ~1.6x / ~1.8x; dequantize 0.6-0.75x.
+Measured on an H100 (64M fp32, G=256; benchmarks/gpu_check.py --sweep): with 32-bit word stores the
+quantize kernel takes 0.73-0.8x the time of ``x.clone()`` at every width (byte stores: 1.1x / 1.4x at 4 / 8
+bits); dequantize 0.6-0.7x (CUDA-event timings).
 
 Bit-exactness with the reference: the kernels are launched with ``enable_fp_fusion=False`` (an FMA in
 ``s * B + z`` or ``code * s + z`` would round once instead of twice), and ``1/s`` and ``(M - z) / B`` use
@@ -48,13 +49,19 @@ _MD_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _MD_SIGN = {0: 0x80000000, 1: 0x8000, 2: 0x8000}
 _MD_INF = {0: 0x7F800000, 1: 0x7C00, 2: 0x7F80}
 _OUT_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-# Elements per program (quantize / dequantize), warps per program, and the longest group chunk held in
-# registers at once; tuned on an H200 (benchmarks/gpu_check.py).
-_TILE_Q = 4096
+# Quantize launch settings per bit width: (elements per program, warps per program, store 32-bit words
+# instead of bytes). Byte stores with 8 // bits lanes leave 4- and 8-bit tiles one or two elements wide
+# per thread in the innermost dimension (narrow loads); words give every width 32 // bits lanes. Measured
+# on an H100 (`benchmarks/gpu_check.py --sweep`, 64M fp32, G=256, kernel time as % of a copy): bytes
+# 4096/4 gave 129 / 132 / 88 / 72% at 1 / 2 / 4 / 8 bits, words 4096/4 136 / 130 / 130 / 125%.
+_QUANTIZE_TUNING: dict[int, tuple[int, int, bool]] = {1: (4096, 4, True), 2: (4096, 4, True),
+                                                      4: (4096, 4, True), 8: (4096, 4, True)}
+# Dequantize: elements per program and warps (tuned on an H200); the longest group chunk held in registers
+# at once; the largest tile any launch uses (int32 index slack).
 _TILE_D = 1024
-_MAX_CHUNK = 4096
-_WARPS_Q = 4
 _WARPS_D = 2
+_MAX_CHUNK = 4096
+_MAX_TILE = 16384
 
 log = logging.getLogger("tinykg.compress")
 _triton_ok: bool | None = None
@@ -212,8 +219,11 @@ def tile_extremes(v, valid):
 
 def store_codes(v, rows, col, num_groups, zf, inv, exact, key, G, codes_ptr, c, bytes_per_group,
                 BITS: tl.constexpr, LEVELS: tl.constexpr, PB: tl.constexpr, NB: tl.constexpr,
-                PACKED: tl.constexpr, STOCHASTIC: tl.constexpr):
-    """Round a (ROWS, NB, PB) tile to codes; store them packed (or one per byte when not PACKED)."""
+                PACKED: tl.constexpr, STOCHASTIC: tl.constexpr, WORD: tl.constexpr):
+    """Round a (ROWS, NB, PB) tile to codes; store them packed (or one per byte when not PACKED).
+
+    ``bytes_per_group`` counts the stored units of a group: 32-bit words when WORD, bytes otherwise.
+    """
     g = rows[:, None, None]
     offs = g * G + col
     t = (v - zf[:, None, None]) * inv[:, None, None]
@@ -227,10 +237,14 @@ def store_codes(v, rows, col, num_groups, zf, inv, exact, key, G, codes_ptr, c, 
     q = tl.where(q > LEVELS, LEVELS, q).to(tl.int32)
     if PACKED:
         lane = tl.arange(0, PB)[None, None, :]
-        byte = tl.sum(q << (lane * BITS), axis=2)  # (ROWS, NB): codes do not overlap, so sum == or
         b = c * NB + tl.arange(0, NB)[None, :]
         mask = (rows[:, None] < num_groups) & (b * PB < G)
-        tl.store(codes_ptr + rows[:, None] * bytes_per_group + b, byte.to(tl.uint8), mask=mask)
+        if WORD:  # PB = 32 // BITS codes per little-endian 32-bit word: 4-byte stores at every width
+            word = tl.sum(q.to(tl.uint32) << (lane * BITS).to(tl.uint32), axis=2)  # disjoint bits: sum == or
+            tl.store(codes_ptr + rows[:, None] * bytes_per_group + b, word.to(tl.int32, bitcast=True), mask=mask)
+        else:
+            byte = tl.sum(q << (lane * BITS), axis=2)  # (ROWS, NB): codes do not overlap, so sum == or
+            tl.store(codes_ptr + rows[:, None] * bytes_per_group + b, byte.to(tl.uint8), mask=mask)
     else:
         tl.store(codes_ptr + offs, q.to(tl.uint8), mask=(g < num_groups) & (col < G))
 
@@ -239,7 +253,7 @@ def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, numel, num_g
                     key_i32, BITS: tl.constexpr, LEVELS: tl.constexpr, MD: tl.constexpr,
                     MD_SIGN: tl.constexpr, MD_INF: tl.constexpr, IN_BF16: tl.constexpr,
                     STOCHASTIC: tl.constexpr, PACKED: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr,
-                    PB: tl.constexpr, NUM_CHUNKS: tl.constexpr, IDX64: tl.constexpr):
+                    PB: tl.constexpr, NUM_CHUNKS: tl.constexpr, IDX64: tl.constexpr, WORD: tl.constexpr):
     pid = tl.program_id(0)
     if IDX64:  # element indices beyond int32
         pid = pid.to(tl.int64)
@@ -295,13 +309,13 @@ def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, numel, num_g
     # 3. codes
     if NUM_CHUNKS == 1:
         store_codes(v, rows, col0, num_groups, zf, inv, exact, key, G, codes_ptr, 0, bytes_per_group,
-                    BITS, LEVELS, PB, NB, PACKED, STOCHASTIC)
+                    BITS, LEVELS, PB, NB, PACKED, STOCHASTIC, WORD)
     else:
         for c in range(NUM_CHUNKS):
             col = col0 + c * (NB * PB)
             v, valid = load_tile(x_ptr, g, col, row_ok, numel, G, IN_BF16)
             store_codes(v, rows, col, num_groups, zf, inv, exact, key, G, codes_ptr, c, bytes_per_group,
-                        BITS, LEVELS, PB, NB, PACKED, STOCHASTIC)
+                        BITS, LEVELS, PB, NB, PACKED, STOCHASTIC, WORD)
 
 
 def dequantize_kernel(codes_ptr, scale_ptr, zp_ptr, out_ptr, numel, num_groups, G, bytes_per_group,
@@ -362,7 +376,7 @@ def triton_next_pow2(n: int) -> int:
 
 def _needs_int64(num_groups: int, group_size: int) -> bool:
     """Whether padded element indices (plus a tile of slack) can pass int32."""
-    return (num_groups + max(_TILE_Q, _TILE_D)) * group_size >= 2**31
+    return (num_groups + _MAX_TILE) * group_size >= 2**31
 
 
 def _as_i32(key: int) -> int:
@@ -375,8 +389,11 @@ def _bits_view(t: torch.Tensor) -> torch.Tensor:
     return t.view(torch.int32) if t.dtype == torch.float32 else t.view(torch.int16)
 
 
-def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, group_size: int):
+def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, group_size: int,
+                    tuning: tuple[int, int, bool] | None = None):
     """Run the quantize kernel on a contiguous 1-D ``flat`` (numel > 0).
+
+    ``tuning`` (elements per program, warps, word stores) overrides ``_QUANTIZE_TUNING[bits]`` (sweeps).
 
     Returns:
         codes (packed uint8), scale and zero_point ((num_groups,) metadata dtype), flags ((num_groups,)
@@ -386,25 +403,31 @@ def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, gr
     numel = flat.numel()
     num_groups = -(-numel // group_size)
     bits = config.bits
+    tile, warps, words = tuning or _QUANTIZE_TUNING[bits]
+    if tile > _MAX_TILE:
+        raise ValueError(f"tile {tile} exceeds _MAX_TILE={_MAX_TILE}")
     md = config.torch_metadata_dtype
     device = flat.device
     per_byte = 8 // bits
     packed_in_kernel = group_size % per_byte == 0
-    lanes = per_byte if packed_in_kernel else 1
-    rows, chunk, num_chunks = _tiling(group_size, lanes, _TILE_Q)
-    codes = torch.empty(num_groups * group_size // lanes, dtype=torch.uint8, device=device)
+    words = words and (group_size * bits) % 32 == 0
+    lanes = 32 // bits if words else per_byte if packed_in_kernel else 1
+    rows, chunk, num_chunks = _tiling(group_size, lanes, tile)
+    codes = torch.empty(num_groups * group_size // (per_byte if packed_in_kernel else 1), dtype=torch.uint8,
+                        device=device)
     scale = torch.empty(num_groups, dtype=md, device=device)
     zero_point = torch.empty(num_groups, dtype=md, device=device)
     flags = torch.empty(num_groups, dtype=torch.uint8, device=device)
     kind = _MD_KIND[md]
+    units_per_group = group_size * bits // 32 if words else group_size // per_byte
     quantize_kernel[(-(-num_groups // rows),)](
         flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat,
-        codes, _bits_view(scale), _bits_view(zero_point), flags, numel, num_groups, group_size,
-        group_size // per_byte, _as_i32(seed_key(seed) if config.stochastic else 0),
+        codes.view(torch.int32) if words else codes, _bits_view(scale), _bits_view(zero_point), flags, numel,
+        num_groups, group_size, units_per_group, _as_i32(seed_key(seed) if config.stochastic else 0),
         BITS=bits, LEVELS=(1 << bits) - 1, MD=kind, MD_SIGN=_MD_SIGN[kind], MD_INF=_MD_INF[kind],
         IN_BF16=flat.dtype == torch.bfloat16, STOCHASTIC=config.stochastic, PACKED=packed_in_kernel,
         ROWS=rows, NB=chunk // lanes, PB=lanes, NUM_CHUNKS=num_chunks, IDX64=_needs_int64(num_groups, group_size),
-        num_warps=_WARPS_Q, enable_fp_fusion=False,
+        WORD=words, num_warps=warps, enable_fp_fusion=False,
     )
     if not packed_in_kernel:
         codes = pack_codes(codes, bits)
