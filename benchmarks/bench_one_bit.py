@@ -14,6 +14,9 @@ Variants (everything else at ``--bits``, default 1; the library's defaults other
 * ``linear``, ``attention``, ``elementwise``, ``aggregate``, ``activation``: ``head1`` with every tensor that
   the ops of that `tinykg.nn` module save stored at 8 bits (``elementwise`` holds the score's product).
 
+``--head-bits N`` keeps the score's operands at N bits in every variant but ``head1`` (to look for what
+else costs accuracy once the head is settled).
+
 A diagnostic, not a user setting: the per-module switch replaces the module's ``maybe_quantize`` for the
 duration of one run.
 """
@@ -53,8 +56,14 @@ def eight_bit(module_name: str | None):
         module.maybe_quantize = original
 
 
-def run(dataset, model: str, variant: str, seed: int, group_size, epochs: int | None, bits: int = 1) -> dict:
-    overrides = {} if variant == "default" else {"head_bits": None}
+def run(dataset, model: str, variant: str, seed: int, group_size, epochs: int | None, bits: int = 1,
+        head_bits: int | None = None) -> dict:
+    if variant == "head1":
+        overrides = {"head_bits": None}
+    elif head_bits is not None:  # the score's operands at this width in every other variant
+        overrides = {"head_bits": head_bits}
+    else:
+        overrides = {} if variant == "default" else {"head_bits": None}
     if epochs:
         overrides["epochs"] = epochs
     with eight_bit(variant if variant in MODULES else None):
@@ -76,6 +85,9 @@ def main(argv=None) -> int:
     parser.add_argument("--group-size", type=lambda t: t if t == "row" else int(t), help="default: the library's at 1 bit")
     parser.add_argument("--epochs", type=int, help="default: the model's published setting")
     parser.add_argument("--bits", type=int, default=1, choices=(1, 2, 4), help="the width of everything else (default 1)")
+    parser.add_argument("--head-bits", type=int, choices=(2, 4, 8),
+                        help="the score's operands at this width in every variant but head1 (default: the model's "
+                             "head_bits in 'default', --bits in the module variants)")
     args = parser.parse_args(argv)
     if args.smoke:
         dataset = load_or_generate(None, synthetic_size="toy")
@@ -85,11 +97,12 @@ def main(argv=None) -> int:
     rows = []
     for variant in args.variants:
         for seed in args.seeds:
-            row = run(dataset, args.model, variant, seed, args.group_size, args.epochs, args.bits)
+            row = run(dataset, args.model, variant, seed, args.group_size, args.epochs, args.bits, args.head_bits)
             rows.append(row)
             print(f"{variant} seed={seed}: test auc {row['auc']:.4f}, validation auc per epoch "
                   + " ".join(f"{v:.3f}" for v in row["valid_auc"]), flush=True)
-    print(f"\n# bench_one_bit: {args.model} on {dataset.name}, {args.bits} bit, group {args.group_size or 'default'}")
+    head = f", score operands at {args.head_bits} bits" if args.head_bits else ""
+    print(f"\n# bench_one_bit: {args.model} on {dataset.name}, {args.bits} bit, group {args.group_size or 'default'}{head}")
     print("| variant | seeds | test AUC per seed | mean | activation bytes/step |")
     print("|---|---:|---|---:|---:|")
     for variant in args.variants:
