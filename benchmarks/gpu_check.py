@@ -231,6 +231,54 @@ def sweep_quantize(device: torch.device, numel: int, repeats: int, group_size: i
     return rows
 
 
+def host_call_seconds(fn: Callable[[], object], device: torch.device, calls: int = 200) -> float:
+    """Median host wall seconds per call of ``fn`` with the device idle before each call and not waited for
+    after it: the cost of issuing the call (Python, launches, and any sync the call makes itself)."""
+    fn()
+    times = []
+    for _ in range(calls):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def check_host_overhead(device: torch.device, calls: int, shape: tuple[int, int] = (1024, 64)) -> list[dict]:
+    """Host cost of each layer of a compressed save / load on one small activation, next to plain torch
+    calls: where a host-bound step's time goes."""
+    from tinykg.compress import dequantize, quantize
+    from tinykg.compress.cpu_kernels import gather_exact
+    from tinykg.nn import _saved
+
+    config = CompressionConfig(bits=2, backend="triton")
+    x = torch.randn(shape, device=device)
+    w = torch.randn(shape, device=device, requires_grad=True)
+    group_size = 256
+    flat = x.reshape(-1)
+    packed = triton_kernels.quantize_triton(x, config, SEED)
+    flags = torch.zeros(flat.numel() // group_size, dtype=torch.uint8, device=device)
+    mask = x > 0
+    bitmask = _saved.BitMask.pack(mask)
+    cases = {
+        "x.clone()": x.clone,
+        "x * 2 (one torch op)": lambda: x * 2,
+        "torch.empty(4096, uint8)": lambda: torch.empty(4096, dtype=torch.uint8, device=device),
+        "launch_quantize (Triton launch + 4 allocations)": lambda: triton_kernels.launch_quantize(flat, config, SEED, group_size),
+        "gather_exact (any + sync, no exact group)": lambda: gather_exact(flags, flat, group_size),
+        "quantize_triton (backend call)": lambda: triton_kernels.quantize_triton(x, config, SEED),
+        "quantize (public: seed draw, dispatch)": lambda: quantize(x, config),
+        "maybe_quantize (fresh intermediate)": lambda: _saved.maybe_quantize(w * 1.0, config),
+        "launch_dequantize": lambda: triton_kernels.launch_dequantize(packed),
+        "dequantize (public)": lambda: dequantize(packed, config),
+        "BitMask.pack": lambda: _saved.BitMask.pack(mask),
+        "BitMask.unpack": bitmask.unpack,
+    }
+    return [{"what": name, "host_us": 1e6 * host_call_seconds(fn, device, calls), "shape": str(shape)}
+            for name, fn in cases.items()]
+
+
 # --------------------------------------------------------------------------------------------------------
 # 3. HOOK: model step-time overhead. ``make_step(config)`` returns a zero-argument callable that runs one
 # full training step (forward, backward, optimizer) of a freshly built model, compressed with ``config``
@@ -442,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the MODEL_STEPS whose name contains one of these strings (default: all)")
     parser.add_argument("--step-repeats", type=int, default=None, help="timed steps per model (default --repeats)")
     parser.add_argument("--skip-correctness", action="store_true", help="skip section 1 (already checked)")
+    parser.add_argument("--host-overhead", action="store_true",
+                        help="also time the host cost of each layer of a compressed save / load (small tensor)")
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler tables of the selected --steps instead of timing them")
     args = parser.parse_args(argv)
@@ -494,6 +544,13 @@ def main(argv: list[str] | None = None) -> int:
               "% of a device-to-device copy of the same tensor\n")
         print(markdown_table(sweep, ["bits", "tile", "warps", "stores", "device_percent_of_copy", "us",
                                      "codes_equal_reference_64M"]), "\n")
+        save()
+
+    if args.host_overhead:
+        host = check_host_overhead(device, 20 if args.smoke else 200)
+        report["host_overhead"] = host
+        print("## Host cost per call, device idle before it and not waited for after it (median)\n")
+        print(markdown_table(host, ["what", "shape", "host_us"]), "\n")
         save()
 
     steps = []

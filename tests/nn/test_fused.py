@@ -202,3 +202,16 @@ def test_bitmask_cpu_fast_path_matches_pack_codes_layout(numel):
     packed = BitMask.pack(mask.view(1, numel))
     assert torch.equal(packed.bits, pack_codes(mask, 1))  # the layout the GPU path writes
     assert torch.equal(packed.unpack(), mask.view(1, numel))
+
+
+@pytest.mark.parametrize("numel", [0, 1, 7, 8, 9, 1001])
+def test_bitmask_device_path_matches_pack_codes_layout(numel):
+    # The few-call path BitMask takes off the CPU, run here on CPU tensors.
+    from tinykg.compress import pack_codes
+    from tinykg.nn._saved import pack_bits_torch, unpack_bits_torch
+
+    mask = torch.rand(numel, generator=torch.Generator().manual_seed(numel + 1)) > 0.5
+    bits = pack_bits_torch(mask)
+    assert bits.dtype == torch.uint8 and torch.equal(bits, pack_codes(mask, 1))
+    restored = unpack_bits_torch(bits, numel)
+    assert restored.dtype == torch.bool and torch.equal(restored, mask)

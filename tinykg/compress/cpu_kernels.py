@@ -569,16 +569,16 @@ def gather_exact(flags: torch.Tensor, flat: torch.Tensor, group_size: int) -> tu
     Returns:
         exact_index (num_exact,), exact_values (num_exact, group_size).
     """
-    num_groups = flags.numel()
-    # One cheap reduction (and sync) in the usual case of no exact group, instead of nonzero's scan.
-    index = flags.nonzero().squeeze(1) if bool(flags.any()) else flags.new_empty(0, dtype=torch.int64)
-    if index.numel() == 0:
-        values = flat.new_empty((0, group_size))
-    else:
-        # Clamping to the last element is the reference's padding.
-        positions = index.unsqueeze(1) * group_size + torch.arange(group_size, device=flat.device)
-        values = flat[positions.clamp_(max=flat.numel() - 1)]
-    return index.to(narrowest_int_dtype(max(num_groups - 1, 0))), values
+    index_dtype = narrowest_int_dtype(max(flags.numel() - 1, 0))
+    # One cheap reduction (and sync) in the usual case of no exact group, instead of nonzero's scan; the
+    # empty results are made in their final dtypes (each further call costs the host ~10 us on a GPU).
+    if not bool(flags.any()):
+        return flags.new_empty(0, dtype=index_dtype), flat.new_empty((0, group_size))
+    index = flags.nonzero().squeeze(1)
+    # Clamping to the last element is the reference's padding.
+    positions = index.unsqueeze(1) * group_size + torch.arange(group_size, device=flat.device)
+    values = flat[positions.clamp_(max=flat.numel() - 1)]
+    return index.to(index_dtype), values
 
 
 def scatter_exact(out: torch.Tensor, packed: PackedActivation) -> None:
