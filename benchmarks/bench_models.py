@@ -52,6 +52,11 @@ def _parse_set(text: str) -> tuple[str, object]:
             return name, cast(value)
         except ValueError:
             pass
+    if value.startswith("[") or value in ("null", "true", "false"):  # lists (KGAT's layer_sizes=[64,32]), None, bools
+        try:
+            return name, json.loads(value)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"{name}: {value!r} is not valid JSON ({err})") from None
     return name, value
 
 

@@ -44,3 +44,20 @@ def test_bench_models_merges_runs_files_later_first_and_tables_only_what_was_ask
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| kgcn")]
     assert len(rows) == 2 and "0.7900" in rows[1] and "-1.25%" in rows[1] and "16.7x" in rows[1]
     assert new.read_text().count("\n") == 1  # nothing trained, nothing appended
+
+
+def test_bench_models_set_parses_numbers_json_lists_null_and_words():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_models
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import argparse
+
+    assert bench_models._parse_set("lr=0.001") == ("lr", 0.001)
+    assert bench_models._parse_set("num_hops=2") == ("num_hops", 2)
+    assert bench_models._parse_set("layer_sizes=[64,32]") == ("layer_sizes", [64, 32])
+    assert bench_models._parse_set("head_bits=null") == ("head_bits", None)
+    assert bench_models._parse_set("aggregator=concat") == ("aggregator", "concat")
+    with pytest.raises(argparse.ArgumentTypeError, match="not valid JSON"):
+        bench_models._parse_set("layer_sizes=[64,")
