@@ -61,3 +61,23 @@ def test_bench_models_set_parses_numbers_json_lists_null_and_words():
     assert bench_models._parse_set("aggregator=concat") == ("aggregator", "concat")
     with pytest.raises(argparse.ArgumentTypeError, match="not valid JSON"):
         bench_models._parse_set("layer_sizes=[64,")
+
+
+def test_gpu_check_smoke_under_the_triton_interpreter(tmp_path):
+    """gpu_check.py's correctness, throughput and launch-setting sweep sections run on CPU tensors under
+    TRITON_INTERPRET=1 (the GPU lease runs the same code), and every setting's codes match the reference."""
+    import json
+    import os
+
+    pytest.importorskip("triton")
+    out = tmp_path / "gpu_check.json"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--sweep", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["all_correct"] and report["correctness"]
+    sweep = report["quantize_sweep"]
+    assert len(sweep) == 4 * 12 and all(row["codes_equal_reference_64M"] for row in sweep)
