@@ -82,7 +82,7 @@ TOPK_MODELS = {"kgat": KGAT, "kgin": KGIN, "bprmf": BPRMF}
 # 1e-2 for BPR-MF), epochs and eval_every (sized for a CPU: ~5 min per model on Last.FM).
 # head_bits (ours): per-batch activations kept at >= 8 bits, see tinykg.models.base.head_config.
 _KGAT = dict(embedding_dim=64, layer_sizes=(64, 32, 16), kge_dim=64, mess_dropout=0.1, l2_weight=1e-5,
-             kg_l2_weight=1e-5, head_bits=8, batch_size=1024, kg_batch_size=2048)
+             kg_l2_weight=1e-5, adj_norm="si", head_bits=8, batch_size=1024, kg_batch_size=2048)
 _KGIN = dict(embedding_dim=64, num_hops=3, num_intents=4, node_dropout=0.5, mess_dropout=0.1, l2_weight=1e-5,
              sim_weight=1e-4, independence="distance", head_bits=8, batch_size=1024)
 _BPRMF = dict(embedding_dim=64, l2_weight=1e-5, batch_size=1024)
