@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     dataset = load_or_generate(None if args.smoke else args.data, synthetic_size="toy" if args.smoke else "default")
     epochs = 1 if args.smoke else None
     lrs = args.lrs[:1] if args.smoke else args.lrs
-    rows = [row for seed in args.seeds for row in run(dataset, seed, lrs, epochs, args.bits)]
+    bits_list = [32, 2] if args.smoke else args.bits  # the smoke run covers a compressed KGAT too
+    rows = [row for seed in args.seeds for row in run(dataset, seed, lrs, epochs, bits_list)]
     print(f"# bench_kgat_pretrain on {dataset.name}")
     print("| model | seed | lr | bits | test Recall@20 | best epoch | activation bytes/step |")
     print("|---|---:|---:|---:|---:|---:|---:|")
