@@ -205,13 +205,15 @@ def test_bitmask_cpu_fast_path_matches_pack_codes_layout(numel):
 
 
 @pytest.mark.parametrize("numel", [0, 1, 7, 8, 9, 1001])
-def test_bitmask_device_path_matches_pack_codes_layout(numel):
-    # The few-call path BitMask takes off the CPU, run here on CPU tensors.
-    from tinykg.compress import pack_codes
-    from tinykg.nn._saved import pack_bits_torch, unpack_bits_torch
+def test_bitmask_device_path_matches_numpy_packbits_layout(numel):
+    # The calls BitMask makes off the CPU (pack_codes / unpack_codes at 1 bit), run here on CPU tensors,
+    # against numpy's little-endian packbits, which the CPU path uses.
+    import numpy as np
+
+    from tinykg.compress import pack_codes, unpack_codes
 
     mask = torch.rand(numel, generator=torch.Generator().manual_seed(numel + 1)) > 0.5
-    bits = pack_bits_torch(mask)
-    assert bits.dtype == torch.uint8 and torch.equal(bits, pack_codes(mask, 1))
-    restored = unpack_bits_torch(bits, numel)
+    bits = pack_codes(mask, 1)
+    assert bits.dtype == torch.uint8 and torch.equal(bits, torch.from_numpy(np.packbits(mask.numpy(), bitorder="little")))
+    restored = unpack_codes(bits, 1, numel).view(torch.bool)
     assert restored.dtype == torch.bool and torch.equal(restored, mask)

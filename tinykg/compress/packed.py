@@ -18,6 +18,19 @@ def narrowest_int_dtype(max_value: int, min_value: int = 0) -> torch.dtype:
     return torch.int64
 
 
+# (8 // bits,) uint8 lane shifts [0, bits, 2 bits, ...] per (device, bits), made once: off the CPU every torch
+# call costs the host ~10 us (an H200 host, `benchmarks/gpu_check.py --host-overhead`), and a 1-bit mask
+# packed with an 8-step shift-and-or loop took 236 us there (4 calls now: 55 us).
+_LANE_SHIFTS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _lane_shifts(device: torch.device, bits: int) -> torch.Tensor:
+    shifts = _LANE_SHIFTS.get((device, bits))
+    if shifts is None:
+        shifts = _LANE_SHIFTS[(device, bits)] = torch.arange(0, 8, bits, dtype=torch.uint8, device=device)
+    return shifts
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes (each < 2**bits) into uint8, 8 // bits codes per byte, little-endian.
 
@@ -31,19 +44,15 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     pad = (-codes.numel()) % per_byte
     if pad:
         codes = torch.cat([codes, codes.new_zeros(pad)])
-    lanes = codes.view(-1, per_byte)  # (num_bytes, per_byte)
-    packed = lanes[:, 0].clone()
-    for j in range(1, per_byte):
-        packed |= lanes[:, j] << (j * bits)
-    return packed
+    lanes = codes.view(-1, per_byte) << _lane_shifts(codes.device, bits)  # (num_bytes, per_byte)
+    return lanes.sum(1, dtype=torch.uint8)  # the lanes' bits are disjoint: the sum is their or
 
 
 def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Inverse of `pack_codes`: the first ``numel`` codes as a 1-D uint8 tensor."""
     if bits == 8:
         return packed[:numel]
-    shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.uint8)  # (per_byte,)
-    lanes = (packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)  # (num_bytes, per_byte)
+    lanes = (packed.unsqueeze(1) >> _lane_shifts(packed.device, bits)) & ((1 << bits) - 1)  # (num_bytes, per_byte)
     return lanes.reshape(-1)[:numel]
 
 

@@ -14,8 +14,10 @@ from ..compress import (
     PackedMeta,
     dequantize,
     is_parameter_like,
+    pack_codes,
     quantize,
     saving_packed,
+    unpack_codes,
 )
 from ..compress.packed import narrowest_int_dtype
 
@@ -34,43 +36,14 @@ class BitMask:
             # numpy's packbits is one C pass, the same little-endian layout as pack_codes (bit j of a byte
             # = element j); measured 20x faster than pack_codes' shifts and ors on CPU.
             return cls(torch.from_numpy(np.packbits(flat.numpy(), bitorder="little")), mask.shape)
-        return cls(pack_bits_torch(flat), mask.shape)
+        return cls(pack_codes(flat, 1), mask.shape)
 
     def unpack(self) -> torch.Tensor:
         numel = self.shape.numel()
         if self.bits.device.type == "cpu":
             ones = np.unpackbits(self.bits.numpy(), count=numel, bitorder="little")  # uint8 0/1
             return torch.from_numpy(ones).view(torch.bool).view(self.shape)
-        return unpack_bits_torch(self.bits, numel).view(self.shape)
-
-
-# Off the CPU every torch call costs the host ~10 us (measured on an H200 host, benchmarks/gpu_check.py
-# --host-overhead), so the device path of BitMask uses as few calls as it can: pack_codes' general
-# shift-and-or loop took 236 us per mask, its unpack 71 us.
-_BIT_SHIFTS: dict[torch.device, torch.Tensor] = {}
-
-
-def _bit_shifts(device: torch.device) -> torch.Tensor:
-    """(8,) uint8 [0, 1, ..., 7] on ``device``, made once per device."""
-    shifts = _BIT_SHIFTS.get(device)
-    if shifts is None:
-        shifts = _BIT_SHIFTS[device] = torch.arange(8, dtype=torch.uint8, device=device)
-    return shifts
-
-
-def pack_bits_torch(flat: torch.Tensor) -> torch.Tensor:
-    """(n,) bool -> (ceil(n / 8),) uint8 in `pack_codes`' layout (bit j of a byte = element j)."""
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    lanes = flat.view(-1, 8).to(torch.uint8) << _bit_shifts(flat.device)  # (bytes, 8): disjoint bits
-    return lanes.sum(1, dtype=torch.uint8)
-
-
-def unpack_bits_torch(bits: torch.Tensor, numel: int) -> torch.Tensor:
-    """Inverse of `pack_bits_torch`: the first ``numel`` bits as a (numel,) bool tensor."""
-    ones = (bits.unsqueeze(1) >> _bit_shifts(bits.device)) & 1  # (bytes, 8) uint8 0/1
-    return ones.view(-1)[:numel].view(torch.bool)
+        return unpack_codes(self.bits, 1, numel).view(torch.bool).view(self.shape)  # 0/1 bytes as bools
 
 
 def narrow_index(index: torch.Tensor, num_rows: int) -> torch.Tensor:
