@@ -247,6 +247,8 @@ def host_call_seconds(fn: Callable[[], object], device: torch.device, calls: int
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return statistics.median(times)
 
 
@@ -379,20 +381,6 @@ MODEL_STEPS: dict[str, MakeStep] = {
 }
 
 
-def _enqueue_seconds(step: Callable[[], None], repeats: int) -> float:
-    """Median wall seconds the host needs to issue one step (the device idle at the start, not waited for
-    at the end; syncs inside the step do wait). Close to the step time: the step is bound by the host
-    (Python, launches, syncs), not by the GPU's work."""
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    torch.cuda.synchronize()
-    return statistics.median(times)
-
-
 def profile_step(name: str, make_step: MakeStep, *, bits: int = 2, steps: int = 3, top: int = 12) -> str:
     """torch.profiler tables (top ops by device time and by host time) of ``steps`` fp32 and compressed
     steps after warm-up, as markdown-ish text."""
@@ -446,8 +434,9 @@ def measure_step_overhead(name: str, make_step: MakeStep, *, bits: int = 2, repe
     ratio, t_compressed, t_plain = time_ratio(compressed, plain, repeats=repeats, warmup=warmup, device=device)
     row = {"model": name, "bits": bits, "step_ratio": ratio, "overhead_percent": 100.0 * (ratio - 1),
            "fp32_step_ms": 1e3 * t_plain, "compressed_step_ms": 1e3 * t_compressed,
-           "fp32_enqueue_ms": 1e3 * _enqueue_seconds(plain, max(3, repeats // 2)),
-           "compressed_enqueue_ms": 1e3 * _enqueue_seconds(compressed, max(3, repeats // 2)),
+           # Host time to issue one step from an idle device: close to the step time = bound by the host.
+           "fp32_enqueue_ms": 1e3 * host_call_seconds(plain, torch.device(device), max(3, repeats // 2)),
+           "compressed_enqueue_ms": 1e3 * host_call_seconds(compressed, torch.device(device), max(3, repeats // 2)),
            "fp32_peak_MiB": peaks["fp32"] / 2**20, "compressed_peak_MiB": peaks[f"{bits}-bit"] / 2**20,
            "peak_reduction": peaks["fp32"] / max(peaks[f"{bits}-bit"], 1),
            "fp32_saved_MiB": saved["fp32"] / 2**20 if saved["fp32"] is not None else None,
