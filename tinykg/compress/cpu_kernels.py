@@ -45,6 +45,7 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
@@ -56,7 +57,6 @@ from .rng import seed_key
 log = logging.getLogger("tinykg.compress")
 
 _MD_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_MD_BITS = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 # Below this many elements the kernels run on the calling thread alone: handing work to another thread
 # costs tens of microseconds, about what 64k elements take.
 _SERIAL_BELOW = 1 << 16
@@ -131,19 +131,21 @@ def num_threads(numel: int) -> int:
     return 1 if numel < _SERIAL_BELOW else max(1, torch.get_num_threads())
 
 
-def run_tasks(kernel, num_tasks: int, *args) -> None:
+def run_tasks(kernel, num_tasks: int, *args) -> int:
     """``kernel(task, num_tasks, *args)`` for every task, one thread each: tasks 1.. on the pool, task 0
-    on the calling thread, which then waits for the others (the kernels release the GIL)."""
+    on the calling thread, which then waits for the others (the kernels release the GIL). Returns the sum
+    of the tasks' results (the kernels return counts)."""
     if num_tasks <= 1:
-        kernel(0, 1, *args)
-        return
+        return kernel(0, 1, *args)
     pool = _worker_pool()
     futures = [pool.submit(kernel, task, num_tasks, *args) for task in range(1, num_tasks)]
+    total = 0
     try:
-        kernel(0, num_tasks, *args)
+        total += kernel(0, num_tasks, *args)
     finally:
         for future in futures:
-            future.result()
+            total += future.result()
+    return total
 
 
 _compiled = False
@@ -156,20 +158,20 @@ def _get_kernels():
     resolves callees through module globals, and only module-level functions hit its disk cache), so
     importing tinykg does not import numba.
     """
-    global _compiled, np, f32, i64, ir, types
+    global _compiled, np, f32, i64, ir, types, carray
     if not _compiled:
         import numpy
         from llvmlite import ir as llvm_ir
-        from numba import njit, types as numba_types
+        from numba import carray as numba_carray, njit, types as numba_types
         from numba.extending import intrinsic
 
         np, f32, i64 = numpy, numpy.float32, numpy.int64
-        ir, types = llvm_ir, numba_types
+        ir, types, carray = llvm_ir, numba_types, numba_carray
         module = globals()
         for name, how in _DECORATIONS.items():
             module[name] = intrinsic(_RAW[name]) if how == "intrinsic" else njit(**how)(_RAW[name])
         _compiled = True
-    return quantize_task, dequantize_task
+    return quantize_entry, dequantize_entry
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,8 +179,8 @@ def _get_kernels():
 # (mixing numba's uint64 with int64 would promote to float64); every fp32 operation is wrapped in f32()
 # so that nothing is silently widened to float64.
 
-# Bound by _get_kernels: numpy (and its float32 / int64 scalar types), llvmlite.ir, numba.types.
-np = f32 = i64 = ir = types = None
+# Bound by _get_kernels: numpy (and its float32 / int64 scalar types), llvmlite.ir, numba.types, numba.carray.
+np = f32 = i64 = ir = types = carray = None
 KEY_POS_INF = 0x7F800000  # order-preserving key of +inf; NaN keys lie beyond +-inf
 KEY_NEG_INF = (0xFF800000 - 2**32) ^ 0x7FFFFFFF  # key of -inf (bits 0xFF800000 as int32)
 
@@ -203,6 +205,29 @@ def bits_to_f32(typingctx, value):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.uint32), codegen
+
+
+def _pointer_intrinsic(element):
+    """An intrinsic turning an int64 address into a typed pointer (``element``: a numba.types name)."""
+
+    def as_pointer(typingctx, address):
+        if address != types.int64:
+            return None
+        pointer = types.CPointer(getattr(types, element))
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+        return pointer(types.int64), codegen
+
+    as_pointer.__name__ = as_pointer.__qualname__ = f"ptr_{element}"
+    return as_pointer
+
+
+ptr_f32 = _pointer_intrinsic("float32")
+ptr_i32 = _pointer_intrinsic("int32")
+ptr_i16 = _pointer_intrinsic("int16")
+ptr_u8 = _pointer_intrinsic("uint8")
 
 # Scalars below are int64 holding 32-bit patterns (mixing numba's uint64 and int64 promotes to float).
 
@@ -308,7 +333,8 @@ def code_of(v, zf, inv, offset, top):
 
 
 def quantize_group(xs, ks, G, g_flat, levels_i, kind, stochastic, seed_mix, codes, scale_out, zp_out, flags_out, g):
-    """One group: its codes into ``codes`` (length G), its metadata and exact flag at ``g``.
+    """One group: its codes into ``codes`` (length G), its metadata and (when ``flags_out`` is not empty)
+    exact flag at ``g``. Returns 1 when the group must be kept exactly, else 0.
 
     ``xs``, ``ks``: the group's real elements as fp32 and as int32 bit patterns (1 to G of them).
     Loops index slices from 0 so that numba drops its negative-index checks and LLVM vectorizes them.
@@ -347,12 +373,14 @@ def quantize_group(xs, ks, G, g_flat, levels_i, kind, stochastic, seed_mix, code
     if exact:
         scale_out[g] = 0
         zp_out[g] = 0
-        flags_out[g] = 1
+        if flags_out.shape[0]:
+            flags_out[g] = 1
         codes[:] = 0
-        return
+        return 1
     scale_out[g] = sb
     zp_out[g] = zb
-    flags_out[g] = 0
+    if flags_out.shape[0]:
+        flags_out[g] = 0
     inv = f32(f32(1.0) / sf) if sf > 0 else f32(0.0)
 
     # 3. round (stochastically) and clamp; the padding repeats the final element. Separate loops
@@ -369,6 +397,7 @@ def quantize_group(xs, ks, G, g_flat, levels_i, kind, stochastic, seed_mix, code
             codes[j] = code_of(xs[j], zf, inv, f32(0.5), top)
         for j in range(n_real, G):
             codes[j] = code_of(last, zf, inv, f32(0.5), top)
+    return 0
 
 
 def pack_scratch(scratch, n, bits, codes, byte_off):
@@ -403,8 +432,10 @@ def pack_scratch(scratch, n, bits, codes, byte_off):
 
 def quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic,
                   seed_mix, codes, scale_out, zp_out, flags_out):
-    """Task ``task`` of ``num_tasks``: a contiguous run of chunks, quantized and packed."""
+    """Task ``task`` of ``num_tasks``: a contiguous run of chunks, quantized and packed. Returns the number
+    of its groups to keep exactly."""
     num_chunks = (num_groups + groups_per_chunk - 1) // groups_per_chunk
+    num_exact = 0
     levels_i = (1 << bits) - 1
     c0 = task * num_chunks // num_tasks
     c1 = (task + 1) * num_chunks // num_tasks
@@ -416,9 +447,35 @@ def quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chu
             start = g * G
             end = min(start + G, numel)
             off = (g - g0) * G
-            quantize_group(x[start:end], keys[start:end], G, start, levels_i, kind, stochastic, seed_mix,
-                           scratch[off:off + G], scale_out, zp_out, flags_out, g)
+            num_exact += quantize_group(x[start:end], keys[start:end], G, start, levels_i, kind, stochastic,
+                                        seed_mix, scratch[off:off + G], scale_out, zp_out, flags_out, g)
         pack_scratch(scratch, (g1 - g0) * G, bits, codes, (g0 * G * bits) // 8)
+    return num_exact
+
+
+def quantize_entry(task, num_tasks, x_addr, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic,
+                   seed_mix, codes_addr, num_bytes, scale_addr, zp_addr, flags_addr):
+    """`quantize_task` on raw addresses of contiguous buffers: fp32 input (numel), uint8 codes (num_bytes),
+    metadata bit patterns (num_groups; int32 for fp32 metadata, else int16) and, unless ``flags_addr``
+    is 0, uint8 exact flags (num_groups).
+
+    Why addresses: numba's dispatcher checks every array argument's type on each call; with four arrays
+    that took ~3.5 us, plus ~0.5 us per tensor-to-numpy conversion, against ~0.5 us for this call and
+    0.06 us per ``data_ptr()``. Small saved tensors are quantized in the tens of microseconds, so this is
+    most of the cost (`benchmarks/bench_step.py`, KGCN at batch 128). The callers own and keep the
+    buffers alive for the call.
+    """
+    x = carray(ptr_f32(x_addr), numel)
+    keys = carray(ptr_i32(x_addr), numel)
+    codes = carray(ptr_u8(codes_addr), num_bytes)
+    flags = carray(ptr_u8(flags_addr), num_groups if flags_addr != 0 else 0)
+    if kind == 0:
+        return quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind,
+                             stochastic, seed_mix, codes, carray(ptr_i32(scale_addr), num_groups),
+                             carray(ptr_i32(zp_addr), num_groups), flags)
+    return quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind,
+                         stochastic, seed_mix, codes, carray(ptr_i16(scale_addr), num_groups),
+                         carray(ptr_i16(zp_addr), num_groups), flags)
 
 
 def dequantize_group(cs, s, z, bits, os):
@@ -485,12 +542,26 @@ def dequantize_task(task, num_tasks, codes, scale_bits, zp_bits, kind, numel, G,
             for i in range(start, end):
                 pos = i * bits
                 out[i] = f32(f32((codes[pos >> 3] >> (pos & 7)) & mask) * s) + z
+    return 0
+
+
+def dequantize_entry(task, num_tasks, codes_addr, num_bytes, scale_addr, zp_addr, kind, numel, G, num_groups,
+                     bits, out_addr):
+    """`dequantize_task` on raw addresses of contiguous buffers (see `quantize_entry` for why)."""
+    codes = carray(ptr_u8(codes_addr), num_bytes)
+    out = carray(ptr_f32(out_addr), numel)
+    if kind == 0:
+        return dequantize_task(task, num_tasks, codes, carray(ptr_i32(scale_addr), num_groups),
+                               carray(ptr_i32(zp_addr), num_groups), kind, numel, G, num_groups, bits, out)
+    return dequantize_task(task, num_tasks, codes, carray(ptr_i16(scale_addr), num_groups),
+                           carray(ptr_i16(zp_addr), num_groups), kind, numel, G, num_groups, bits, out)
 
 
 _RAW = {name: globals()[name] for name in (
     "f32_to_bits", "bits_to_f32", "as_f32", "key_to_float", "f32_to_f16_bits", "f16_bits_to_f32", "md_round",
     "md_value", "md_next", "noise", "code_of", "quantize_group", "pack_scratch", "quantize_task",
-    "dequantize_group", "dequantize_task",
+    "dequantize_group", "dequantize_task", "ptr_f32", "ptr_i32", "ptr_i16", "ptr_u8", "quantize_entry",
+    "dequantize_entry",
 )}
 # How each function is compiled: "intrinsic", or keyword arguments of numba.njit. Only the two entry points
 # carry cache=True (their callees are compiled into them) and nogil=True (they run on the thread pool).
@@ -508,57 +579,108 @@ _DECORATIONS = {
     "code_of": {"inline": "always"},
     "quantize_group": {"inline": "always"},
     "pack_scratch": {},
-    "quantize_task": {"nogil": True, "cache": True},
+    "quantize_task": {},
     "dequantize_group": {"inline": "always"},
-    "dequantize_task": {"nogil": True, "cache": True},
+    "dequantize_task": {},
+    "ptr_f32": "intrinsic",
+    "ptr_i32": "intrinsic",
+    "ptr_i16": "intrinsic",
+    "ptr_u8": "intrinsic",
+    "quantize_entry": {"nogil": True, "cache": True},
+    "dequantize_entry": {"nogil": True, "cache": True},
 }
 
 
+@dataclass(frozen=True)
+class _QuantizePlan:
+    """Everything about a quantize call that follows from (shape, dtype, config): computed once per setting."""
+
+    meta: PackedMeta
+    numel: int
+    num_groups: int
+    num_bytes: int
+    groups_per_chunk: int  # smallest run of whole groups whose codes fill whole bytes
+    num_tasks: int
+    md: torch.dtype
+    kind: int
+    stochastic: bool
+    empty_index: torch.Tensor  # (0,) in the exact index's dtype, shared by every call without exact groups
+    empty_values: torch.Tensor  # (0, group_size) in the input dtype
+
+
+_PLANS: dict[tuple, _QuantizePlan] = {}
+_MAX_PLANS = 4096  # distinct (shape, dtype, config) settings kept; a model has a few dozen
+
+
+def _quantize_plan(shape: torch.Size, dtype: torch.dtype, config: CompressionConfig) -> _QuantizePlan:
+    key = (shape, dtype, config)
+    plan = _PLANS.get(key)
+    if plan is None:
+        group_size = resolve_group_size(shape, config)
+        meta = PackedMeta(shape=shape, dtype=dtype, bits=config.bits, group_size=group_size)
+        num_groups = meta.num_groups
+        per_byte = 8 // config.bits
+        groups_per_chunk = per_byte // math.gcd(group_size, per_byte)
+        md = config.torch_metadata_dtype
+        plan = _QuantizePlan(
+            meta=meta,
+            numel=meta.numel,
+            num_groups=num_groups,
+            num_bytes=-(-num_groups * group_size * config.bits // 8),
+            groups_per_chunk=groups_per_chunk,
+            num_tasks=min(num_threads(meta.numel), -(-num_groups // groups_per_chunk)) if num_groups else 0,
+            md=md,
+            kind=_MD_KIND[md],
+            stochastic=config.stochastic,
+            empty_index=torch.empty(0, dtype=narrowest_int_dtype(max(num_groups - 1, 0))),
+            empty_values=torch.empty((0, group_size), dtype=dtype),
+        )
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
 def quantize_cpu(x: torch.Tensor, config: CompressionConfig, seed: int) -> PackedActivation:
-    """`reference.quantize_ref` as one fused pass over ``x`` (a CPU tensor). Same codes, same metadata."""
+    """`reference.quantize_ref` as one fused pass over ``x`` (a CPU tensor). Same codes, same metadata.
+
+    Written for small tensors too (a sampled model's step saves a dozen of ~2k elements): the sizes come
+    from a plan cached per (shape, dtype, config), the kernel gets buffer addresses, and a call without
+    exact groups (the usual case) makes three allocations and no other tensor op.
+    """
     kernel, _ = _get_kernels()
-    group_size = resolve_group_size(x.shape, config)
-    meta = PackedMeta(shape=x.shape, dtype=x.dtype, bits=config.bits, group_size=group_size)
-    md = config.torch_metadata_dtype
-    numel = x.numel()
-    num_groups = meta.num_groups
-    if numel == 0:
+    plan = _quantize_plan(x.shape, x.dtype, config)
+    if plan.numel == 0:
         return PackedActivation(
             codes=x.new_empty(0, dtype=torch.uint8),
-            scale=x.new_empty(0, dtype=md),
-            zero_point=x.new_empty(0, dtype=md),
+            scale=x.new_empty(0, dtype=plan.md),
+            zero_point=x.new_empty(0, dtype=plan.md),
             exact_index=x.new_empty(0, dtype=torch.uint8),
-            exact_values=x.new_empty((0, group_size)),
-            meta=meta,
+            exact_values=x.new_empty((0, plan.meta.group_size)),
+            meta=plan.meta,
         )
-    flat = x.detach().reshape(-1)
-    flat32 = flat.contiguous() if flat.dtype == torch.float32 else flat.float()
-    bits = config.bits
-    per_byte = 8 // bits
-    # Smallest run of groups whose codes fill whole bytes.
-    groups_per_chunk = per_byte // math.gcd(group_size, per_byte)
-    num_bytes = -(-num_groups * group_size * bits // 8)
-    codes = torch.empty(num_bytes, dtype=torch.uint8)
-    # The kernel writes metadata bit patterns straight into the metadata tensors (through an integer view
-    # of their own width) and exact-group flags into a numpy scratch: no conversion pass after it.
-    scale = torch.empty(num_groups, dtype=md)
-    zero_point = torch.empty(num_groups, dtype=md)
-    bits_dtype = _MD_BITS[md]
-    flags = np.empty(num_groups, np.uint8)
-    x_np = flat32.numpy()
-    num_chunks = -(-num_groups // int(groups_per_chunk))
-    run_tasks(
-        kernel, min(num_threads(numel), num_chunks),
-        x_np, x_np.view("int32"), numel, group_size, num_groups, int(groups_per_chunk), bits,
-        _MD_KIND[md], config.stochastic, seed_key(seed) if config.stochastic else 0,
-        codes.numpy(), scale.view(bits_dtype).numpy(), zero_point.view(bits_dtype).numpy(), flags,
+    # The kernel reads fp32 from a contiguous buffer; other inputs are converted first (held in ``flat32``
+    # until the kernel returns).
+    flat32 = x if x.dtype == torch.float32 and x.is_contiguous() else x.detach().reshape(-1).float().contiguous()
+    codes = torch.empty(plan.num_bytes, dtype=torch.uint8)
+    # The kernel writes metadata bit patterns straight into the metadata tensors: no conversion pass.
+    scale = torch.empty(plan.num_groups, dtype=plan.md)
+    zero_point = torch.empty(plan.num_groups, dtype=plan.md)
+    args = (
+        flat32.data_ptr(), plan.numel, plan.meta.group_size, plan.num_groups, plan.groups_per_chunk, config.bits,
+        plan.kind, plan.stochastic, seed_key(seed) if plan.stochastic else 0,
+        codes.data_ptr(), plan.num_bytes, scale.data_ptr(), zero_point.data_ptr(),
     )
-    if flags.any():
-        exact_index, exact_values = gather_exact(torch.from_numpy(flags), flat, group_size)
-    else:  # the usual case, without nonzero's scan
-        exact_index = codes.new_empty(0, dtype=narrowest_int_dtype(num_groups - 1))
-        exact_values = flat.new_empty((0, group_size))
-    return PackedActivation(codes, scale, zero_point, exact_index, exact_values, meta)
+    num_exact = kernel(0, 1, *args, 0) if plan.num_tasks == 1 else run_tasks(kernel, plan.num_tasks, *args, 0)
+    if num_exact:
+        # Rare (non-finite values, unrepresentable ranges): run again to get the per-group flags; the
+        # second run writes the same codes and metadata.
+        flags = torch.empty(plan.num_groups, dtype=torch.uint8)
+        run_tasks(kernel, plan.num_tasks, *args, flags.data_ptr())
+        exact_index, exact_values = gather_exact(flags, x.detach().reshape(-1), plan.meta.group_size)
+    else:
+        exact_index, exact_values = plan.empty_index, plan.empty_values
+    return PackedActivation(codes, scale, zero_point, exact_index, exact_values, plan.meta)
 
 
 def gather_exact(flags: torch.Tensor, flat: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -597,19 +719,22 @@ def dequantize_cpu(packed: PackedActivation) -> torch.Tensor:
     if numel == 0:
         return torch.empty(meta.shape, dtype=meta.dtype, device=packed.device)
     num_groups = meta.num_groups
-    out = torch.empty(numel, dtype=torch.float32)
-    md = packed.scale.dtype
-    bits_dtype = _MD_BITS[md]
+    out = torch.empty(meta.shape, dtype=torch.float32)
+    codes = packed.codes.contiguous()
+    scale = packed.scale.contiguous()
+    zero_point = packed.zero_point.contiguous()
     # Metadata is read as bit patterns and widened inside the kernel (exactly as ``.float()`` would).
-    run_tasks(
-        kernel, min(num_threads(numel), num_groups),
-        packed.codes.numpy(), packed.scale.view(bits_dtype).numpy(), packed.zero_point.view(bits_dtype).numpy(),
-        _MD_KIND[md], numel, meta.group_size, num_groups, meta.bits, out.numpy(),
+    args = (
+        codes.data_ptr(), codes.numel(), scale.data_ptr(), zero_point.data_ptr(), _MD_KIND[scale.dtype], numel,
+        meta.group_size, num_groups, meta.bits, out.data_ptr(),
     )
-    out = out.to(meta.dtype)
+    num_tasks = min(num_threads(numel), num_groups)
+    kernel(0, 1, *args) if num_tasks == 1 else run_tasks(kernel, num_tasks, *args)
+    if meta.dtype != torch.float32:
+        out = out.to(meta.dtype)
     if packed.exact_index.numel():
-        scatter_exact(out, packed)
-    return out.view(meta.shape)
+        scatter_exact(out.view(-1), packed)
+    return out
 
 
 def _register() -> None:
