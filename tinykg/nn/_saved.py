@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -83,7 +83,10 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     cached = getattr(owner, "_tinykg_packed", None)
     if cached is not None and cached[0] == config and cached[1] == x._version:
         packed = cached[2]
-        return packed if packed.shape == x.shape else replace(packed, meta=replace(packed.meta, shape=x.shape))
+        if packed.shape == x.shape:
+            return packed
+        meta = packed.meta  # a view of another shape: the same codes (built directly: `replace` is slower)
+        return PackedActivation.from_tensors(packed.tensors(), PackedMeta(x.shape, meta.dtype, meta.bits, meta.group_size))
     packed = quantize(x, config)
     owner._tinykg_packed = (config, x._version, packed)
     return packed

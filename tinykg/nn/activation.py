@@ -81,10 +81,12 @@ def compressed_dropout(
     return _CompressedDropoutFunction.apply(x, p, generator)
 
 
-# Gradients of the activations whose derivative is a function of their output y (g: the output's gradient).
+# Gradients of the activations whose derivative is a function of their output y (g: the output's gradient):
+# g * y * (1 - y) and g * (1 - y * y), each as the one fused kernel PyTorch's own backward uses (three
+# element-wise ops each otherwise; a small step pays ~2 us per op on CPU).
 OUTPUT_GRADS = {
-    "sigmoid": lambda y, g: g * y * (1 - y),
-    "tanh": lambda y, g: g * (1 - y * y),
+    "sigmoid": lambda y, g: torch.ops.aten.sigmoid_backward(g, y),
+    "tanh": lambda y, g: torch.ops.aten.tanh_backward(g, y),
 }
 
 
