@@ -122,8 +122,14 @@ def save(ctx, *items: Item) -> None:
         if item is None:
             layout.append(("none",))
         elif isinstance(item, PackedActivation):
-            layout.append(("packed", item.meta))
-            tensors.extend(item.tensors())
+            if item.exact_index.numel():
+                layout.append(("packed", item.meta))
+                tensors.extend(item.tensors())
+            else:  # the usual case: the two empty exact-group tensors are not saved (each costs ~0.3 us)
+                layout.append(("packed_dense", item.meta, item.exact_index.dtype))
+                tensors.extend((item.codes, item.scale, item.zero_point))
+            if item.meta.numel < _SHARE_BELOW:
+                item.codes._tinykg_uses = getattr(item.codes, "_tinykg_uses", 0) + 1
         elif isinstance(item, BitMask):
             layout.append(("mask", item.shape))
             tensors.append(item.bits)
@@ -136,7 +142,12 @@ def save(ctx, *items: Item) -> None:
 
 
 def load(ctx) -> list:
-    """Items saved by `save`, packed activations dequantized and masks unpacked."""
+    """Items saved by `save`, packed activations dequantized and masks unpacked.
+
+    A small packed activation saved by several ops (a model's score operands, attention weights) is
+    dequantized once: the loaded tensor may be shared between their backward passes, so callers never
+    modify loaded tensors in place.
+    """
     tensors = list(ctx.saved_tensors)
     out: list = []
     pos = 0
@@ -145,10 +156,13 @@ def load(ctx) -> list:
         if kind == "none":
             out.append(None)
         elif kind == "packed":
-            meta: PackedMeta = entry[1]
-            packed = PackedActivation.from_tensors(tensors[pos : pos + _PACKED_PARTS], meta)
-            out.append(dequantize(packed))
+            out.append(_load_packed(tensors[pos : pos + _PACKED_PARTS], entry[1]))
             pos += _PACKED_PARTS
+        elif kind == "packed_dense":
+            meta = entry[1]
+            codes = tensors[pos]
+            out.append(_load_packed([*tensors[pos : pos + 3], *_no_exact_groups(codes.device, entry[2], meta)], meta))
+            pos += 3
         elif kind == "mask":
             out.append(BitMask(tensors[pos], entry[1]).unpack())
             pos += 1
@@ -156,6 +170,45 @@ def load(ctx) -> list:
             out.append(tensors[pos])
             pos += 1
     return out
+
+
+_EMPTY_EXACT: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _no_exact_groups(device: torch.device, index_dtype: torch.dtype, meta: PackedMeta) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty (exact_index, exact_values) of a packed activation without exact groups; zero-size tensors
+    are immutable, so one pair per (device, dtypes, group size) serves every load."""
+    key = (device, index_dtype, meta.dtype, meta.group_size)
+    empty = _EMPTY_EXACT.get(key)
+    if empty is None:
+        empty = _EMPTY_EXACT[key] = (
+            torch.empty(0, dtype=index_dtype, device=device),
+            torch.empty((0, meta.group_size), dtype=meta.dtype, device=device),
+        )
+    return empty
+
+
+# Packed activations below this many elements that several ops saved are dequantized once per backward
+# pass, the fp32 copy held on the codes tensor from the first consumer's backward to the last one's (at
+# most 256 KB each; larger tensors are dequantized per consumer, so that backward never holds more than
+# one op's worth of them). Each dequantize of a small tensor costs a few microseconds of per-call work:
+# KGCN at batch 128 dequantized its 4 packed tensors 7 times per step.
+_SHARE_BELOW = 1 << 16
+
+
+def _load_packed(parts: list[torch.Tensor], meta: PackedMeta) -> torch.Tensor:
+    codes = parts[0]
+    uses = getattr(codes, "_tinykg_uses", 0)  # consumers whose backward has not loaded it yet
+    shared = getattr(codes, "_tinykg_dequantized", None)
+    x = shared.view(meta.shape) if shared is not None else dequantize(PackedActivation.from_tensors(parts, meta))
+    if uses > 1:
+        codes._tinykg_uses = uses - 1
+        if shared is None:
+            codes._tinykg_dequantized = x
+    elif shared is not None:  # the last consumer: drop the copy with its use
+        del codes._tinykg_dequantized
+        codes._tinykg_uses = 0
+    return x
 
 
 def compression_active(config: CompressionConfig | None, *tensors: torch.Tensor | None) -> bool:
