@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..compress import CompressionConfig
-from ..nn import compressed_embedding, compressed_linear, compressed_mul, gather_aggregate, indexed_attention, weighted_sum
+from ..nn import compressed_dot, compressed_embedding, compressed_linear, gather_aggregate, indexed_attention, weighted_sum
 from .base import CTRModel, check_choice, check_count, index_buffer, op_index, tf_l2
 
 AGGREGATORS = ("sum", "concat", "neighbor")
@@ -109,13 +109,19 @@ class KGCN(CTRModel):
     # -- receptive field ------------------------------------------------------------------------
 
     def receptive_field(self, item_index: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Hop-h entities [(B, K^h) for h = 0..H] and relations [(B, K^(h+1)) for h = 0..H-1], int32."""
+        """Hop-h entities [(B, K^h) for h = 0..H] and relations [(B, K^(h+1)) for h = 0..H-1].
+
+        Hop 0 is int32; the rest stay in the adjacency tables' narrow dtypes (int16 / uint8 for tables
+        under 32k / 256 rows): the gather ops widen an index only for the call, and the compressed ops keep
+        it narrow as given, instead of narrowing a widened copy again.
+        """
         batch = item_index.shape[0]
         entities = [op_index(item_index).view(batch, 1)]
         relations = []
         for hop in range(self.num_layers):
-            entities.append(op_index(self.adj_entity[entities[hop]].view(batch, -1)))
-            relations.append(op_index(self.adj_relation[entities[hop]].view(batch, -1)))
+            rows = op_index(entities[hop])  # tables are indexed with int32 / int64
+            entities.append(self.adj_entity[rows].view(batch, -1))
+            relations.append(self.adj_relation[rows].view(batch, -1))
         return entities, relations
 
     def attention(self, user_vectors: torch.Tensor, relations: list[torch.Tensor], config) -> list[torch.Tensor]:
@@ -182,7 +188,7 @@ class KGCN(CTRModel):
 
     def score(self, user_vectors: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
         """Logits u . v (B,)."""
-        return compressed_mul(user_vectors, item_vectors, self.active_head_config).sum(-1)
+        return compressed_dot(user_vectors, item_vectors, self.active_head_config)
 
     def forward(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
         encoded = self.encode(user_index, item_index)
