@@ -16,6 +16,7 @@ from tinykg.nn import (
     compressed_embedding,
     compressed_leaky_relu,
     compressed_linear,
+    compressed_dot,
     compressed_mul,
     compressed_normalize,
     compressed_relu,
@@ -56,6 +57,7 @@ GRADCHECK_CASES = {
     "tanh": lambda: (lambda x: compressed_tanh(x, CFG), (_d(4, 7),)),
     "softmax": lambda: (lambda x: compressed_softmax(x, 1, CFG), (_d(3, 5, 2),)),
     "mul": lambda: (lambda a, b: compressed_mul(a, b, CFG), (_d(3, 1, 4), _d(3, 5, 4, seed=1))),
+    "dot": lambda: (lambda a, b: compressed_dot(a, b, CFG), (_d(3, 1, 4), _d(3, 5, 4, seed=1))),
     "normalize": lambda: (lambda x: compressed_normalize(x, -1, 1e-12, CFG), (_d(5, 6),)),
     "embedding": lambda: (lambda w: compressed_embedding(torch.tensor([[0, 3], [3, 1]]), w, CFG), (_d(4, 3),)),
     "weighted_sum": lambda: (lambda v, w: weighted_sum(v, w, "mean", CFG), (_d(2, 3, 4, 5), _d(2, 3, 4, seed=1))),
@@ -95,6 +97,22 @@ def test_op_forward_exact_with_compression(name):
     finally:
         CFG = saved
     assert torch.allclose(with_config, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_dot_is_mul_then_sum_with_the_same_codes():
+    """compressed_dot is compressed_mul + .sum(-1) in one node: the same forward, and with the same seeds
+    (the same quantized factors) the same gradients to the last bit."""
+    a0, b0 = torch.randn(6, 1, 40), torch.randn(6, 3, 40, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for fn in (lambda a, b: compressed_mul(a, b, CFG).sum(-1), lambda a, b: compressed_dot(a, b, CFG)):
+        a, b = (a0 * 1).requires_grad_(), (b0 * 1).requires_grad_()
+        torch.manual_seed(7)
+        out = fn(a * 1, b * 1)  # intermediates: quantized afresh, seeds from the global generator
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+        out.backward(g)
+        grads.append((out.detach(), a.grad, b.grad))
+    for first, second in zip(*grads):
+        assert torch.equal(first, second)
 
 
 def test_dropout_mask_matches_scaling_and_rate():

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ..nn import compressed_embedding, compressed_mul
+from ..nn import compressed_dot, compressed_embedding, compressed_mul
 from .base import CompressedModel, check_count, op_index
 
 
@@ -45,11 +45,11 @@ def bpr_loss(
 ) -> torch.Tensor:
     """mean softplus(neg - pos) + l2_weight * (||u||^2 + ||p||^2 + ||n||^2) / (2B) for (B, D) vectors.
 
-    Products go through `compressed_mul` (the quantized copy of ``u`` is shared by its three uses).
+    Products go through `compressed_dot` / `compressed_mul` (the quantized copy of ``u`` is shared by its three uses).
     """
     batch = user_vectors.shape[0]
-    pos = compressed_mul(user_vectors, pos_vectors, config).sum(-1)  # (B,)
-    neg = compressed_mul(user_vectors, neg_vectors, config).sum(-1)  # (B,)
+    pos = compressed_dot(user_vectors, pos_vectors, config)  # (B,)
+    neg = compressed_dot(user_vectors, neg_vectors, config)  # (B,)
     mf_loss = F.softplus(neg - pos).mean()
     if not l2_weight:
         return mf_loss

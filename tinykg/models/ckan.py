@@ -29,9 +29,9 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ..nn import (
+    compressed_dot,
     compressed_embedding,
     compressed_linear,
-    compressed_mul,
     compressed_relu,
     compressed_softmax,
     gather_aggregate,
@@ -168,4 +168,4 @@ class CKAN(CTRModel):
             item_vectors.append(gather_aggregate(self.entity_embedding, item_heads[:, 0], reduce="mean", config=config))
         user = self._combine(user_vectors, config)
         item = self._combine(item_vectors, config)
-        return compressed_mul(user, item, self.active_head_config).sum(-1)  # (B,)
+        return compressed_dot(user, item, self.active_head_config)  # (B,)

@@ -56,6 +56,7 @@ from ..nn import (
     compressed_dropout,
     compressed_embedding,
     compressed_linear,
+    compressed_dot,
     compressed_mul,
     compressed_normalize,
 )
@@ -461,8 +462,8 @@ class KGAT(TopKModel):
         relation = compressed_embedding(op_index(rel_type), self.relation_embedding, config)  # (B, k)
         translated = head + relation
         pos_diff, neg_diff = translated - pos, translated - neg
-        pos_score = compressed_mul(pos_diff, pos_diff, config).sum(-1)  # (B,)
-        neg_score = compressed_mul(neg_diff, neg_diff, config).sum(-1)  # (B,)
+        pos_score = compressed_dot(pos_diff, pos_diff, config)  # (B,)
+        neg_score = compressed_dot(neg_diff, neg_diff, config)  # (B,)
         kg_loss = F.softplus(pos_score - neg_score).mean()
         squares = sum(compressed_mul(v, v, config).sum() for v in (head, relation, pos, neg))
         return kg_loss + self.kg_l2_weight * squares / (2 * batch)

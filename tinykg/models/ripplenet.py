@@ -37,9 +37,9 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ..nn import (
+    compressed_dot,
     compressed_embedding,
     compressed_linear,
-    compressed_mul,
     compressed_sigmoid,
     compressed_softmax,
     gather_aggregate,
@@ -134,7 +134,7 @@ class RippleNet(CTRModel):
             # R_r^T v for every relation, then the row of each memory's relation: (B, M, d)
             rtv = compressed_linear(item_vectors, self._relation_rows(), None, config)  # (B, N_r * d)
             rtv = compressed_embedding(row_offset + r_idx, rtv.view(batch * num_rel, d), config)  # (B, M, d)
-            logits = compressed_mul(rtv, head_vectors, config).sum(-1)  # (B, M) = v^T R h
+            logits = compressed_dot(rtv, head_vectors, config)  # (B, M) = v^T R h
             probs = compressed_softmax(logits, -1, config)  # (B, M)
             response = gather_aggregate(self.entity_embedding, t_idx, probs, config=config)  # (B, d)
             item_vectors = compressed_linear(item_vectors + response, self.transform_weight, None, config)  # (B, d)
@@ -143,7 +143,7 @@ class RippleNet(CTRModel):
         user_vector = responses[0]
         for response in responses[1:]:
             user_vector = user_vector + response  # (B, d)
-        return compressed_mul(item_vectors, user_vector, self.active_head_config).sum(-1), hops
+        return compressed_dot(item_vectors, user_vector, self.active_head_config), hops
 
     def forward(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
         return self.propagate(user_index, item_index)[0]
@@ -158,7 +158,7 @@ class RippleNet(CTRModel):
             tail_vectors = compressed_embedding(hop["tail"], self.entity_embedding, config)  # (B, M, d)
             rows = hop["relation"].unsqueeze(-1) * d + columns  # (B, M, d): rows of R_r^T
             rt = gather_aggregate(self._relation_rows(), rows, tail_vectors, config=config)  # (B, M, d) = R_r t
-            hrt = compressed_mul(hop["head_vectors"], rt, config).sum(-1)  # (B, M)
+            hrt = compressed_dot(hop["head_vectors"], rt, config)  # (B, M)
             total = total + compressed_sigmoid(hrt, config).mean()
         return total
 

@@ -12,33 +12,44 @@ from ._saved import compression_active, load, maybe_quantize, save
 
 class _CompressedMulFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b, config):
-        # Each factor is needed only for the other's gradient.
-        ctx.shapes = (a.shape, b.shape)
+    def forward(ctx, a, b, config, dot):
+        # Each factor is needed only for the other's gradient. ``dot``: the product summed over the last
+        # dimension (a score), in the same op: no separate sum node, no kept product.
+        ctx.shapes, ctx.dot = (a.shape, b.shape), dot
         save(
             ctx,
             maybe_quantize(a, config) if b.requires_grad else None,
             maybe_quantize(b, config) if a.requires_grad else None,
         )
-        return a * b
+        return (a * b).sum(-1) if dot else a * b
 
     @staticmethod
     def backward(ctx, grad_out):
         a_hat, b_hat = load(ctx)
         shape_a, shape_b = ctx.shapes
+        if ctx.dot:
+            grad_out = grad_out.unsqueeze(-1)  # (*) -> (*, 1): the same products as the sum's expanded gradient
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_a = (grad_out * b_hat.to(grad_out.dtype)).sum_to_size(shape_a)
         if ctx.needs_input_grad[1]:
             grad_b = (grad_out * a_hat.to(grad_out.dtype)).sum_to_size(shape_b)
-        return grad_a, grad_b, None
+        return grad_a, grad_b, None, None
 
 
 def compressed_mul(a: torch.Tensor, b: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
     """``a * b`` (broadcasting) saving quantized factors."""
     if not compression_active(config, a, b):
         return a * b
-    return _CompressedMulFunction.apply(a, b, config)
+    return _CompressedMulFunction.apply(a, b, config, False)
+
+
+def compressed_dot(a: torch.Tensor, b: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
+    """``(a * b).sum(-1)`` (broadcasting; a model's score, a bilinear logit) saving quantized factors:
+    what `compressed_mul` followed by ``.sum(-1)`` saves and computes, in one autograd node."""
+    if not compression_active(config, a, b):
+        return (a * b).sum(-1)
+    return _CompressedMulFunction.apply(a, b, config, True)
 
 
 class CompressedMul(nn.Module):
@@ -48,6 +59,15 @@ class CompressedMul(nn.Module):
 
     def forward(self, a, b):
         return compressed_mul(a, b, self.config if self.training else None)
+
+
+class CompressedDot(nn.Module):
+    def __init__(self, config: CompressionConfig | None = None):
+        super().__init__()
+        self.config = config
+
+    def forward(self, a, b):
+        return compressed_dot(a, b, self.config if self.training else None)
 
 
 class _CompressedNormalizeFunction(torch.autograd.Function):
