@@ -78,7 +78,7 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['backend']} | {r['bits']} | {r['quantize_ratio']:.2f}x | {r['dequantize_ratio']:.2f}x "
-            f"| {r['quantize_ms']:.1f} | {r['dequantize_ms']:.1f} | {r['clone_ms']:.1f} "
+            f"| {r['quantize_ms']:.3g} | {r['dequantize_ms']:.3g} | {r['clone_ms']:.3g} "
             f"| {'yes' if r['same_codes_as_reference'] else 'NO'} |"
         )
     return "\n".join(lines)
