@@ -382,3 +382,22 @@ def test_bench_kernels_smoke_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| torch |" in result.stdout
     assert out.exists()
+
+
+@pytest.mark.skipif(IN_CHILD or not cpu_kernels.numba_installed(), reason="needs numba (runs in the parent)")
+def test_cpu_dequantize_rejects_malformed_packed():
+    """The CPU kernels read raw buffers without bounds checks: a packed activation whose codes or metadata
+    are too short, or of the wrong dtype, is refused with a ValueError before the kernel runs."""
+    from dataclasses import replace
+
+    packed = cpu_kernels.quantize_cpu(torch.randn(1000), CompressionConfig(bits=2, group_size=64), 1)
+    for broken in (
+        replace(packed, codes=packed.codes[:200]),  # 1000 2-bit codes need 250 bytes
+        replace(packed, codes=packed.codes.to(torch.int16)),
+        replace(packed, scale=packed.scale[:-1]),
+        replace(packed, zero_point=packed.zero_point.float()),
+        replace(packed, scale=packed.scale.double(), zero_point=packed.zero_point.double()),
+    ):
+        with pytest.raises(ValueError, match="malformed PackedActivation"):
+            cpu_kernels.dequantize_cpu(broken)
+    assert torch.equal(cpu_kernels.dequantize_cpu(packed), dequantize_ref(packed))

@@ -723,6 +723,19 @@ def dequantize_cpu(packed: PackedActivation) -> torch.Tensor:
     codes = packed.codes.contiguous()
     scale = packed.scale.contiguous()
     zero_point = packed.zero_point.contiguous()
+    # The kernel reads raw buffers without bounds checks: a malformed PackedActivation must fail here.
+    if (
+        codes.dtype != torch.uint8
+        or codes.numel() < -(-numel * meta.bits // 8)
+        or scale.dtype not in _MD_KIND
+        or zero_point.dtype != scale.dtype
+        or min(scale.numel(), zero_point.numel()) < num_groups
+    ):
+        raise ValueError(
+            f"malformed PackedActivation for {num_groups} groups of {meta.group_size} at {meta.bits} bits: codes "
+            f"{codes.dtype} x {codes.numel()}, scale {scale.dtype} x {scale.numel()}, zero_point "
+            f"{zero_point.dtype} x {zero_point.numel()}"
+        )
     # Metadata is read as bit patterns and widened inside the kernel (exactly as ``.float()`` would).
     args = (
         codes.data_ptr(), codes.numel(), scale.data_ptr(), zero_point.data_ptr(), _MD_KIND[scale.dtype], numel,
