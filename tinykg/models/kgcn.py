@@ -21,7 +21,8 @@ quantized u, the per-neighbour relation index narrowed to the relation count (ui
 weights, never the (B, K, d) relation vectors or the logits. The attention of hop h depends only on the
 user and the relations, so it is computed once and shared by all iterations (the TF code recomputes
 identical values). Each aggregator's linear map and activation are one fused op. Neighbours of iteration 1 are gathered straight from the entity table
-(`gather_aggregate`: narrowed index + quantized weights saved, table by reference).
+(`gather_aggregate`: narrowed index + quantized weights saved, table by reference); with the sum aggregator
+iteration 1 is one op from the table to the activation (`_SumAggregateFunction`, the same saved state).
 
 Legend: B batch, K neighbours per entity, H iterations (hops), d embedding dim, E entities,
 N_r relations, n = K^h nodes of hop h per batch row.
