@@ -99,15 +99,16 @@ class _SumAggregateFunction(torch.autograd.Function):
         grad_bias = grad_pre2.sum(0) if need[5] else None
         grad_x = grad_pre @ weight.to(grad_pre.dtype)  # (B, n, d)
         g = grad_x * ctx.scale  # gradient of each neighbour's weighted sum
+        neighbor_index = neighbor_index.long()  # widened once for both uses below
         grad_table = grad_weights = None
         if need[0]:
             d = grad_x.shape[-1]
             grad_table = grad_x.new_zeros(ctx.num_rows, d)
             grad_table.index_add_(0, self_index.reshape(-1).long(), grad_x.reshape(-1, d))
             per_edge = g.unsqueeze(-2) * weights.to(g.dtype).unsqueeze(-1)  # (B, n, K, d)
-            grad_table.index_add_(0, neighbor_index.reshape(-1).long(), per_edge.reshape(-1, d))
+            grad_table.index_add_(0, neighbor_index.reshape(-1), per_edge.reshape(-1, d))
         if need[3]:
-            grad_weights = (F.embedding(neighbor_index.long(), table.to(g.dtype)) * g.unsqueeze(-2)).sum(-1)
+            grad_weights = (F.embedding(neighbor_index, table.to(g.dtype)) * g.unsqueeze(-2)).sum(-1)
         return grad_table, None, None, grad_weights, grad_weight, grad_bias, None, None, None
 
 
