@@ -401,3 +401,29 @@ def test_cpu_dequantize_rejects_malformed_packed():
         with pytest.raises(ValueError, match="malformed PackedActivation"):
             cpu_kernels.dequantize_cpu(broken)
     assert torch.equal(cpu_kernels.dequantize_cpu(packed), dequantize_ref(packed))
+
+
+@pytest.mark.skipif(IN_CHILD or not cpu_kernels.numba_installed(), reason="needs numba (runs in the parent)")
+def test_cpu_quantize_follows_torch_thread_count_after_its_plan_is_cached(monkeypatch):
+    """The per-(shape, config) plan must not freeze the thread count: torch.set_num_threads between two
+    calls of the same shape changes how many tasks the second call runs."""
+    calls = []
+    original = cpu_kernels.run_tasks
+
+    def recording(kernel, num_tasks, *args):
+        calls.append(num_tasks)
+        return original(kernel, num_tasks, *args)
+
+    monkeypatch.setattr(cpu_kernels, "run_tasks", recording)
+    x = torch.randn(1 << 18)  # above the serial threshold
+    config = CompressionConfig(bits=2, group_size=256)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = cpu_kernels.quantize_cpu(x, config, 3)
+        torch.set_num_threads(1)
+        second = cpu_kernels.quantize_cpu(x, config, 3)
+    finally:
+        torch.set_num_threads(threads)
+    assert calls == [2]  # the one-thread call runs the kernel directly, not through run_tasks
+    assert torch.equal(first.codes, second.codes)

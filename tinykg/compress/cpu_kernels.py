@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import CompressionConfig
-from .packed import PackedActivation, PackedMeta, narrowest_int_dtype
+from .packed import PackedActivation, PackedMeta, narrowest_int_dtype, no_exact_groups
 from .reference import resolve_group_size
 from .rng import seed_key
 
@@ -600,12 +600,11 @@ class _QuantizePlan:
     num_groups: int
     num_bytes: int
     groups_per_chunk: int  # smallest run of whole groups whose codes fill whole bytes
-    num_tasks: int
+    num_chunks: int
     md: torch.dtype
     kind: int
     stochastic: bool
-    empty_index: torch.Tensor  # (0,) in the exact index's dtype, shared by every call without exact groups
-    empty_values: torch.Tensor  # (0, group_size) in the input dtype
+    no_exact: tuple[torch.Tensor, torch.Tensor]  # `packed.no_exact_groups` for this setting
 
 
 _PLANS: dict[tuple, _QuantizePlan] = {}
@@ -628,12 +627,11 @@ def _quantize_plan(shape: torch.Size, dtype: torch.dtype, config: CompressionCon
             num_groups=num_groups,
             num_bytes=-(-num_groups * group_size * config.bits // 8),
             groups_per_chunk=groups_per_chunk,
-            num_tasks=min(num_threads(meta.numel), -(-num_groups // groups_per_chunk)) if num_groups else 0,
+            num_chunks=-(-num_groups // groups_per_chunk),
             md=md,
             kind=_MD_KIND[md],
             stochastic=config.stochastic,
-            empty_index=torch.empty(0, dtype=narrowest_int_dtype(max(num_groups - 1, 0))),
-            empty_values=torch.empty((0, group_size), dtype=dtype),
+            no_exact=no_exact_groups(torch.device("cpu"), narrowest_int_dtype(max(num_groups - 1, 0)), dtype, group_size),
         )
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
@@ -671,15 +669,17 @@ def quantize_cpu(x: torch.Tensor, config: CompressionConfig, seed: int) -> Packe
         plan.kind, plan.stochastic, seed_key(seed) if plan.stochastic else 0,
         codes.data_ptr(), plan.num_bytes, scale.data_ptr(), zero_point.data_ptr(),
     )
-    num_exact = kernel(0, 1, *args, 0) if plan.num_tasks == 1 else run_tasks(kernel, plan.num_tasks, *args, 0)
+    # Threads per call, not per plan: torch.set_num_threads may change between calls.
+    num_tasks = min(num_threads(plan.numel), plan.num_chunks)
+    num_exact = kernel(0, 1, *args, 0) if num_tasks == 1 else run_tasks(kernel, num_tasks, *args, 0)
     if num_exact:
         # Rare (non-finite values, unrepresentable ranges): run again to get the per-group flags; the
         # second run writes the same codes and metadata.
         flags = torch.empty(plan.num_groups, dtype=torch.uint8)
-        run_tasks(kernel, plan.num_tasks, *args, flags.data_ptr())
+        run_tasks(kernel, num_tasks, *args, flags.data_ptr())
         exact_index, exact_values = gather_exact(flags, x.detach().reshape(-1), plan.meta.group_size)
     else:
-        exact_index, exact_values = plan.empty_index, plan.empty_values
+        exact_index, exact_values = plan.no_exact
     return PackedActivation(codes, scale, zero_point, exact_index, exact_values, plan.meta)
 
 

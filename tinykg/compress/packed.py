@@ -56,6 +56,24 @@ def unpack_codes(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     return lanes.reshape(-1)[:numel]
 
 
+_EMPTY_EXACT: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def no_exact_groups(
+    device: torch.device, index_dtype: torch.dtype, values_dtype: torch.dtype, group_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(exact_index, exact_values)`` of a packed activation without exact groups: (0,) and
+    (0, group_size) tensors, one pair per setting shared by every caller (zero-size tensors cannot change)."""
+    key = (device, index_dtype, values_dtype, group_size)
+    empty = _EMPTY_EXACT.get(key)
+    if empty is None:
+        empty = _EMPTY_EXACT[key] = (
+            torch.empty(0, dtype=index_dtype, device=device),
+            torch.empty((0, group_size), dtype=values_dtype, device=device),
+        )
+    return empty
+
+
 @dataclass(frozen=True)
 class PackedMeta:
     """The non-tensor description of a packed activation."""

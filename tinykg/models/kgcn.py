@@ -38,6 +38,7 @@ from ..compress import CompressionConfig
 from ..nn import compressed_dot, compressed_embedding, compressed_linear, gather_aggregate, indexed_attention, weighted_sum
 from ..nn._saved import BitMask, compression_active, gather_index, load, maybe_quantize, narrow_index, save
 from ..nn.activation import OUTPUT_GRADS, mask_grad
+from ..nn.aggregate import add_gather_grad, gather_weights_grad
 from .base import CTRModel, check_choice, check_count, index_buffer, op_index, tf_l2
 
 AGGREGATORS = ("sum", "concat", "neighbor")
@@ -98,17 +99,16 @@ class _SumAggregateFunction(torch.autograd.Function):
         grad_weight = grad_pre2.t() @ x_hat.reshape(-1, x_hat.shape[-1]).to(grad_pre.dtype) if need[4] else None
         grad_bias = grad_pre2.sum(0) if need[5] else None
         grad_x = grad_pre @ weight.to(grad_pre.dtype)  # (B, n, d)
-        g = grad_x * ctx.scale  # gradient of each neighbour's weighted sum
+        g = grad_x * ctx.scale  # gradient of the neighbours' weighted sum
         neighbor_index = neighbor_index.long()  # widened once for both uses below
         grad_table = grad_weights = None
-        if need[0]:
+        if need[0]:  # one buffer for the self rows and the neighbour rows
             d = grad_x.shape[-1]
             grad_table = grad_x.new_zeros(ctx.num_rows, d)
             grad_table.index_add_(0, self_index.reshape(-1).long(), grad_x.reshape(-1, d))
-            per_edge = g.unsqueeze(-2) * weights.to(g.dtype).unsqueeze(-1)  # (B, n, K, d)
-            grad_table.index_add_(0, neighbor_index.reshape(-1), per_edge.reshape(-1, d))
+            add_gather_grad(grad_table, g, neighbor_index, weights)
         if need[3]:
-            grad_weights = (F.embedding(neighbor_index, table.to(g.dtype)) * g.unsqueeze(-2)).sum(-1)
+            grad_weights = gather_weights_grad(g, neighbor_index, table)
         return grad_table, None, None, grad_weights, grad_weight, grad_bias, None, None, None
 
 

@@ -19,7 +19,7 @@ from ..compress import (
     saving_packed,
     unpack_codes,
 )
-from ..compress.packed import narrowest_int_dtype
+from ..compress.packed import narrowest_int_dtype, no_exact_groups
 
 
 @dataclass(frozen=True)
@@ -161,7 +161,8 @@ def load(ctx) -> list:
         elif kind == "packed_dense":
             meta = entry[1]
             codes = tensors[pos]
-            out.append(_load_packed([*tensors[pos : pos + 3], *_no_exact_groups(codes.device, entry[2], meta)], meta))
+            empty = no_exact_groups(codes.device, entry[2], meta.dtype, meta.group_size)
+            out.append(_load_packed([*tensors[pos : pos + 3], *empty], meta))
             pos += 3
         elif kind == "mask":
             out.append(BitMask(tensors[pos], entry[1]).unpack())
@@ -170,22 +171,6 @@ def load(ctx) -> list:
             out.append(tensors[pos])
             pos += 1
     return out
-
-
-_EMPTY_EXACT: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _no_exact_groups(device: torch.device, index_dtype: torch.dtype, meta: PackedMeta) -> tuple[torch.Tensor, torch.Tensor]:
-    """Empty (exact_index, exact_values) of a packed activation without exact groups; zero-size tensors
-    are immutable, so one pair per (device, dtypes, group size) serves every load."""
-    key = (device, index_dtype, meta.dtype, meta.group_size)
-    empty = _EMPTY_EXACT.get(key)
-    if empty is None:
-        empty = _EMPTY_EXACT[key] = (
-            torch.empty(0, dtype=index_dtype, device=device),
-            torch.empty((0, meta.group_size), dtype=meta.dtype, device=device),
-        )
-    return empty
 
 
 # Packed activations below this many elements that several ops saved are dequantized once per backward

@@ -130,14 +130,27 @@ class _GatherAggregateFunction(torch.autograd.Function):
         g = grad_out * ctx.scale  # (*, D)
         grad_s = grad_w = None
         if ctx.needs_input_grad[0]:
-            per_edge = g.unsqueeze(-2).expand(*index.shape, g.shape[-1])  # (*, K, D)
-            if weights is not None:
-                per_edge = per_edge * weights.to(g.dtype).unsqueeze(-1)
             grad_s = g.new_zeros(ctx.num_rows, g.shape[-1])
-            grad_s.index_add_(0, index.reshape(-1), per_edge.reshape(-1, g.shape[-1]))
+            add_gather_grad(grad_s, g, index, weights)
         if ctx.has_weights and ctx.needs_input_grad[2]:
-            grad_w = (F.embedding(index, source.to(g.dtype)) * g.unsqueeze(-2)).sum(-1)
+            grad_w = gather_weights_grad(g, index, source)
         return grad_s, None, grad_w, None, None
+
+
+def add_gather_grad(grad_source: torch.Tensor, g: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | None) -> None:
+    """``grad_source[index[..., k]] += weights[..., k] * g`` in place: the source gradient of
+    ``sum_k weights[..., k] * source[index[..., k]]`` given ``g`` (*, D), the gradient of that sum.
+    index: (*, K) int64; weights: (*, K) or None (all ones); grad_source: (N, D)."""
+    per_edge = g.unsqueeze(-2).expand(*index.shape, g.shape[-1])  # (*, K, D)
+    if weights is not None:
+        per_edge = per_edge * weights.to(g.dtype).unsqueeze(-1)
+    grad_source.index_add_(0, index.reshape(-1), per_edge.reshape(-1, g.shape[-1]))
+
+
+def gather_weights_grad(g: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """The weights' gradient of ``sum_k weights[..., k] * source[index[..., k]]`` given ``g`` (*, D):
+    ``<source[index[..., k]], g>``, (*, K). index: int64 (or int32)."""
+    return (F.embedding(index, source.to(g.dtype)) * g.unsqueeze(-2)).sum(-1)
 
 
 def gather_aggregate(
