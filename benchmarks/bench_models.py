@@ -2,10 +2,13 @@
 
     python benchmarks/bench_models.py --data ../shared/data/lastfm-kgcn --models kgcn --bits 32 2 --seeds 0 1 2
     python benchmarks/bench_models.py --data ../shared/data/lastfm-kgcn --models kgat kgin bprmf --bits 32 2
+    python benchmarks/bench_models.py --data ../shared/data/book-crossing-ripplenet --models kgin --bits 32 2 --patience 3
     python benchmarks/bench_models.py --smoke           # toy synthetic data, 1 epoch (run by the tests)
 
 CTR models (kgcn, kgnn-ls, ripplenet, ckan) report test AUC and F1; top-K models (kgat, kgin, bprmf)
-report test Recall@20 and NDCG@20 on the same dataset read as a top-K set (see `tinykg.train.topk`).
+report test Recall@20 and NDCG@20 on the same dataset read as a top-K set (see `tinykg.train.topk`), those
+of the epoch with the best validation Recall@20; ``--patience N`` stops a top-K run after N validation
+evaluations without a better one (the originals' early stopping, which uses 10).
 
 Each finished run is appended to the last ``--runs`` file (JSON lines) and skipped when the script is
 started again, so a long grid can be resumed; earlier files supply finished runs too, a later file's run
@@ -36,7 +39,16 @@ def _task(model: str) -> str:
 
 
 def _key(run: dict) -> tuple:
-    return (run["model"], run["dataset"], run["bits"], run["seed"], run.get("epochs_requested"), _overrides_text(run.get("overrides")))
+    return (run["model"], run["dataset"], run["bits"], run["seed"], run.get("epochs_requested"),
+            _overrides_text(run.get("overrides")), run.get("patience", 0))
+
+
+def _epochs_label(run: dict) -> str:
+    """The table's epochs column: the epochs run, or with early stopping the budget and patience (runs of
+    one setting then stop at different epochs and are still compared with each other)."""
+    if not run.get("patience"):
+        return str(run["epochs"])
+    return f"<= {run['epoch_budget']}, stop after {run['patience']} evals"
 
 
 def _overrides_text(overrides: dict | None) -> str:
@@ -82,10 +94,11 @@ def _mean_std(values: list[float]) -> str:
 def table(runs: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["model"], run["dataset"], _overrides_text(run.get("overrides")), run["epochs"], run["bits"]), []).append(run)
+        key = (run["model"], run["dataset"], _overrides_text(run.get("overrides")), _epochs_label(run), run["bits"])
+        groups.setdefault(key, []).append(run)
     lines = [
-        "| model | dataset | overrides | epochs | bits | seeds | test metric | mean ± std | second metric | vs fp32 | activation bytes/step | fp32 / this | epoch s |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | dataset | overrides | epochs | bits | seeds | test metric | mean ± std | second metric | vs fp32 | activation bytes/step | fp32 / this | epoch s | best epochs |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for (model, dataset, overrides, epochs, bits), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:4], -kv[0][4])):
         main_metric, second_metric = METRICS[_task(model)]
@@ -99,7 +112,8 @@ def table(runs: list[dict]) -> str:
         lines.append(
             f"| {model} | {dataset} | {overrides or '-'} | {epochs} | {bits} | {len(rs)} | {main_metric} | {_mean_std(values)} | "
             f"{second_metric} {_mean_std([r['metrics'][second_metric] for r in rs])} | "
-            f"{delta} | {act:,} | {rs[0]['activation_bytes_fp32'] / act:.1f}x | {statistics.median(r['epoch_seconds'] for r in rs):.2f} |"
+            f"{delta} | {act:,} | {rs[0]['activation_bytes_fp32'] / act:.1f}x | {statistics.median(r['epoch_seconds'] for r in rs):.2f} | "
+            f"{', '.join(str(r['best_epoch']) for r in sorted(rs, key=lambda r: r['seed']))} |"
         )
     return "\n".join(lines)
 
@@ -112,6 +126,9 @@ def main(argv=None) -> int:
     parser.add_argument("--bits", type=int, nargs="+", default=[32, 8, 4, 2, 1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="override every model's epoch count")
+    parser.add_argument("--patience", type=int, default=0,
+                        help="top-K models: stop after this many validation evaluations without a better recall@20 "
+                             "(0: train every epoch); the test metric is the best validation state's either way")
     parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
                         help="override a hyper-parameter of every model run (repeatable), e.g. --set lr=0.002")
     parser.add_argument("--runs", type=Path, nargs="+", default=[],
@@ -120,6 +137,8 @@ def main(argv=None) -> int:
                              "are appended to the last file")
     parser.add_argument("--out", type=Path, help="write the markdown table here too")
     args = parser.parse_args(argv)
+    if args.patience < 0:
+        parser.error("--patience must be >= 0")
 
     if args.smoke:
         datasets = [load_or_generate(None, synthetic_size="toy")]
@@ -134,18 +153,23 @@ def main(argv=None) -> int:
             for bits in args.bits:
                 for seed in args.seeds:
                     overrides = dict(args.set)
-                    key = (model, dataset.name, bits, seed, args.epochs, _overrides_text(overrides))
+                    patience = args.patience if _task(model) == "topk" else 0  # CTR runs train every epoch
+                    key = (model, dataset.name, bits, seed, args.epochs, _overrides_text(overrides), patience)
                     wanted.add(key)
                     if key in done:
                         continue
                     if args.epochs:
                         overrides["epochs"] = args.epochs
                     train = train_topk if _task(model) == "topk" else train_ctr
-                    result = train(model, dataset, bits=bits, seed=seed, overrides=overrides, progress=False, log=lambda m: None)
+                    result = train(model, dataset, bits=bits, seed=seed, overrides=overrides, patience=patience,
+                                   progress=False, log=lambda m: None)
                     result["epochs_requested"] = args.epochs
+                    result["epoch_budget"] = result["hyperparameters"]["epochs"]
                     result["overrides"] = dict(args.set)
                     slim = {k: result[k] for k in ("model", "dataset", "bits", "seed", "metrics", "activation_bytes",
-                                                    "activation_bytes_fp32", "epoch_seconds", "epochs", "best_epoch", "epochs_requested", "overrides", "history")}
+                                                    "activation_bytes_fp32", "epoch_seconds", "epochs", "best_epoch", "epochs_requested", "epoch_budget", "overrides", "history")}
+                    if patience:
+                        slim["patience"] = patience
                     slim["group_size"] = (result.get("compression") or {}).get("group_size")
                     runs.append(slim)
                     scores = "  ".join(f"{name} {slim['metrics'][name]:.4f}" for name in METRICS[_task(model)])

@@ -46,6 +46,34 @@ def test_bench_models_merges_runs_files_later_first_and_tables_only_what_was_ask
     assert new.read_text().count("\n") == 1  # nothing trained, nothing appended
 
 
+def test_bench_models_compares_early_stopped_runs_that_stopped_at_different_epochs(tmp_path, capsys):
+    """With --patience, fp32 and 2-bit runs stop at different epochs; they are one setting (budget and
+    patience) and compared, and they never stand in for runs of the same model without early stopping."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_models
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    import json
+
+    def run(bits, recall, epochs, best):
+        return {"model": "kgin", "dataset": "synthetic", "bits": bits, "seed": 0,
+                "metrics": {"recall@20": recall, "ndcg@20": 0.1}, "activation_bytes": 1000 if bits == 32 else 40,
+                "activation_bytes_fp32": 1000, "epoch_seconds": 1.0, "epochs": epochs, "best_epoch": best,
+                "epochs_requested": None, "epoch_budget": 30, "overrides": {}, "history": [], "patience": 2}
+
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text(json.dumps(run(32, 0.2, 25, 15)) + "\n" + json.dumps(run(2, 0.19, 30, 20)) + "\n")
+    assert bench_models.main(["--models", "kgin", "--bits", "32", "2", "--seeds", "0", "--patience", "2",
+                              "--runs", str(runs)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| kgin")]
+    assert len(rows) == 2 and all("<= 30, stop after 2 evals" in r for r in rows)
+    assert "-5.00%" in rows[1] and rows[1].endswith("| 20 |") and "25.0x" in rows[1]
+    assert runs.read_text().count("\n") == 2  # both reused: nothing trained
+    without = {bench_models._key(r) for r in bench_models._load_runs([runs])}
+    assert ("kgin", "synthetic", 2, 0, None, "", 0) not in without  # a run without patience is another setting
+
+
 def test_bench_models_set_parses_numbers_json_lists_null_and_words():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
