@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int, help="training batch size (default: published setting)")
     train.add_argument("--lr", type=_positive_float, help="Adam learning rate (default: published setting)")
     train.add_argument("--seed", type=_non_negative_int, default=0)
-    train.add_argument("--patience", type=_non_negative_int, default=0, help="early-stopping patience in epochs (0: off)")
+    train.add_argument("--patience", type=_non_negative_int, default=0, help="early stopping: validation evaluations without a better AUC (CTR models, one per epoch) or Recall@20 (top-K models, one per eval_every epochs) before training stops (0: off)")
     train.add_argument("--hparams", choices=("lastfm", "book", "synthetic", "recbole"), help="published hyper-parameter set to start from (default: from the dataset name)")
     train.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override a model hyper-parameter, e.g. --set embedding_dim=32")
     train.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
