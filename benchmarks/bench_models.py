@@ -43,12 +43,16 @@ def _key(run: dict) -> tuple:
             _overrides_text(run.get("overrides")), run.get("patience", 0))
 
 
-def _epochs_label(run: dict) -> str:
-    """The table's epochs column: the epochs run, or with early stopping the budget and patience (runs of
-    one setting then stop at different epochs and are still compared with each other)."""
-    if not run.get("patience"):
-        return str(run["epochs"])
-    return f"<= {run['epoch_budget']}, stop after {run['patience']} evals"
+def _epochs_setting(run: dict) -> tuple[int, int]:
+    """(epochs, patience): the epochs run, or with early stopping the budget (runs of one setting then stop
+    at different epochs and are still compared with each other). A tuple, so that the table sorts by number."""
+    patience = run.get("patience", 0)
+    return (run["epoch_budget"] if patience else run["epochs"], patience)
+
+
+def _epochs_label(setting: tuple[int, int]) -> str:
+    epochs, patience = setting
+    return f"<= {epochs}, stop after {patience} evals" if patience else str(epochs)
 
 
 def _overrides_text(overrides: dict | None) -> str:
@@ -94,7 +98,7 @@ def _mean_std(values: list[float]) -> str:
 def table(runs: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
-        key = (run["model"], run["dataset"], _overrides_text(run.get("overrides")), _epochs_label(run), run["bits"])
+        key = (run["model"], run["dataset"], _overrides_text(run.get("overrides")), _epochs_setting(run), run["bits"])
         groups.setdefault(key, []).append(run)
     lines = [
         "| model | dataset | overrides | epochs | bits | seeds | test metric | mean ± std | second metric | vs fp32 | activation bytes/step | fp32 / this | epoch s | best epochs |",
@@ -110,7 +114,7 @@ def table(runs: list[dict]) -> str:
             delta = f"{100 * (statistics.mean(values) - base_value) / base_value:+.2f}%"
         act = rs[0]["activation_bytes"]
         lines.append(
-            f"| {model} | {dataset} | {overrides or '-'} | {epochs} | {bits} | {len(rs)} | {main_metric} | {_mean_std(values)} | "
+            f"| {model} | {dataset} | {overrides or '-'} | {_epochs_label(epochs)} | {bits} | {len(rs)} | {main_metric} | {_mean_std(values)} | "
             f"{second_metric} {_mean_std([r['metrics'][second_metric] for r in rs])} | "
             f"{delta} | {act:,} | {rs[0]['activation_bytes_fp32'] / act:.1f}x | {statistics.median(r['epoch_seconds'] for r in rs):.2f} | "
             f"{', '.join(str(r['best_epoch']) for r in sorted(rs, key=lambda r: r['seed']))} |"

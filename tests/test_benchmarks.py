@@ -72,6 +72,10 @@ def test_bench_models_compares_early_stopped_runs_that_stopped_at_different_epoc
     assert runs.read_text().count("\n") == 2  # both reused: nothing trained
     without = {bench_models._key(r) for r in bench_models._load_runs([runs])}
     assert ("kgin", "synthetic", 2, 0, None, "", 0) not in without  # a run without patience is another setting
+    # Settings sort by their epoch count as a number, not as text ("100" < "20"), early-stopped ones by budget.
+    fixed = [dict(run(32, 0.2, e, e), patience=0) for e in (100, 20)]
+    order = [line.split(" | ")[3] for line in bench_models.table([*fixed, run(32, 0.2, 25, 15)]).splitlines()[2:]]
+    assert order == ["20", "<= 30, stop after 2 evals", "100"]
 
 
 def test_bench_models_set_parses_numbers_json_lists_null_and_words():
