@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tinykg.compress import (
     BACKENDS,
@@ -34,6 +35,7 @@ from tinykg.compress import (
     resolve_backend,
 )
 from tinykg.compress import cpu_kernels, triton_kernels
+from tinykg.compress.rng import draw_seed
 
 BITS = (1, 2, 4, 8)
 METADATA = ("fp16", "bf16", "fp32")
@@ -249,6 +251,84 @@ def test_backend_accepts_tensor_that_requires_grad(backend):
     packed = BACKENDS[kind].quantize(x * 2, config, 5)
     assert_same_packed(packed, quantize_ref((x * 2).detach(), config, 5))
     assert not packed.exact_values.requires_grad
+
+
+def test_backend_public_quantize_under_no_grad_of_tensor_that_requires_grad(backend):
+    # Inside an autograd Function's forward the inputs require grad while grad mode is off: `quantize`
+    # hands them over undetached, and exact groups (the NaN) must come out as plain tensors.
+    kind, device = backend
+    x = _sample((10, 64), torch.float32, device).requires_grad_()
+    config = CompressionConfig(bits=2, group_size=64, backend=kind)
+    with torch.no_grad():
+        y = x * 1.0
+        y[3, 7] = float("nan")
+        y.requires_grad_()
+        packed = quantize(y, config, seed=5)
+    assert_same_packed(packed, quantize_ref(y.detach(), config, 5))
+    assert packed.exact_index.numel() == 1 and not packed.exact_values.requires_grad
+
+
+class _TorchCalls(TorchDispatchMode):
+    """Names of the torch ops dispatched while active, except inside Triton kernel launches (under the
+    interpreter a launch runs torch ops of its own)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+        self.paused = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.paused:
+            self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_triton_host_calls_per_quantize_and_dequantize(backend, monkeypatch):
+    """On a GPU every torch call costs the host ~10 us, and the host sets the pace of a sampled model's
+    compressed step: a quantize of a contiguous tensor without exact groups makes 8 calls besides its one
+    kernel launch (the seed draw and its read, 4 allocations, the exact-group check and its read), and a
+    dequantize 1 (its output)."""
+    kind, device = backend
+    if kind != Backend.TRITON:
+        pytest.skip("Triton host path")
+    calls = _TorchCalls()
+    real_get = triton_kernels._get_kernels
+
+    class Paused:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def run(*args, **kwargs):
+                calls.paused += 1
+                try:
+                    return launch(*args, **kwargs)
+                finally:
+                    calls.paused -= 1
+
+            return run
+
+    monkeypatch.setattr(triton_kernels, "_get_kernels", lambda: tuple(Paused(k) for k in real_get()))
+    x = _sample((256, 64), torch.float32, device)
+    for metadata_dtype in ("fp16", "fp32", "bf16"):
+        config = CompressionConfig(bits=2, metadata_dtype=metadata_dtype, backend=kind)
+        quantize(x, config)  # warm-up: compile, resolve the backend
+        calls.names.clear()
+        torch.manual_seed(3)
+        with calls:
+            packed = quantize(x, config)
+        quantize_calls, calls.names = calls.names, []
+        with calls:
+            out = dequantize(packed, config)
+        views = 4 if metadata_dtype == "bf16" else 0  # bf16 metadata goes to the kernels as int16 views (2 calls each)
+        assert len(quantize_calls) <= 8 + views, (metadata_dtype, quantize_calls)
+        assert len(calls.names) <= 1 + views, (metadata_dtype, calls.names)
+        torch.manual_seed(3)
+        ref = quantize_ref(x, config, draw_seed())  # the seed the counted call drew
+        assert_same_packed(packed, ref)
+        assert_same_dequantized(out, dequantize_ref(ref))
 
 
 def test_backend_many_groups_across_threads(backend):

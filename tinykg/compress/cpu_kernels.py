@@ -687,15 +687,17 @@ def gather_exact(flags: torch.Tensor, flat: torch.Tensor, group_size: int) -> tu
     """Indices of flagged groups (narrowest int dtype) and their padded values in ``flat``'s dtype.
 
     Args:
-        flags: (num_groups,) nonzero where a group is kept exactly. flat: (numel,) the input.
+        flags: (num_groups,) nonzero where a group is kept exactly. flat: the input, contiguous (any shape,
+            read as (numel,)).
     Returns:
         exact_index (num_exact,), exact_values (num_exact, group_size).
     """
     index_dtype = narrowest_int_dtype(max(flags.numel() - 1, 0))
     # One cheap reduction (and sync) in the usual case of no exact group, instead of nonzero's scan; the
-    # empty results are made in their final dtypes (each further call costs the host ~10 us on a GPU).
+    # empty results are the shared ones (each torch call costs a GPU host ~10 us).
     if not bool(flags.any()):
-        return flags.new_empty(0, dtype=index_dtype), flat.new_empty((0, group_size))
+        return no_exact_groups(flat.device, index_dtype, flat.dtype, group_size)
+    flat = flat.reshape(-1)
     index = flags.nonzero().squeeze(1)
     # Clamping to the last element is the reference's padding.
     positions = index.unsqueeze(1) * group_size + torch.arange(group_size, device=flat.device)

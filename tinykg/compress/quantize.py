@@ -107,7 +107,9 @@ def quantize(
     _check_input(x)
     if seed is None:
         seed = draw_seed(generator) if config.stochastic else 0
-    return resolve_backend(config.backend, x.device).quantize(x.detach(), config, seed)
+    if x.requires_grad and torch.is_grad_enabled():  # off inside an autograd Function's forward: no call
+        x = x.detach()
+    return resolve_backend(config.backend, x.device).quantize(x, config, seed)
 
 
 def dequantize(packed: PackedActivation, config: CompressionConfig | None = None) -> torch.Tensor:

@@ -160,6 +160,27 @@ def md_value(bits, MD: tl.constexpr):
     return v
 
 
+def md_store(ptr, bits, mask, MD: tl.constexpr):
+    """Store uint32 metadata bits into an fp32 (MD 0) or fp16 (MD 1) tensor, or a bf16 one seen as int16."""
+    if MD == 0:
+        tl.store(ptr, bits.to(tl.float32, bitcast=True), mask=mask)
+    elif MD == 1:
+        tl.store(ptr, bits.to(tl.uint16).to(tl.float16, bitcast=True), mask=mask)
+    else:
+        tl.store(ptr, bits.to(tl.int16), mask=mask)
+
+
+def md_load(ptr, mask, MD: tl.constexpr):
+    """uint32 bits of the metadata at ``ptr`` (the inverse of `md_store`)."""
+    if MD == 0:
+        bits = tl.load(ptr, mask=mask, other=0.0).to(tl.uint32, bitcast=True)
+    elif MD == 1:
+        bits = tl.load(ptr, mask=mask, other=0.0).to(tl.uint16, bitcast=True).to(tl.uint32)
+    else:  # int16 patterns are sign-extended by the widening
+        bits = tl.load(ptr, mask=mask, other=0).to(tl.uint32) & 0xFFFF
+    return bits
+
+
 def md_next(bits, SIGN: tl.constexpr, INF: tl.constexpr, UP: tl.constexpr):
     """``torch.nextafter`` toward +inf (UP) or -inf on metadata bits (values finite or +inf)."""
     negative = (bits & SIGN) != 0
@@ -241,7 +262,8 @@ def store_codes(v, rows, col, num_groups, zf, inv, exact, key, G, codes_ptr, c, 
         mask = (rows[:, None] < num_groups) & (b * PB < G)
         if WORD:  # PB = 32 // BITS codes per little-endian 32-bit word: 4-byte stores at every width
             word = tl.sum(q.to(tl.uint32) << (lane * BITS).to(tl.uint32), axis=2)  # disjoint bits: sum == or
-            tl.store(codes_ptr + rows[:, None] * bytes_per_group + b, word.to(tl.int32, bitcast=True), mask=mask)
+            words_ptr = codes_ptr.to(tl.pointer_type(tl.int32))  # the uint8 codes seen as words: no host view
+            tl.store(words_ptr + rows[:, None] * bytes_per_group + b, word.to(tl.int32, bitcast=True), mask=mask)
         else:
             byte = tl.sum(q << (lane * BITS), axis=2)  # (ROWS, NB): codes do not overlap, so sum == or
             tl.store(codes_ptr + rows[:, None] * bytes_per_group + b, byte.to(tl.uint8), mask=mask)
@@ -300,8 +322,8 @@ def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, numel, num_g
     zf = tl.where(exact, 0.0, zf)
     sf = tl.where(exact, 0.0, sf)
     ok = rows < num_groups
-    tl.store(scale_ptr + rows, sb.to(scale_ptr.dtype.element_ty), mask=ok)
-    tl.store(zp_ptr + rows, zb.to(zp_ptr.dtype.element_ty), mask=ok)
+    md_store(scale_ptr + rows, sb, ok, MD)
+    md_store(zp_ptr + rows, zb, ok, MD)
     tl.store(flags_ptr + rows, exact.to(tl.uint8), mask=ok)
     safe = tl.where(sf > 0.0, sf, 1.0)
     inv = tl.where(sf > 0.0, tl.math.div_rn(tl.full((ROWS,), 1.0, tl.float32), safe), 0.0)
@@ -327,13 +349,8 @@ def dequantize_kernel(codes_ptr, scale_ptr, zp_ptr, out_ptr, numel, num_groups, 
         pid = pid.to(tl.int64)
     rows = pid * ROWS + tl.arange(0, ROWS)  # (ROWS,)
     ok = rows < num_groups
-    sbits = tl.load(scale_ptr + rows, mask=ok, other=0).to(tl.uint32)
-    zbits = tl.load(zp_ptr + rows, mask=ok, other=0).to(tl.uint32)
-    if MD != 0:  # 16-bit patterns were sign-extended by the load
-        sbits = sbits & 0xFFFF
-        zbits = zbits & 0xFFFF
-    s = md_value(sbits, MD)[:, None, None]
-    z = md_value(zbits, MD)[:, None, None]
+    s = md_value(md_load(scale_ptr + rows, ok, MD), MD)[:, None, None]
+    z = md_value(md_load(zp_ptr + rows, ok, MD), MD)[:, None, None]
     g = rows[:, None, None]
     lane = tl.arange(0, PB)[None, None, :]
     for c in range(NUM_CHUNKS):
@@ -359,7 +376,7 @@ def dequantize_kernel(codes_ptr, scale_ptr, zp_ptr, out_ptr, numel, num_groups, 
             tl.store(out_ptr + offs, bits.to(tl.int16), mask=mask)
 
 
-_RAW = {fn.__name__: fn for fn in (md_round, md_value, md_next, noise, load_x, load_tile, tile_extremes, store_codes,
+_RAW = {fn.__name__: fn for fn in (md_round, md_value, md_store, md_load, md_next, noise, load_x, load_tile, tile_extremes, store_codes,
                                    quantize_kernel, dequantize_kernel)}
 
 
@@ -384,14 +401,15 @@ def _as_i32(key: int) -> int:
     return key - (1 << 32) if key >= 1 << 31 else key
 
 
-def _bits_view(t: torch.Tensor) -> torch.Tensor:
-    """Integer view of metadata: int32 for fp32, int16 for fp16 / bf16."""
-    return t.view(torch.int32) if t.dtype == torch.float32 else t.view(torch.int16)
+def _md_arg(t: torch.Tensor) -> torch.Tensor:
+    """Metadata as the kernels take it: fp32 and fp16 as they are, bf16 as int16 bit patterns (the
+    interpreter has no bf16). No view in the usual case: each costs a GPU host a few microseconds."""
+    return t.view(torch.int16) if t.dtype == torch.bfloat16 else t
 
 
 def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, group_size: int,
                     tuning: tuple[int, int, bool] | None = None):
-    """Run the quantize kernel on a contiguous 1-D ``flat`` (numel > 0).
+    """Run the quantize kernel on a contiguous ``flat`` (any shape, read as 1-D; numel > 0).
 
     ``tuning`` (elements per program, warps, word stores) overrides ``_QUANTIZE_TUNING[bits]`` (sweeps).
 
@@ -422,7 +440,7 @@ def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, gr
     units_per_group = group_size * bits // 32 if words else group_size // per_byte
     quantize_kernel[(-(-num_groups // rows),)](
         flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat,
-        codes.view(torch.int32) if words else codes, _bits_view(scale), _bits_view(zero_point), flags, numel,
+        codes, _md_arg(scale), _md_arg(zero_point), flags, numel,
         num_groups, group_size, units_per_group, _as_i32(seed_key(seed) if config.stochastic else 0),
         BITS=bits, LEVELS=(1 << bits) - 1, MD=kind, MD_SIGN=_MD_SIGN[kind], MD_INF=_MD_INF[kind],
         IN_BF16=flat.dtype == torch.bfloat16, STOCHASTIC=config.stochastic, PACKED=packed_in_kernel,
@@ -448,23 +466,26 @@ def quantize_triton(x: torch.Tensor, config: CompressionConfig, seed: int) -> Pa
             exact_values=x.new_empty((0, group_size)),
             meta=meta,
         )
-    flat = x.detach().reshape(-1).contiguous()
+    if x.requires_grad and torch.is_grad_enabled():  # direct callers (benchmarks) may pass such tensors
+        x = x.detach()
+    # The kernel reads flat indices from the data pointer: a contiguous tensor is used as it is (no view).
+    flat = x if x.is_contiguous() else x.reshape(-1).contiguous()
     codes, scale, zero_point, flags = launch_quantize(flat, config, seed, group_size)
     exact_index, exact_values = gather_exact(flags, flat, group_size)
     return PackedActivation(codes, scale, zero_point, exact_index, exact_values, meta)
 
 
 def launch_dequantize(packed: PackedActivation) -> torch.Tensor:
-    """Run the dequantize kernel: (numel,) in the original dtype, exact groups not yet restored."""
+    """Run the dequantize kernel: the original shape and dtype, exact groups not yet restored."""
     _, dequantize_kernel = _get_kernels()
     meta = packed.meta
-    out = torch.empty(meta.numel, dtype=meta.dtype, device=packed.device)
+    out = torch.empty(meta.shape, dtype=meta.dtype, device=packed.device)
     per_byte = 8 // meta.bits
     packed_groups = meta.group_size % per_byte == 0
     lanes = per_byte if packed_groups else 1
     rows, chunk, num_chunks = _tiling(meta.group_size, lanes, _TILE_D)
     dequantize_kernel[(-(-meta.num_groups // rows),)](
-        packed.codes, _bits_view(packed.scale), _bits_view(packed.zero_point),
+        packed.codes, _md_arg(packed.scale), _md_arg(packed.zero_point),
         out.view(torch.int16) if meta.dtype == torch.bfloat16 else out,
         meta.numel, meta.num_groups, meta.group_size, meta.group_size // per_byte,
         BITS=meta.bits, LEVELS=(1 << meta.bits) - 1, MD=_MD_KIND[packed.scale.dtype],
@@ -482,8 +503,8 @@ def dequantize_triton(packed: PackedActivation) -> torch.Tensor:
         return torch.empty(meta.shape, dtype=meta.dtype, device=packed.device)
     out = launch_dequantize(packed)
     if packed.exact_index.numel():
-        scatter_exact(out, packed)
-    return out.view(meta.shape)
+        scatter_exact(out.view(-1), packed)
+    return out
 
 
 def _register() -> None:
