@@ -286,13 +286,14 @@ class _TorchCalls(TorchDispatchMode):
 def test_triton_host_calls_per_quantize_and_dequantize(backend, monkeypatch):
     """On a GPU every torch call costs the host ~10 us, and the host sets the pace of a sampled model's
     compressed step: a quantize of a contiguous tensor without exact groups makes 8 calls besides its one
-    kernel launch (the seed draw and its read, 4 allocations, the exact-group check and its read), and a
-    dequantize 1 (its output)."""
+    kernel launch (the seed draw and its read, 4 allocations, the exact-group check and its read), a
+    dequantize 1 (its output), and packing or unpacking a mask 1 (its output)."""
     kind, device = backend
     if kind != Backend.TRITON:
         pytest.skip("Triton host path")
     calls = _TorchCalls()
     real_get = triton_kernels._get_kernels
+    real_get()
 
     class Paused:
         def __init__(self, kernel):
@@ -311,6 +312,8 @@ def test_triton_host_calls_per_quantize_and_dequantize(backend, monkeypatch):
             return run
 
     monkeypatch.setattr(triton_kernels, "_get_kernels", lambda: tuple(Paused(k) for k in real_get()))
+    for name in ("pack_mask_kernel", "unpack_mask_kernel"):  # bound as module globals by the first build
+        monkeypatch.setattr(triton_kernels, name, Paused(getattr(triton_kernels, name)))
     x = _sample((256, 64), torch.float32, device)
     for metadata_dtype in ("fp16", "fp32", "bf16"):
         config = CompressionConfig(bits=2, metadata_dtype=metadata_dtype, backend=kind)
@@ -329,6 +332,35 @@ def test_triton_host_calls_per_quantize_and_dequantize(backend, monkeypatch):
         ref = quantize_ref(x, config, draw_seed())  # the seed the counted call drew
         assert_same_packed(packed, ref)
         assert_same_dequantized(out, dequantize_ref(ref))
+    mask = x > 0  # a ReLU mask: one allocation each way besides the launch
+    calls.names = []
+    with calls:
+        bits = triton_kernels.pack_mask_triton(mask)
+    pack_calls, calls.names = calls.names, []
+    with calls:
+        restored = triton_kernels.unpack_mask_triton(bits, mask.shape)
+    assert pack_calls == ["empty"] and calls.names == ["empty"], (pack_calls, calls.names)
+    assert torch.equal(restored, mask)
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (8,), (9,), (3, 1001), (2, 4096 * 2 + 5)], ids=str)
+def test_triton_mask_kernels_match_reference_layout(backend, shape):
+    """The Triton mask kernels write `pack_codes(mask, 1)`'s bytes and read them back, for sizes that end
+    mid-byte and span several programs, and for a non-contiguous mask."""
+    from tinykg.compress.masks import pack_mask_ref
+
+    kind, device = backend
+    if kind != Backend.TRITON:
+        pytest.skip("Triton mask kernels")
+    g = torch.Generator().manual_seed(sum(shape))
+    mask = (torch.rand(shape, generator=g) > 0.5).to(device)
+    bits = triton_kernels.pack_mask_triton(mask)
+    assert bits.dtype == torch.uint8 and torch.equal(bits, pack_mask_ref(mask))
+    restored = triton_kernels.unpack_mask_triton(bits, mask.shape)
+    assert restored.dtype == torch.bool and restored.shape == mask.shape and torch.equal(restored, mask)
+    if mask.dim() == 2:
+        t = mask.t()
+        assert torch.equal(triton_kernels.pack_mask_triton(t), pack_mask_ref(t))
 
 
 def test_backend_many_groups_across_threads(backend):

@@ -376,8 +376,32 @@ def dequantize_kernel(codes_ptr, scale_ptr, zp_ptr, out_ptr, numel, num_groups, 
             tl.store(out_ptr + offs, bits.to(tl.int16), mask=mask)
 
 
+def pack_mask_kernel(mask_ptr, out_ptr, numel, num_bytes, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """Byte ``i`` of the output holds bools ``8i .. 8i+7`` of the mask, element ``8i + j`` in bit ``j``."""
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) output bytes
+    lane = tl.arange(0, 8)
+    idx = offs[:, None] * 8 + lane[None, :]  # (BLOCK, 8): 8 contiguous bools per byte
+    v = tl.load(mask_ptr + idx, mask=idx < numel, other=0).to(tl.int32)
+    byte = tl.sum(v << lane[None, :], axis=1)  # the lanes' bits are disjoint: the sum is their or
+    tl.store(out_ptr + offs, byte.to(tl.uint8), mask=offs < num_bytes)
+
+
+def unpack_mask_kernel(bits_ptr, out_ptr, numel, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """Inverse of `pack_mask_kernel`: bool ``i`` is bit ``i % 8`` of byte ``i // 8``."""
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    idx = pid * BLOCK + tl.arange(0, BLOCK)
+    ok = idx < numel
+    byte = tl.load(bits_ptr + (idx >> 3), mask=ok, other=0).to(tl.int32)
+    tl.store(out_ptr + idx, ((byte >> (idx & 7).to(tl.int32)) & 1) != 0, mask=ok)
+
+
 _RAW = {fn.__name__: fn for fn in (md_round, md_value, md_store, md_load, md_next, noise, load_x, load_tile, tile_extremes, store_codes,
-                                   quantize_kernel, dequantize_kernel)}
+                                   quantize_kernel, dequantize_kernel, pack_mask_kernel, unpack_mask_kernel)}
 
 
 def _tiling(group_size: int, lanes: int, tile: int) -> tuple[int, int, int]:
@@ -504,6 +528,38 @@ def dequantize_triton(packed: PackedActivation) -> torch.Tensor:
     out = launch_dequantize(packed)
     if packed.exact_index.numel():
         scatter_exact(out.view(-1), packed)
+    return out
+
+
+# Mask kernels: output bytes per program (pack), mask elements per program (unpack).
+_MASK_BYTES = 1024
+_MASK_ELEMENTS = 4096
+
+
+def pack_mask_triton(mask: torch.Tensor) -> torch.Tensor:
+    """A bool tensor (any shape, read in row-major order) packed 8 per byte: (ceil(numel / 8),) uint8, the
+    layout of ``pack_codes(mask, 1)``. One launch and one allocation (`pack_codes` makes 4 calls and 3
+    launches at 1 bit)."""
+    _get_kernels()
+    if not mask.is_contiguous():
+        mask = mask.reshape(-1)
+    numel = mask.numel()
+    num_bytes = -(-numel // 8)
+    out = torch.empty(num_bytes, dtype=torch.uint8, device=mask.device)
+    if num_bytes:
+        pack_mask_kernel[(-(-num_bytes // _MASK_BYTES),)](
+            mask, out, numel, num_bytes, BLOCK=_MASK_BYTES, IDX64=numel + 8 * _MASK_BYTES >= 2**31)
+    return out
+
+
+def unpack_mask_triton(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of `pack_mask_triton`: a bool tensor of ``shape``."""
+    _get_kernels()
+    out = torch.empty(shape, dtype=torch.bool, device=bits.device)
+    numel = out.numel()
+    if numel:
+        unpack_mask_kernel[(-(-numel // _MASK_ELEMENTS),)](
+            bits, out, numel, BLOCK=_MASK_ELEMENTS, IDX64=numel + _MASK_ELEMENTS >= 2**31)
     return out
 
 
