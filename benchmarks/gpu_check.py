@@ -355,6 +355,12 @@ def make_topk_step(model_name: str, batch_size: int | None = None, synthetic_tri
     return make
 
 
+# Small steps for --smoke --count-ops (the interpreter runs every launch in numpy).
+SMOKE_STEPS: dict[str, MakeStep] = {
+    "KGCN d16 H2 K8 B256": make_ctr_step("kgcn", {}, 256),
+    "KGAT synthetic default (B256)": make_topk_step("kgat", batch_size=256),
+}
+
 _DATASETS: dict = {}
 
 
@@ -401,6 +407,107 @@ def profile_step(name: str, make_step: MakeStep, *, bits: int = 2, steps: int = 
             parts.append(f"### {name}, {label}, {steps} steps, top {top} by {sort}\n\n"
                          + table.table(sort_by=sort, row_limit=top, max_name_column_width=60))
     return "\n".join(parts)
+
+
+class _OpCounter:
+    """Torch ops dispatched while active (a GPU host pays ~10 us for each, a view a few), Triton kernel
+    launches counted apart. Under the interpreter a launch runs torch ops of its own: those are not counted."""
+
+    VIEWS = frozenset({"view", "_unsafe_view", "reshape", "expand", "unsqueeze", "squeeze", "t", "transpose",
+                       "permute", "select", "slice", "alias", "detach", "as_strided", "unbind", "split", "narrow"})
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if not counter.paused:
+                    counter.ops[func.overloadpacket.__name__] = counter.ops.get(func.overloadpacket.__name__, 0) + 1
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.ops: dict[str, int] = {}
+        self.launches = 0
+        self.paused = 0
+
+    def wrap(self, kernel):
+        counter = self
+
+        class Counted:
+            def __getitem__(self, grid):
+                launch = kernel[grid]
+
+                def run(*args, **kwargs):
+                    counter.launches += 1
+                    counter.paused += 1
+                    try:
+                        return launch(*args, **kwargs)
+                    finally:
+                        counter.paused -= 1
+
+                return run
+
+        return Counted()
+
+    def summary(self) -> dict:
+        views = sum(n for name, n in self.ops.items() if name in self.VIEWS)
+        total = sum(self.ops.values())
+        return {"torch_ops": total, "views": views, "other_ops": total - views, "triton_launches": self.launches}
+
+
+def count_step_ops(name: str, make_step: MakeStep, *, bits: int = 2, device: torch.device | str = "cuda") -> dict:
+    """Torch ops dispatched and Triton launches in one training step, fp32 and compressed (Triton backend).
+
+    On a GPU this counts what the step really issues. On CPU tensors under ``TRITON_INTERPRET=1`` it counts
+    the GPU's code path: compressed tensors and masks are routed to the Triton kernels as on CUDA (the CPU
+    path otherwise takes numba and numpy).
+    """
+    import importlib
+
+    from tinykg.compress import masks
+    from tinykg.compress.config import Backend
+
+    quantize_module = importlib.import_module("tinykg.compress.quantize")  # the package re-exports a function by that name
+
+    device = torch.device(device)
+    counter = _OpCounter()
+    triton_kernels._get_kernels()  # binds the kernels to module names, which are swapped below
+    names = ("quantize_kernel", "dequantize_kernel", "pack_mask_kernel", "unpack_mask_kernel")
+    real = {n: getattr(triton_kernels, n) for n in names}
+    real_get, real_masks = triton_kernels._get_kernels, masks._CHOSEN.get(device)
+    real_order = quantize_module.AUTO_ORDER.get(device.type)
+    try:
+        for n in names:
+            setattr(triton_kernels, n, counter.wrap(real[n]))
+        triton_kernels._get_kernels = lambda: (triton_kernels.quantize_kernel, triton_kernels.dequantize_kernel)
+        masks._CHOSEN[device] = (triton_kernels.pack_mask_triton, triton_kernels.unpack_mask_triton)
+        quantize_module.AUTO_ORDER[device.type] = (Backend.TRITON,)
+        quantize_module._resolved.clear()
+        row = {"model": name, "bits": bits}
+        for label, config in (("fp32", None), (f"{bits}-bit", CompressionConfig(bits=bits, backend="triton"))):
+            step = make_step(config)
+            step()
+            step()  # warm: compiled kernels, cached plans and adjacency
+            counter.ops, counter.launches = {}, 0
+            with counter.mode:
+                step()
+            row.update({f"{label}_{k}": v for k, v in counter.summary().items()})
+        return row
+    finally:
+        for n in names:
+            setattr(triton_kernels, n, real[n])
+        triton_kernels._get_kernels = real_get
+        if real_masks is None:
+            masks._CHOSEN.pop(device, None)
+        else:
+            masks._CHOSEN[device] = real_masks
+        if real_order is None:
+            quantize_module.AUTO_ORDER.pop(device.type, None)
+        else:
+            quantize_module.AUTO_ORDER[device.type] = real_order
+        quantize_module._resolved.clear()
 
 
 def _no_exact_sync(flags: torch.Tensor, flat: torch.Tensor, group_size: int):
@@ -488,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the host cost of each layer of a compressed save / load (small tensor)")
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler tables of the selected --steps instead of timing them")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="count the torch ops and Triton launches of one step of the selected --steps, fp32 vs "
+                             "2-bit (on CPU under TRITON_INTERPRET=1: the GPU's code path)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -545,6 +655,18 @@ def main(argv: list[str] | None = None) -> int:
         report["host_overhead"] = host
         print("## Host cost per call, device idle before it and not waited for after it (median)\n")
         print(markdown_table(host, ["what", "shape", "host_us"]), "\n")
+        save()
+
+    if args.count_ops:
+        global STEP_DEVICE
+        STEP_DEVICE = device.type
+        chosen = SMOKE_STEPS if args.smoke else {
+            n: m for n, m in MODEL_STEPS.items() if not args.steps or any(part in n for part in args.steps)}
+        counts = [count_step_ops(n, m, device=device) for n, m in chosen.items()]
+        report["step_ops"] = counts
+        print("## Torch ops dispatched and Triton launches per training step (views: ops that launch nothing)\n")
+        print(markdown_table(counts, ["model", "bits", "fp32_torch_ops", "fp32_views", "2-bit_torch_ops", "2-bit_views",
+                                      "2-bit_triton_launches"]), "\n")
         save()
 
     steps = []
