@@ -28,13 +28,14 @@ from tinykg.compress import (
     Backend,
     BackendImpl,
     CompressionConfig,
+    cpu_kernels,
     dequantize,
     dequantize_ref,
     quantize,
     quantize_ref,
     resolve_backend,
+    triton_kernels,
 )
-from tinykg.compress import cpu_kernels, triton_kernels
 from tinykg.compress.rng import draw_seed
 
 BITS = (1, 2, 4, 8)

@@ -13,7 +13,7 @@ the reference. Three implementations write the same bytes:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
