@@ -5,9 +5,9 @@ the reference. Three implementations write the same bytes:
 
 - CPU tensors: numpy's ``packbits`` / ``unpackbits``, one C pass each (20x faster than the reference's
   shifts and sums on this 2-core machine).
-- CUDA tensors with Triton: one kernel launch each way. Off the CPU every torch call costs the host
-  ~10 us and a sampled model's compressed step is bound by the host; the reference takes 4 calls (3
-  launches) to pack a mask and 6 (2 launches) to unpack it.
+- CUDA tensors with Triton: one kernel launch and one allocation each way. Off the CPU every torch call
+  costs the host ~10 us and a sampled model's compressed step is bound by the host; the reference makes 6
+  torch calls (3 of them kernel launches) to pack a mask and 7 (2 launches) to unpack it.
 - Anything else: the reference.
 """
 
