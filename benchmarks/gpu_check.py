@@ -17,7 +17,9 @@ installed; under 5 minutes, most of it Triton compiling ~50 kernel variants):
    with the exact-group sync removed (a timing diagnostic);
 4. optional: ``--sweep`` times the quantize kernel under every launch setting in `SWEEP_SETTINGS` (codes
    checked against the reference); ``--host-overhead`` times the host cost of each layer of a compressed
-   save / load; ``--profile`` prints torch.profiler tables of the ``--steps`` selected instead of timing.
+   save / load; ``--profile`` prints torch.profiler tables of the ``--steps`` selected instead of timing;
+   ``--count-ops`` counts the torch ops and Triton launches of one step of the ``--steps`` selected, fp32
+   and 2-bit (also on CPU tensors under TRITON_INTERPRET=1, following the GPU's code path).
 
 Prints markdown; writes JSON to ``--out`` or, when the environment variable OUT is set, to
 ``$OUT/gpu_check.json``. Exit status 1 when any correctness check fails. ``--smoke`` shrinks everything
