@@ -6,7 +6,8 @@ installed; under 5 minutes, most of it Triton compiling ~50 kernel variants):
 1. correctness: for bits 1/2/4/8 x metadata fp16/bf16/fp32 (plus fp16/bf16 inputs, odd and long "row"
    groups, round-to-nearest), the Triton backend's codes, scale, zero-point and exact groups must equal
    `quantize_ref`'s with the same seed, computed on the CPU (the specification) -- and the reference on the
-   GPU is compared with the one on the CPU too; dequantization must be bitwise equal;
+   GPU is compared with the one on the CPU too; dequantization must be bitwise equal; the mask kernels
+   must write the reference's bytes and read them back;
 2. throughput for 64M fp32 elements at bits 1/2/4/8: time of quantize+pack and unpack+dequantize as a
    ratio to ``x.clone()`` (a device-to-device copy) measured in the same run, as % of the copy's
    throughput (100 / ratio; the issue's bar is >= 70%) and as bandwidth (bytes the kernel must move per
@@ -138,7 +139,25 @@ def check_correctness(device: torch.device, smoke: bool) -> list[dict]:
             "reference_gpu_equals_cpu": same_packed(ref_dev, spec),
             "exact_groups": int(spec.exact_index.numel()),
         })
+    results.extend(check_mask_kernels(device, smoke))
     return results
+
+
+def check_mask_kernels(device: torch.device, smoke: bool) -> list[dict]:
+    """The Triton mask kernels against the reference's bytes (`masks.pack_mask_ref` on the CPU), and back."""
+    from tinykg.compress import masks
+
+    rows = []
+    g = torch.Generator().manual_seed(SEED)
+    for numel in (1, 9, 4096 * 3 + 5) + (() if smoke else (2**24 + 3,)):
+        mask_cpu = torch.rand(numel, generator=g) > 0.5
+        bits = triton_kernels.pack_mask_triton(mask_cpu.to(device))
+        ok = same(bits, masks.pack_mask_ref(mask_cpu))
+        back = same(triton_kernels.unpack_mask_triton(bits, mask_cpu.shape), mask_cpu)
+        rows.append({"case": f"mask {numel}", "bits": 1, "metadata": "-", "group_size": "-", "stochastic": "-",
+                     "triton_equals_reference": ok, "dequantize_equal": back, "reference_gpu_equals_cpu": "-",
+                     "exact_groups": 0})
+    return rows
 
 
 def spec_to(packed, device):
