@@ -498,15 +498,11 @@ def count_step_ops(name: str, make_step: MakeStep, *, bits: int = 2, device: tor
 
     device = torch.device(device)
     counter = _OpCounter()
-    triton_kernels._get_kernels()  # binds the kernels to module names, which are swapped below
-    names = ("quantize_kernel", "dequantize_kernel", "pack_mask_kernel", "unpack_mask_kernel")
-    real = {n: getattr(triton_kernels, n) for n in names}
     real_get, real_masks = triton_kernels._get_kernels, masks._CHOSEN.get(device)
     real_order = quantize_module.AUTO_ORDER.get(device.type)
     try:
-        for n in names:
-            setattr(triton_kernels, n, counter.wrap(real[n]))
-        triton_kernels._get_kernels = lambda: (triton_kernels.quantize_kernel, triton_kernels.dequantize_kernel)
+        counted = triton_kernels.Kernels(*map(counter.wrap, real_get()))
+        triton_kernels._get_kernels = lambda: counted
         masks._CHOSEN[device] = (triton_kernels.pack_mask_triton, triton_kernels.unpack_mask_triton)
         quantize_module.AUTO_ORDER[device.type] = (Backend.TRITON,)
         quantize_module._resolved.clear()
@@ -521,8 +517,6 @@ def count_step_ops(name: str, make_step: MakeStep, *, bits: int = 2, device: tor
             row.update({f"{label}_{k}": v for k, v in counter.summary().items()})
         return row
     finally:
-        for n in names:
-            setattr(triton_kernels, n, real[n])
         triton_kernels._get_kernels = real_get
         if real_masks is None:
             masks._CHOSEN.pop(device, None)

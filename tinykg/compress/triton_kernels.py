@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -110,11 +111,21 @@ def available(device: torch.device) -> bool:
         return False
 
 
-_kernels: tuple | None = None
+class Kernels(NamedTuple):
+    """The jitted kernels every launch takes from `_get_kernels` (one place to wrap them: the op counts of
+    `benchmarks/gpu_check.py` and the tests)."""
+
+    quantize: object
+    dequantize: object
+    pack_mask: object
+    unpack_mask: object
 
 
-def _get_kernels():
-    """The jitted (quantize_kernel, dequantize_kernel), built on first use.
+_kernels: Kernels | None = None
+
+
+def _get_kernels() -> Kernels:
+    """The jitted kernels, built on first use.
 
     The interpreter resolves a kernel's helpers through its module's globals (closures are not seen), so
     the plain functions below are decorated here and bound to their own names in this module.
@@ -129,7 +140,8 @@ def _get_kernels():
         for name, fn in _RAW.items():
             # The key is a run-time value: no recompilation when it happens to be 1 or divisible by 16.
             module[name] = triton.jit(fn, do_not_specialize=["key_i32"] if name == "quantize_kernel" else ())
-        _kernels = (module["quantize_kernel"], module["dequantize_kernel"])
+        _kernels = Kernels(module["quantize_kernel"], module["dequantize_kernel"], module["pack_mask_kernel"],
+                           module["unpack_mask_kernel"])
     return _kernels
 
 
@@ -441,7 +453,7 @@ def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, gr
         codes (packed uint8), scale and zero_point ((num_groups,) metadata dtype), flags ((num_groups,)
         uint8, 1 for groups to keep exactly).
     """
-    quantize_kernel, _ = _get_kernels()
+    quantize_kernel = _get_kernels().quantize
     numel = flat.numel()
     num_groups = -(-numel // group_size)
     bits = config.bits
@@ -501,7 +513,7 @@ def quantize_triton(x: torch.Tensor, config: CompressionConfig, seed: int) -> Pa
 
 def launch_dequantize(packed: PackedActivation) -> torch.Tensor:
     """Run the dequantize kernel: the original shape and dtype, exact groups not yet restored."""
-    _, dequantize_kernel = _get_kernels()
+    dequantize_kernel = _get_kernels().dequantize
     meta = packed.meta
     out = torch.empty(meta.shape, dtype=meta.dtype, device=packed.device)
     per_byte = 8 // meta.bits
@@ -540,7 +552,7 @@ def pack_mask_triton(mask: torch.Tensor) -> torch.Tensor:
     """A bool tensor (any shape, read in row-major order) packed 8 per byte: (ceil(numel / 8),) uint8, the
     layout of ``pack_codes(mask, 1)``. One launch and one allocation (the reference, `masks.pack_mask_ref`,
     makes 6 torch calls, 3 of them launches)."""
-    _get_kernels()
+    pack_mask_kernel = _get_kernels().pack_mask
     if not mask.is_contiguous():
         mask = mask.reshape(-1)
     numel = mask.numel()
@@ -554,7 +566,7 @@ def pack_mask_triton(mask: torch.Tensor) -> torch.Tensor:
 
 def unpack_mask_triton(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Inverse of `pack_mask_triton`: a bool tensor of ``shape``."""
-    _get_kernels()
+    unpack_mask_kernel = _get_kernels().unpack_mask
     out = torch.empty(shape, dtype=torch.bool, device=bits.device)
     numel = out.numel()
     if numel:
