@@ -22,7 +22,7 @@ from tinykg.data.ckg import build_ckg, kg_with_inverse
 from tinykg.models import BPRMF, KGAT, KGIN, TOPK_DEFAULTS, TOPK_MODELS
 from tinykg.models.base import head_config
 from tinykg.models.kgat import _bi_interaction, _csr, _propagate, _relation_project, segment_softmax
-from tinykg.models.kgin import _parameter_function, _relational_mean, cosine_independence, distance_correlation
+from tinykg.models.kgin import _edge_count, _parameter_function, _relational_mean, cosine_independence, distance_correlation
 from tinykg.profile import ActivationTracker
 
 NAMES = ("kgat", "kgin", "bprmf")
@@ -412,3 +412,16 @@ def test_topk_model_2bit_activation_ratio(name):
         model, _ = build_topk_model(name, dataset, train, compression=config_for(bits), params=params)
         sizes[bits] = measure_step_activation(model, batch, exclude=batch).total_bytes
     assert sizes[None] / sizes[2] >= 10.0, sizes
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64), ids=str)
+def test_kgin_edge_count_equals_bincount_without_a_read_back(dtype):
+    """`_edge_count` replaces ``torch.bincount(...).clamp_min(1)``, which reads the largest index back (a
+    GPU sync per hop): same counts, heads without edges counted as 1."""
+    g = torch.Generator().manual_seed(0)
+    head = torch.randint(0, 40, (500,), generator=g)
+    head[head == 7] = 8  # a head with no edge
+    want = torch.bincount(head, minlength=45).clamp_min(1).to(dtype)
+    got = _edge_count(head, 45, dtype)
+    assert got.dtype == dtype and torch.equal(got, want) and got[7] == 1 and got[44] == 1
+    assert torch.equal(_edge_count(head[:0], 3, dtype), torch.ones(3, dtype=dtype))
