@@ -129,11 +129,13 @@ def check_correctness(device: torch.device, smoke: bool) -> list[dict]:
         spec = quantize_ref(x_cpu, config, SEED)
         ref_dev = quantize_ref(x, config, SEED)
         packed = triton_kernels.quantize_triton(x, config, SEED)
+        # The path tinykg.nn takes: the exact-group flag read back through pinned memory after an event.
+        deferred = triton_kernels.quantize_triton(x, config, SEED, defer_exact=True)
         want = dequantize_ref(spec)
         results.append({
             "case": name, "bits": config.bits, "metadata": config.metadata_dtype,
             "group_size": config.group_size, "stochastic": config.stochastic,
-            "triton_equals_reference": same_packed(packed, spec),
+            "triton_equals_reference": same_packed(packed, spec) and same_packed(deferred.resolve(), spec),
             "dequantize_equal": same(triton_kernels.dequantize_triton(packed), want)
             and same(triton_kernels.dequantize_triton(spec_to(spec, device)), want),
             "reference_gpu_equals_cpu": same_packed(ref_dev, spec),
@@ -277,7 +279,7 @@ def check_host_overhead(device: torch.device, calls: int, shape: tuple[int, int]
     """Host cost of each layer of a compressed save / load on one small activation, next to plain torch
     calls: where a host-bound step's time goes."""
     from tinykg.compress import dequantize, masks, quantize
-    from tinykg.compress.cpu_kernels import gather_exact
+    from tinykg.compress.packed import gather_exact
     from tinykg.nn import _saved
 
     config = CompressionConfig(bits=2, backend="triton")
@@ -296,6 +298,7 @@ def check_host_overhead(device: torch.device, calls: int, shape: tuple[int, int]
         "launch_quantize (Triton launch + 4 allocations)": lambda: triton_kernels.launch_quantize(flat, config, SEED, group_size),
         "gather_exact (any + sync, no exact group)": lambda: gather_exact(flags, flat, group_size),
         "quantize_triton (backend call)": lambda: triton_kernels.quantize_triton(x, config, SEED),
+        "quantize_triton (deferred check)": lambda: triton_kernels.quantize_triton(x, config, SEED, defer_exact=True),
         "quantize (public: seed draw, dispatch)": lambda: quantize(x, config),
         "maybe_quantize (fresh intermediate)": lambda: _saved.maybe_quantize(w * 1.0, config),
         "launch_dequantize": lambda: triton_kernels.launch_dequantize(packed),
@@ -529,18 +532,18 @@ def count_step_ops(name: str, make_step: MakeStep, *, bits: int = 2, device: tor
         quantize_module._resolved.clear()
 
 
-def _no_exact_sync(flags: torch.Tensor, flat: torch.Tensor, group_size: int):
-    """Diagnostic stand-in for `gather_exact` that never reads ``flags`` back (no device sync) and keeps no
-    exact group: the step time it gives bounds what removing the per-tensor sync could gain. Not correct
-    for tensors with non-finite groups; used only for timing."""
-    return flags.new_empty(0, dtype=torch.uint8), flat.new_empty((0, group_size))
+def _no_wait(signal) -> bool:
+    """Diagnostic stand-in for `triton_kernels._Signal.wait_any`: answers "no exact group" without waiting
+    for the kernel. The step time it gives bounds what any cheaper exact-group check could gain. Not
+    correct for tensors with exact groups; used only for timing."""
+    return False
 
 
 def measure_step_overhead(name: str, make_step: MakeStep, *, bits: int = 2, repeats: int = 20,
                           warmup: int = 3, device: torch.device | str = "cuda", sync_diagnostic: bool = True) -> dict:
     """Step time of the compressed model over the fp32 one (same run, interleaved), peak memory of each, the
     exact bytes each holds for backward, host CPU time per step, and (``sync_diagnostic``) the compressed
-    step's time without the exact-group sync."""
+    step's time when the host never waits for the exact-group answer."""
     from tinykg.train.loop import measure_step_activation
 
     config = CompressionConfig(bits=bits, backend="triton")
@@ -567,14 +570,14 @@ def measure_step_overhead(name: str, make_step: MakeStep, *, bits: int = 2, repe
            "peak_reduction": peaks["fp32"] / max(peaks[f"{bits}-bit"], 1),
            "fp32_saved_MiB": saved["fp32"] / 2**20 if saved["fp32"] is not None else None,
            "compressed_saved_MiB": saved[f"{bits}-bit"] / 2**20 if saved[f"{bits}-bit"] is not None else None,
-           "no_sync_step_ratio": None}
+           "no_wait_step_ratio": None}
     if sync_diagnostic:
-        real = triton_kernels.gather_exact
-        triton_kernels.gather_exact = _no_exact_sync
+        real = triton_kernels._Signal.wait_any
+        triton_kernels._Signal.wait_any = _no_wait
         try:
-            row["no_sync_step_ratio"] = time_ratio(compressed, plain, repeats=repeats, warmup=warmup, device=device)[0]
+            row["no_wait_step_ratio"] = time_ratio(compressed, plain, repeats=repeats, warmup=warmup, device=device)[0]
         finally:
-            triton_kernels.gather_exact = real
+            triton_kernels._Signal.wait_any = real
     return row
 
 
@@ -709,13 +712,14 @@ def main(argv: list[str] | None = None) -> int:
     if steps:
         print("enqueue_ms = host wall time to issue one step from an idle device, not waiting for it at the end: "
               "close to the step time means the step is bound by Python, launches and syncs, not by the GPU's "
-              "work. no_sync_step_ratio = the step "
-              "ratio with the exact-group device sync removed (timing diagnostic only). peak = "
+              "work. no_wait_step_ratio = the step "
+              "ratio when the host never waits for the exact-group answer (timing diagnostic only; since "
+              "session 9 the kernel writes that answer to pinned host memory, read when the copy is saved). peak = "
               "max_memory_allocated during one step above what was allocated before it; saved = exact bytes "
               "held for backward (ActivationTracker)\n")
         print(markdown_table(steps, ["model", "bits", "step_ratio", "overhead_percent", "fp32_step_ms",
                                      "compressed_step_ms", "fp32_enqueue_ms", "compressed_enqueue_ms",
-                                     "no_sync_step_ratio", "fp32_peak_MiB", "compressed_peak_MiB",
+                                     "no_wait_step_ratio", "fp32_peak_MiB", "compressed_peak_MiB",
                                      "peak_reduction", "fp32_saved_MiB", "compressed_saved_MiB"]), "\n")
     else:
         print("no model steps registered yet\n")

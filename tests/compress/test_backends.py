@@ -269,6 +269,113 @@ def test_backend_public_quantize_under_no_grad_of_tensor_that_requires_grad(back
     assert packed.exact_index.numel() == 1 and not packed.exact_values.requires_grad
 
 
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+@pytest.mark.parametrize("metadata_dtype", ("fp16", "fp32"))
+def test_backend_deferred_exact_check_matches_reference_on_special_groups(backend, metadata_dtype, dtype):
+    """``defer_exact``: Triton returns a pending packed copy (the exact-group flags are read back later);
+    resolved, or dequantized unresolved, it equals the reference, exact groups included. Backends whose
+    results are always final (the CPU kernel) return them final."""
+    kind, device = backend
+    x = _special_groups().to(dtype).to(device)
+    config = CompressionConfig(bits=2, group_size=32, metadata_dtype=metadata_dtype, backend=kind)
+    ref = quantize_ref(x, config, 77)
+    assert ref.exact_index.numel() >= 3
+    packed = quantize(x, config, seed=77, defer_exact=True)
+    assert (packed.pending is not None) == (kind == Backend.TRITON)
+    assert_same_dequantized(dequantize(packed), dequantize_ref(ref))  # resolves on the way
+    assert packed.pending is None
+    assert_same_packed(packed, ref)
+    plain = quantize(x, config, seed=78, defer_exact=True)
+    assert_same_packed(plain.resolve(), quantize_ref(x, config, 78))
+    assert plain.resolve() is plain  # resolving twice is a no-op
+
+
+def test_triton_deferred_exact_check_rejects_input_changed_in_place(backend):
+    """The flagged groups are gathered from the input when the check is read: an input changed in place
+    before then would give wrong exact values, so resolving raises. Without exact groups there is nothing
+    to gather and the codes were taken before the change: no error."""
+    kind, device = backend
+    if kind != Backend.TRITON:
+        pytest.skip("only Triton defers the check")
+    config = CompressionConfig(bits=2, group_size=32, backend=kind)
+    x = _special_groups().to(device)
+    packed = quantize(x, config, seed=5, defer_exact=True)
+    x.mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        packed.resolve()
+    y = _sample((4, 64), torch.float32, device)
+    want = quantize_ref(y, config, 6)
+    packed = quantize(y, config, seed=6, defer_exact=True)
+    y.zero_()
+    assert_same_packed(packed.resolve(), want)
+
+
+def test_triton_exact_answer_survives_its_word_being_reused(backend, monkeypatch):
+    """The kernel's exact-group words are handed out round robin: a pending copy whose word was taken again
+    reads its answer as unknown and falls back to the flags, so its exact groups are still kept."""
+    kind, device = backend
+    if kind != Backend.TRITON:
+        pytest.skip("Triton's flag words")
+    words = triton_kernels._FlagWords(torch.device(device), size=2)
+    monkeypatch.setitem(triton_kernels._FLAG_WORDS, torch.device(device).type, words)
+    config = CompressionConfig(bits=2, group_size=32, backend=kind)
+    x = _special_groups().to(device)
+    packed = quantize(x, config, seed=9, defer_exact=True)
+    later = [quantize(_sample((4, 64), torch.float32, device), config, seed=s, defer_exact=True) for s in (1, 2)]
+    assert packed.pending.signal.wait_any() is None  # its word now belongs to a later call
+    assert later[1].pending.signal.wait_any() is False
+    assert_same_packed(packed.resolve(), quantize_ref(x, config, 9))
+
+
+def test_triton_reads_flags_back_where_the_kernel_cannot_write_host_memory(backend, monkeypatch):
+    """Where the probe found that the kernel cannot write pinned host memory (`_flag_words` gives None), the
+    flags are read back at once: results are final and equal the reference."""
+    kind, device = backend
+    if kind != Backend.TRITON:
+        pytest.skip("Triton's flag words")
+    monkeypatch.setitem(triton_kernels._FLAG_WORDS, torch.device(device).type, None)
+    config = CompressionConfig(bits=2, group_size=32, backend=kind)
+    x = _special_groups().to(device)
+    packed = quantize(x, config, seed=9, defer_exact=True)
+    assert packed.pending is None
+    assert_same_packed(packed, quantize_ref(x, config, 9))
+
+
+def test_triton_flag_word_probe(backend, monkeypatch):
+    """The first-use probe passes when the kernel's write arrives and raises when it does not."""
+    kind, device = backend
+    if kind != Backend.TRITON:
+        pytest.skip("Triton's flag words")
+    device = torch.device(device)
+    triton_kernels._probe_flag_words(triton_kernels._FlagWords(device, size=4), device)
+    lost = triton_kernels._FlagWords(device, size=4)
+    lost.views = tuple(torch.zeros(1, dtype=torch.int32, device=device) for _ in range(4))  # not the host's words
+    with pytest.raises(RuntimeError, match="did not arrive"):
+        triton_kernels._probe_flag_words(lost, device)
+
+
+def test_backend_saved_exact_groups_give_reference_gradients(backend):
+    """`tinykg.nn` quantizes with the check deferred and resolves at save: an op whose saved input has exact
+    groups (values beyond fp16 metadata) computes the same weight gradient on the backend as on the
+    reference, seed for seed."""
+    from tinykg.nn import compressed_linear
+
+    kind, device = backend
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 64, generator=g)
+    x[2, :32] += 1e6  # one group the fp16 metadata cannot hold
+    weight0 = torch.randn(16, 64, generator=g)
+    grads = []
+    for name in (Backend.TORCH, kind):
+        weight = weight0.clone().to(device).requires_grad_()
+        torch.manual_seed(11)
+        config = CompressionConfig(bits=2, group_size=32, backend=name)
+        compressed_linear(x.to(device), weight, None, config).sum().backward()
+        grads.append(weight.grad.cpu())
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+    assert grads[0][:, :32].abs().max() > 1e5  # the exact group reached the gradient
+
+
 class _TorchCalls(TorchDispatchMode):
     """Names of the torch ops dispatched while active, except inside Triton kernel launches (under the
     interpreter a launch runs torch ops of its own)."""
@@ -286,9 +393,9 @@ class _TorchCalls(TorchDispatchMode):
 
 def test_triton_host_calls_per_quantize_and_dequantize(backend, monkeypatch):
     """On a GPU every torch call costs the host ~10 us, and the host sets the pace of a sampled model's
-    compressed step: a quantize of a contiguous tensor without exact groups makes 8 calls besides its one
-    kernel launch (the seed draw and its read, 4 allocations, the exact-group check and its read), a
-    dequantize 1 (its output), and packing or unpacking a mask 1 (its output)."""
+    compressed step: a quantize of a contiguous tensor without exact groups makes 6 calls besides its one
+    kernel launch (the seed draw and its read, 4 allocations; the kernel writes the exact-group answer to
+    host memory), a dequantize 1 (its output), and packing or unpacking a mask 1 (its output)."""
     kind, device = backend
     if kind != Backend.TRITON:
         pytest.skip("Triton host path")
@@ -324,12 +431,24 @@ def test_triton_host_calls_per_quantize_and_dequantize(backend, monkeypatch):
         with calls:
             out = dequantize(packed, config)
         views = 4 if metadata_dtype == "bf16" else 0  # bf16 metadata goes to the kernels as int16 views (2 calls each)
-        assert len(quantize_calls) <= 8 + views, (metadata_dtype, quantize_calls)
+        assert len(quantize_calls) <= 6 + views, (metadata_dtype, quantize_calls)
         assert len(calls.names) <= 1 + views, (metadata_dtype, calls.names)
         torch.manual_seed(3)
         ref = quantize_ref(x, config, draw_seed())  # the seed the counted call drew
         assert_same_packed(packed, ref)
         assert_same_dequantized(out, dequantize_ref(ref))
+        # Deferred (what tinykg.nn uses): the same calls; resolving reads the kernel's word in host memory
+        # after an event, with no torch call.
+        torch.manual_seed(3)
+        calls.names = []
+        with calls:
+            deferred = quantize(x, config, defer_exact=True)
+        deferred_calls, calls.names = calls.names, []
+        assert deferred.pending is not None
+        with calls:
+            deferred.resolve()
+        assert deferred_calls == quantize_calls and calls.names == [], (deferred_calls, calls.names)
+        assert_same_packed(deferred, ref)
     mask = x > 0  # a ReLU mask: one allocation each way besides the launch
     calls.names = []
     with calls:

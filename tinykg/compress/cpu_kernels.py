@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import CompressionConfig
-from .packed import PackedActivation, PackedMeta, narrowest_int_dtype, no_exact_groups
+from .packed import PackedActivation, PackedMeta, gather_exact, narrowest_int_dtype, no_exact_groups, scatter_exact
 from .reference import resolve_group_size
 from .rng import seed_key
 
@@ -681,36 +681,6 @@ def quantize_cpu(x: torch.Tensor, config: CompressionConfig, seed: int) -> Packe
     else:
         exact_index, exact_values = plan.no_exact
     return PackedActivation(codes, scale, zero_point, exact_index, exact_values, plan.meta)
-
-
-def gather_exact(flags: torch.Tensor, flat: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of flagged groups (narrowest int dtype) and their padded values in ``flat``'s dtype.
-
-    Args:
-        flags: (num_groups,) nonzero where a group is kept exactly. flat: the input, contiguous (any shape,
-            read as (numel,)).
-    Returns:
-        exact_index (num_exact,), exact_values (num_exact, group_size).
-    """
-    index_dtype = narrowest_int_dtype(max(flags.numel() - 1, 0))
-    # One cheap reduction (and sync) in the usual case of no exact group, instead of nonzero's scan; the
-    # empty results are the shared ones (each torch call costs a GPU host ~10 us).
-    if not bool(flags.any()):
-        return no_exact_groups(flat.device, index_dtype, flat.dtype, group_size)
-    flat = flat.reshape(-1)
-    index = flags.nonzero().squeeze(1)
-    # Clamping to the last element is the reference's padding.
-    positions = index.unsqueeze(1) * group_size + torch.arange(group_size, device=flat.device)
-    values = flat[positions.clamp_(max=flat.numel() - 1)]
-    return index.to(index_dtype), values
-
-
-def scatter_exact(out: torch.Tensor, packed: PackedActivation) -> None:
-    """Write the exactly-kept groups of ``packed`` into ``out`` ((numel,), the output dtype) in place."""
-    group_size = packed.meta.group_size
-    positions = packed.exact_index.long().unsqueeze(1) * group_size + torch.arange(group_size, device=out.device)
-    keep = positions < out.numel()
-    out[positions[keep]] = packed.exact_values.to(out.dtype)[keep]
 
 
 def dequantize_cpu(packed: PackedActivation) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -116,9 +117,33 @@ class PackedActivation:
     exact_index: torch.Tensor
     exact_values: torch.Tensor
     meta: PackedMeta
+    # Set by a quantizer that has not read its exact-group check back yet (`resolve` reads it).
+    pending: PendingExact | None = field(default=None, compare=False, repr=False)
+
+    def resolve(self) -> "PackedActivation":
+        """This object, its exact groups final: reads back a deferred check (`PendingExact`).
+
+        Waits for the quantize kernel only (not for the work queued after it), gathers the groups it flagged
+        from the input it kept (rare), then drops that input. Resolved in place: every holder of this object
+        (the intermediate cache of `tinykg.nn`) sees the same final tensors.
+        """
+        pending = self.pending
+        if pending is None:
+            return self
+        if pending.signal.wait_any() is not False:  # some exact group, or the answer was lost
+            if pending.source._version != pending.version and bool(pending.flags.any()):
+                raise RuntimeError(
+                    "tinykg: a quantized tensor was modified in place before its exact groups were read back; "
+                    "save the packed copy (tinykg.nn._saved.save) before changing the tensor in place")
+            index, values = gather_exact(pending.flags, pending.source, self.meta.group_size)
+            object.__setattr__(self, "exact_index", index)  # frozen for users; the one place it changes
+            object.__setattr__(self, "exact_values", values)
+        object.__setattr__(self, "pending", None)
+        return self
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors to hand to ``ctx.save_for_backward`` (rebuild with `from_tensors`)."""
+        self.resolve()
         return (self.codes, self.scale, self.zero_point, self.exact_index, self.exact_values)
 
     @classmethod
@@ -142,3 +167,48 @@ class PackedActivation:
     @property
     def device(self) -> torch.device:
         return self.codes.device
+
+
+class ExactSignal(Protocol):
+    def wait_any(self) -> bool | None:
+        """Whether some group of the call must be kept exactly, once the device has said so (waits for it);
+        None when the answer was lost (then the flags are read directly)."""
+
+
+class PendingExact(NamedTuple):
+    """An exact-group check the device has not answered yet (``quantize(..., defer_exact=True)``)."""
+
+    flags: torch.Tensor  # (num_groups,) uint8: nonzero where the group must be kept exactly
+    source: torch.Tensor  # the quantizer's contiguous input, kept until the check is read
+    version: int  # source._version when quantized: an in-place change before `resolve` is an error
+    signal: ExactSignal
+
+
+def gather_exact(flags: torch.Tensor, flat: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of flagged groups (narrowest int dtype) and their padded values in ``flat``'s dtype.
+
+    Args:
+        flags: (num_groups,) nonzero where a group is kept exactly. flat: the input, contiguous (any shape,
+            read as (numel,)).
+    Returns:
+        exact_index (num_exact,), exact_values (num_exact, group_size).
+    """
+    index_dtype = narrowest_int_dtype(max(flags.numel() - 1, 0))
+    # One cheap reduction (and sync) in the usual case of no exact group, instead of nonzero's scan; the
+    # empty results are the shared ones (each torch call costs a GPU host ~10 us).
+    if not bool(flags.any()):
+        return no_exact_groups(flat.device, index_dtype, flat.dtype, group_size)
+    flat = flat.reshape(-1)
+    index = flags.nonzero().squeeze(1)
+    # Clamping to the last element is the reference's padding.
+    positions = index.unsqueeze(1) * group_size + torch.arange(group_size, device=flat.device)
+    values = flat[positions.clamp_(max=flat.numel() - 1)]
+    return index.to(index_dtype), values
+
+
+def scatter_exact(out: torch.Tensor, packed: PackedActivation) -> None:
+    """Write the exactly-kept groups of ``packed`` into ``out`` ((numel,), the output dtype) in place."""
+    group_size = packed.meta.group_size
+    positions = packed.exact_index.long().unsqueeze(1) * group_size + torch.arange(group_size, device=out.device)
+    keep = positions < out.numel()
+    out[positions[keep]] = packed.exact_values.to(out.dtype)[keep]

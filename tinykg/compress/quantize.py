@@ -27,6 +27,9 @@ class BackendImpl:
     quantize: Callable[[torch.Tensor, CompressionConfig, int], PackedActivation]
     dequantize: Callable[[PackedActivation], torch.Tensor]
     available: Callable[[torch.device], bool]
+    # ``quantize`` whose result may be pending (`PackedActivation.resolve`), for a device that runs
+    # asynchronously; None: ``quantize`` is used (its results are always final).
+    deferred_quantize: Callable[[torch.Tensor, CompressionConfig, int], PackedActivation] | None = None
 
 
 class _Registry(dict):
@@ -93,6 +96,7 @@ def quantize(
     *,
     generator: torch.Generator | None = None,
     seed: int | None = None,
+    defer_exact: bool = False,
 ) -> PackedActivation:
     """Quantize ``x`` with unbiased stochastic rounding into a `PackedActivation`.
 
@@ -103,16 +107,22 @@ def quantize(
             CPU generator, so ``torch.manual_seed`` makes runs reproducible).
         seed: use this 32-bit seed instead of drawing one. Same seed, same input -> identical codes on
             every backend.
+        defer_exact: the result may be pending: whether any group must be kept exactly is read back from the
+            device only at `PackedActivation.resolve` (called by `tinykg.nn`'s save and by `dequantize`),
+            so the host does not wait for the device here. ``x`` must not change in place before then.
     """
     _check_input(x)
     if seed is None:
         seed = draw_seed(generator) if config.stochastic else 0
     if x.requires_grad and torch.is_grad_enabled():  # off inside an autograd Function's forward: no call
         x = x.detach()
-    return resolve_backend(config.backend, x.device).quantize(x, config, seed)
+    impl = resolve_backend(config.backend, x.device)
+    if defer_exact and impl.deferred_quantize is not None:
+        return impl.deferred_quantize(x, config, seed)
+    return impl.quantize(x, config, seed)
 
 
 def dequantize(packed: PackedActivation, config: CompressionConfig | None = None) -> torch.Tensor:
     """Tensor of the original shape and dtype (contiguous) from a `PackedActivation`."""
     backend = config.backend if config is not None else Backend.AUTO
-    return resolve_backend(backend, packed.device).dequantize(packed)
+    return resolve_backend(backend, packed.device).dequantize(packed.resolve())

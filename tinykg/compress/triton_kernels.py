@@ -19,10 +19,13 @@ Bit-exactness with the reference: the kernels are launched with ``enable_fp_fusi
 ``s * B + z`` or ``code * s + z`` would round once instead of twice), and ``1/s`` and ``(M - z) / B`` use
 ``div_rn`` (Triton's plain ``/`` on NVIDIA may be the approximate ``div.full.f32``).
 
-Exact groups are flagged by the kernel and gathered / scattered by index in PyTorch: one ``any`` (and
-``nonzero`` only if some group is exact) syncs with the device, as the reference's ``nonzero`` does, because
-``exact_index`` has a data-dependent size. fp16 inputs are loaded natively, bf16 ones through an int16 view (the
-interpreter has no bf16), and the same for bf16 metadata and outputs.
+Exact groups are flagged by the kernel and gathered / scattered by index in PyTorch. ``exact_index`` has a
+data-dependent size, so the host must learn whether any group is exact: the kernel also sets one word of
+pinned host memory (`_FlagWords`), and the host reads it after an event, at once or, with ``defer_exact``
+(what `tinykg.nn` uses), when the packed copy is saved (`PackedActivation.resolve`).
+
+fp16 inputs are loaded natively, bf16 ones through an int16 view (the interpreter has no bf16), and the same
+for bf16 metadata and outputs.
 
 Without a GPU the kernels run on CPU tensors under ``TRITON_INTERPRET=1`` (the tests do this), which must
 be set before Triton is imported. Triton is imported, and the kernels built, on first use.
@@ -30,15 +33,25 @@ be set before Triton is imported. Triton is imported, and the kernels built, on 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+from functools import partial
 from typing import NamedTuple
 
 import torch
 
 from .config import CompressionConfig
-from .cpu_kernels import gather_exact, scatter_exact
-from .packed import PackedActivation, PackedMeta, pack_codes
+from .packed import (
+    PackedActivation,
+    PackedMeta,
+    PendingExact,
+    gather_exact,
+    narrowest_int_dtype,
+    no_exact_groups,
+    pack_codes,
+    scatter_exact,
+)
 from .reference import resolve_group_size
 from .rng import seed_key
 
@@ -283,8 +296,8 @@ def store_codes(v, rows, col, num_groups, zf, inv, exact, key, G, codes_ptr, c, 
         tl.store(codes_ptr + offs, q.to(tl.uint8), mask=(g < num_groups) & (col < G))
 
 
-def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, numel, num_groups, G, bytes_per_group,
-                    key_i32, BITS: tl.constexpr, LEVELS: tl.constexpr, MD: tl.constexpr,
+def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, any_ptr, numel, num_groups, G,
+                    bytes_per_group, key_i32, BITS: tl.constexpr, LEVELS: tl.constexpr, MD: tl.constexpr,
                     MD_SIGN: tl.constexpr, MD_INF: tl.constexpr, IN_BF16: tl.constexpr,
                     STOCHASTIC: tl.constexpr, PACKED: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr,
                     PB: tl.constexpr, NUM_CHUNKS: tl.constexpr, IDX64: tl.constexpr, WORD: tl.constexpr):
@@ -337,6 +350,8 @@ def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, numel, num_g
     md_store(scale_ptr + rows, sb, ok, MD)
     md_store(zp_ptr + rows, zb, ok, MD)
     tl.store(flags_ptr + rows, exact.to(tl.uint8), mask=ok)
+    # One int32 word per call set to 1 if any group is exact: only exact rows store (all the same value).
+    tl.store(any_ptr + rows * 0, tl.full((ROWS,), 1, tl.int32), mask=ok & exact)
     safe = tl.where(sf > 0.0, sf, 1.0)
     inv = tl.where(sf > 0.0, tl.math.div_rn(tl.full((ROWS,), 1.0, tl.float32), safe), 0.0)
 
@@ -444,10 +459,12 @@ def _md_arg(t: torch.Tensor) -> torch.Tensor:
 
 
 def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, group_size: int,
-                    tuning: tuple[int, int, bool] | None = None):
+                    tuning: tuple[int, int, bool] | None = None, any_word: torch.Tensor | None = None):
     """Run the quantize kernel on a contiguous ``flat`` (any shape, read as 1-D; numel > 0).
 
     ``tuning`` (elements per program, warps, word stores) overrides ``_QUANTIZE_TUNING[bits]`` (sweeps).
+    ``any_word``: a (1,) int32 the kernel sets to 1 if some group is exact (left as it is otherwise); None:
+    a scratch word on the device.
 
     Returns:
         codes (packed uint8), scale and zero_point ((num_groups,) metadata dtype), flags ((num_groups,)
@@ -472,11 +489,13 @@ def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, gr
     scale = torch.empty(num_groups, dtype=md, device=device)
     zero_point = torch.empty(num_groups, dtype=md, device=device)
     flags = torch.empty(num_groups, dtype=torch.uint8, device=device)
+    if any_word is None:
+        any_word = torch.empty(1, dtype=torch.int32, device=device)
     kind = _MD_KIND[md]
     units_per_group = group_size * bits // 32 if words else group_size // per_byte
     quantize_kernel[(-(-num_groups // rows),)](
         flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat,
-        codes, _md_arg(scale), _md_arg(zero_point), flags, numel,
+        codes, _md_arg(scale), _md_arg(zero_point), flags, any_word, numel,
         num_groups, group_size, units_per_group, _as_i32(seed_key(seed) if config.stochastic else 0),
         BITS=bits, LEVELS=(1 << bits) - 1, MD=kind, MD_SIGN=_MD_SIGN[kind], MD_INF=_MD_INF[kind],
         IN_BF16=flat.dtype == torch.bfloat16, STOCHASTIC=config.stochastic, PACKED=packed_in_kernel,
@@ -488,8 +507,13 @@ def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, gr
     return codes, scale, zero_point, flags
 
 
-def quantize_triton(x: torch.Tensor, config: CompressionConfig, seed: int) -> PackedActivation:
-    """`reference.quantize_ref` as one fused kernel. Same codes, same metadata, same exact groups."""
+def quantize_triton(x: torch.Tensor, config: CompressionConfig, seed: int, *,
+                    defer_exact: bool = False) -> PackedActivation:
+    """`reference.quantize_ref` as one fused kernel. Same codes, same metadata, same exact groups.
+
+    ``defer_exact``: return before the device has said whether some group must be kept exactly; the result
+    is pending until `PackedActivation.resolve` (see `_FlagWords`).
+    """
     group_size = resolve_group_size(x.shape, config)
     meta = PackedMeta(shape=x.shape, dtype=x.dtype, bits=config.bits, group_size=group_size)
     md = config.torch_metadata_dtype
@@ -506,9 +530,104 @@ def quantize_triton(x: torch.Tensor, config: CompressionConfig, seed: int) -> Pa
         x = x.detach()
     # The kernel reads flat indices from the data pointer: a contiguous tensor is used as it is (no view).
     flat = x if x.is_contiguous() else x.reshape(-1).contiguous()
-    codes, scale, zero_point, flags = launch_quantize(flat, config, seed, group_size)
-    exact_index, exact_values = gather_exact(flags, flat, group_size)
-    return PackedActivation(codes, scale, zero_point, exact_index, exact_values, meta)
+    words = _flag_words(flat.device)
+    if words is None:  # this device cannot write host memory: read the flags back at once
+        codes, scale, zero_point, flags = launch_quantize(flat, config, seed, group_size)
+        return PackedActivation(codes, scale, zero_point, *gather_exact(flags, flat, group_size), meta)
+    signal = words.take()
+    codes, scale, zero_point, flags = launch_quantize(flat, config, seed, group_size, any_word=signal.word)
+    signal.record(flat.device)
+    empty = no_exact_groups(flat.device, narrowest_int_dtype(max(meta.num_groups - 1, 0)), flat.dtype, group_size)
+    packed = PackedActivation(codes, scale, zero_point, *empty, meta,
+                              pending=PendingExact(flags, flat, flat._version, signal))
+    return packed if defer_exact else packed.resolve()
+
+
+class _Signal:
+    """One quantize call's answer to "is some group exact?": its word of a `_FlagWords` and, on a GPU, an
+    event recorded after the kernel."""
+
+    __slots__ = ("words", "index", "ticket", "word", "event")
+
+    def __init__(self, words: "_FlagWords", index: int, ticket: int):
+        self.words, self.index, self.ticket = words, index, ticket
+        self.word = words.views[index]
+        self.event = None
+
+    def record(self, device: torch.device) -> None:
+        if device.type == "cuda":
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(device))
+
+    def wait_any(self) -> bool | None:
+        if self.event is not None:
+            self.event.synchronize()  # this kernel only: work queued after it keeps the device busy
+        words = self.words
+        if words.owner[self.index] != self.ticket:
+            return None  # the word was handed out again since (thousands of calls later): unknown
+        return bool(words.host[self.index])
+
+
+class _FlagWords:
+    """int32 words the quantize kernel sets when a call has an exact group, read by the host with no copy.
+
+    The host must learn whether a call kept some group exactly (``exact_index`` has a data-dependent size).
+    ``bool(flags.any())`` makes the host wait for the device at every quantized tensor, and the device then
+    idles while the host launches the next op. On a GPU these words are pinned host memory, which unified
+    addressing maps into the device's address space: the kernel writes the answer straight to the host, an
+    event marks when, and `PackedActivation.resolve` waits for that event only when the packed copy is
+    saved, with the op's remaining work queued behind it. No copy, no extra launch, no stream-wide sync.
+
+    Words are handed out round robin; each remembers its last taker, so a pending answer whose word was
+    taken again (only after ``size`` more calls) reads as unknown and the flags are read instead.
+    """
+
+    def __init__(self, device: torch.device, size: int = 4096):
+        self.words = torch.zeros(size, dtype=torch.int32, pin_memory=device.type == "cuda")
+        self.host = self.words.numpy()
+        self.views = self.words.split(1)  # (1,) views made once: a view costs a GPU host a few us
+        self.owner = [0] * size
+        self.counter = itertools.count(1)
+
+    def take(self) -> _Signal:
+        ticket = next(self.counter)
+        index = ticket % len(self.owner)
+        self.owner[index] = ticket
+        self.host[index] = 0
+        return _Signal(self, index, ticket)
+
+
+# device type -> words, or None where the device cannot take host memory (see `_flag_words`)
+_FLAG_WORDS: dict[str, _FlagWords | None] = {}
+
+
+def _flag_words(device: torch.device) -> _FlagWords | None:
+    """The words for ``device``'s kind. On a GPU, the first use checks that a kernel can write them (mapped
+    pinned memory needs unified addressing; Triton checks every pointer it is given); where it cannot, the
+    flags are read back at once, with one log line."""
+    words = _FLAG_WORDS.get(device.type, False)
+    if words is not False:
+        return words
+    words = _FlagWords(device)
+    if device.type == "cuda":
+        try:
+            _probe_flag_words(words, device)
+        except Exception as err:  # a pointer Triton rejects, or a write that does not arrive
+            log.warning("tinykg: the quantize kernel cannot write pinned host memory on %s (%s); reading "
+                        "exact-group flags back with a sync instead", device, err)
+            words = None
+    _FLAG_WORDS[device.type] = words
+    return words
+
+
+def _probe_flag_words(words: _FlagWords, device: torch.device) -> None:
+    """Quantize a group that must be kept exactly (a NaN) and check that its word says so."""
+    probe = torch.full((32,), float("nan"), device=device)
+    signal = words.take()
+    launch_quantize(probe, CompressionConfig(bits=8, group_size=32), 0, 32, any_word=signal.word)
+    signal.record(device)
+    if signal.wait_any() is not True:
+        raise RuntimeError("the kernel's write to pinned memory did not arrive")
 
 
 def launch_dequantize(packed: PackedActivation) -> torch.Tensor:
@@ -579,7 +698,8 @@ def _register() -> None:
     from .config import Backend
     from .quantize import BackendImpl, register_backend
 
-    register_backend(Backend.TRITON, BackendImpl(quantize_triton, dequantize_triton, available))
+    register_backend(Backend.TRITON, BackendImpl(quantize_triton, dequantize_triton, available,
+                                                 deferred_quantize=partial(quantize_triton, defer_exact=True)))
 
 
 _register()

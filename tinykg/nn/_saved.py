@@ -57,6 +57,8 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     """Packed copy of an activation.
 
     ``is_output``: ``x`` is the op's own fresh output (it has no grad_fn yet inside ``forward``).
+    A packed copy may be pending (`quantize`'s ``defer_exact``): `save` resolves it, so ``x`` must not be
+    changed in place between this call and `save`.
     Kept as is: parameters (held anyway, so a copy would only add memory) and float64 tensors (the
     quantizer's inputs are fp32/fp16/bf16; float64 runs are gradchecks of the hand-written backwards).
     """
@@ -64,7 +66,7 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
         return x
     if x.grad_fn is None and not is_output:
         # Inputs may be fed again next step: they need fresh noise every time, so no caching.
-        return quantize(x, config)
+        return quantize(x, config, defer_exact=True)
     # An intermediate saved by two ops (tanh's output, which the next linear saves too) is quantized
     # once: the packed copy rides on the tensor object, valid while its version counter is unchanged.
     # Intermediates are created anew by every forward pass, so no noise is reused across steps.
@@ -76,7 +78,7 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
             return packed
         meta = packed.meta  # a view of another shape: the same codes (built directly: `replace` is slower)
         return PackedActivation.from_tensors(packed.tensors(), PackedMeta(x.shape, meta.dtype, meta.bits, meta.group_size))
-    packed = quantize(x, config)
+    packed = quantize(x, config, defer_exact=True)  # resolved by `save`
     owner._tinykg_packed = (config, x._version, packed)
     return packed
 
@@ -111,6 +113,7 @@ def save(ctx, *items: Item) -> None:
         if item is None:
             layout.append(("none",))
         elif isinstance(item, PackedActivation):
+            item.resolve()
             if item.exact_index.numel():
                 layout.append(("packed", item.meta))
                 tensors.extend(item.tensors())
