@@ -11,11 +11,11 @@ installed; under 5 minutes, most of it Triton compiling ~50 kernel variants):
 2. throughput for 64M fp32 elements at bits 1/2/4/8: time of quantize+pack and unpack+dequantize as a
    ratio to ``x.clone()`` (a device-to-device copy) measured in the same run, as % of the copy's
    throughput (100 / ratio; the issue's bar is >= 70%) and as bandwidth (bytes the kernel must move per
-   second) in % of the copy's, for the whole backend call (which adds the ``nonzero`` sync that finds exact
-   groups) and for the kernel launch alone; the PyTorch reference on the GPU alongside;
+   second) in % of the copy's, for the whole backend call (which waits for the kernel's exact-group
+   answer) and for the kernel launch alone; the PyTorch reference on the GPU alongside;
 3. model step time (`MODEL_STEPS`, every model at 2 bits against fp32, interleaved): step ratio, CUDA
    allocator peak of one step, exact bytes saved for backward, host time to issue a step, and the ratio
-   with the exact-group sync removed (a timing diagnostic);
+   when the host never waits for the exact-group answer (a timing diagnostic);
 4. optional: ``--sweep`` times the quantize kernel under every launch setting in `SWEEP_SETTINGS` (codes
    checked against the reference); ``--host-overhead`` times the host cost of each layer of a compressed
    save / load; ``--profile`` prints torch.profiler tables of the ``--steps`` selected instead of timing;
