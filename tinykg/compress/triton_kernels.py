@@ -572,11 +572,12 @@ class _FlagWords:
     """int32 words the quantize kernel sets when a call has an exact group, read by the host with no copy.
 
     The host must learn whether a call kept some group exactly (``exact_index`` has a data-dependent size).
-    ``bool(flags.any())`` makes the host wait for the device at every quantized tensor, and the device then
-    idles while the host launches the next op. On a GPU these words are pinned host memory, which unified
-    addressing maps into the device's address space: the kernel writes the answer straight to the host, an
-    event marks when, and `PackedActivation.resolve` waits for that event only when the packed copy is
-    saved, with the op's remaining work queued behind it. No copy, no extra launch, no stream-wide sync.
+    ``bool(flags.any())`` costs two host calls and a stream-wide sync per quantized tensor. On a GPU these
+    words are pinned host memory, which unified addressing maps into the device's address space: the kernel
+    writes the answer straight to the host, an event marks when, and `PackedActivation.resolve` waits for
+    that event only when the packed copy is saved, with the op's remaining work queued behind it. No copy,
+    no extra launch, no stream-wide sync. (On an H200 this left the 2-bit step times unchanged within the
+    noise, session 9: those steps are bound by host calls, not by the syncs; see benchmarks/RESULTS.md.)
 
     Words are handed out round robin; each remembers its last taker, so a pending answer whose word was
     taken again (only after ``size`` more calls) reads as unknown and the flags are read instead.
