@@ -234,3 +234,12 @@ def test_quantize_rejects_bad_input():
         quantize(torch.arange(10), CompressionConfig())
     with pytest.raises(TypeError, match="Tensor"):
         quantize([1.0, 2.0], CompressionConfig())
+
+
+def test_repr_is_one_line_without_the_tensors():
+    packed = quantize(torch.randn(64, 300), CompressionConfig(bits=2), seed=1)
+    text = repr(packed)
+    assert "\n" not in text and len(text) < 200
+    assert "shape=(64, 300)" in text and "bits=2" in text and "0 exact groups" in text
+    with_nan = quantize(torch.tensor([1.0, float("nan")] * 40), CompressionConfig(bits=2, group_size=32), seed=1)
+    assert "3 exact groups" in repr(with_nan)

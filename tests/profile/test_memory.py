@@ -67,3 +67,11 @@ def test_tracker_composes_with_compression_in_either_order():
     for packed in (outer, modules):
         ratio = fp32.report().total_bytes / packed.report().total_bytes
         assert 0.97 * config.ideal_ratio() <= ratio <= config.ideal_ratio() * 1.01
+
+
+def test_report_table_aligns_the_total_with_short_names():
+    from tinykg.profile import ActivationReport
+
+    rows = ActivationReport(1_500, {"fc": 1_000, "ab": 500}).table().splitlines()
+    assert rows[-1].startswith("total") and len({len(row) for row in rows}) == 1
+    assert rows[0].split() == ["fc", "1,000", "B"]

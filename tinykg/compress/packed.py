@@ -93,7 +93,7 @@ class PackedMeta:
         return -(-self.numel // self.group_size) if self.group_size else 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PackedActivation:
     """A quantized copy of a floating tensor, as kept for the backward pass.
 
@@ -150,6 +150,13 @@ class PackedActivation:
     def from_tensors(cls, tensors: tuple[torch.Tensor, ...] | list[torch.Tensor], meta: PackedMeta) -> "PackedActivation":
         codes, scale, zero_point, exact_index, exact_values = tensors
         return cls(codes, scale, zero_point, exact_index, exact_values, meta)
+
+    def __repr__(self) -> str:
+        """One line: the tensors themselves (thousands of values) are left out."""
+        meta = self.meta
+        state = ", exact groups pending" if self.pending is not None else f", {self.exact_index.numel()} exact groups"
+        return (f"PackedActivation(shape={tuple(meta.shape)}, dtype={meta.dtype}, bits={meta.bits}, "
+                f"group_size={meta.group_size}, metadata={self.scale.dtype}, device={self.device}{state})")
 
     @property
     def nbytes(self) -> int:

@@ -48,7 +48,7 @@ class ActivationReport:
     cuda_peak_bytes: int | None = None
 
     def table(self) -> str:
-        width = max((len(k) for k in self.by_op), default=10)
+        width = max((len(k) for k in (*self.by_op, "total")))
         rows = [f"{op:<{width}}  {n:>14,d} B" for op, n in sorted(self.by_op.items(), key=lambda kv: -kv[1])]
         rows.append(f"{'total':<{width}}  {self.total_bytes:>14,d} B")
         return "\n".join(rows)
