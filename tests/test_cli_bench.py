@@ -62,3 +62,14 @@ def test_bench_unknown_name_is_a_usage_error():
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", "nonsense"])
     assert exc.value.code == 2
+
+
+def test_bench_scripts_import_their_sibling_scripts(tmp_path, monkeypatch):
+    # bench_fp32_cannot.py imports bench_capacity.py, as `python benchmarks/bench_fp32_cannot.py` allows.
+    (tmp_path / "bench_models.py").write_text("def main(argv):\n    return 0\n")
+    (tmp_path / "tinykg_sibling_for_test.py").write_text("ANSWER = 7\n")
+    (tmp_path / "bench_step.py").write_text(
+        "import tinykg_sibling_for_test\n\ndef main(argv):\n    return tinykg_sibling_for_test.ANSWER\n")
+    monkeypatch.setattr(cli, "_benchmarks_root", lambda: tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the path entry the command adds is undone after the test
+    assert cli.main(["bench", "step"]) == 7

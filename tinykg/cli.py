@@ -37,10 +37,16 @@ def _group_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a power of two or 'row', got {text!r}") from None
 
 
+# --set values a user may spell the Python or shell way; anything else is read as JSON, else kept as text.
+_WORDS = {"none": None, "null": None, "true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def _override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
+    if value.strip().lower() in _WORDS:
+        return key, _WORDS[value.strip().lower()]
     try:
         return key, json.loads(value)
     except json.JSONDecodeError:
@@ -97,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train and evaluate a model (default: KGCN on synthetic data, 2-bit)")
     train.add_argument("--model", default="kgcn", choices=CTR_MODEL_NAMES + TOPK_MODEL_NAMES, help="CTR models (AUC/F1) or full-graph top-K models (Recall/NDCG@20)")
     train.add_argument("--data", metavar="DIR", help="dataset directory (default: the built-in synthetic dataset)")
-    train.add_argument("--synthetic", default="default", type=_synthetic_size, metavar="SIZE", help="without --data: synthetic size 'toy', 'default' or a number of KG triples")
+    train.add_argument("--synthetic", type=_synthetic_size, metavar="SIZE", help="without --data: synthetic size 'toy', 'default' (the default) or a number of KG triples")
     train.add_argument("--format", dest="fmt", choices=("kgcn", "lastfm-raw", "kgat", "recbole"), help="dataset format (default: detected)")
     train.add_argument("--bits", type=int, default=2, choices=BITS_CHOICES, help="activation storage bits; 32 = no compression (default 2)")
     train.add_argument(
@@ -110,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_positive_float, help="Adam learning rate (default: published setting)")
     train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument("--patience", type=_non_negative_int, default=0, help="early stopping: validation evaluations without a better AUC (CTR models, one per epoch) or Recall@20 (top-K models, one per eval_every epochs) before training stops (0: off)")
-    train.add_argument("--hparams", choices=("lastfm", "book", "synthetic", "recbole"), help="published hyper-parameter set to start from (default: from the dataset name)")
+    train.add_argument("--hparams", choices=("lastfm", "book", "synthetic", "recbole"), help="published hyper-parameter set to start from (default: from the dataset name; recbole: top-K models only)")
     train.add_argument("--set", dest="overrides", type=_override, action="append", default=[], metavar="KEY=VALUE", help="override a model hyper-parameter, e.g. --set embedding_dim=32")
     train.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     train.add_argument("--nproc", type=_positive_int, default=1, metavar="N", help="data-parallel training on N local processes (DDP: gloo on CPU, NCCL on CUDA with one GPU each); --batch-size stays the global batch. Under torchrun leave it out")
@@ -154,6 +160,13 @@ def _cmd_train(args) -> int:
 
     if args.resume and not args.checkpoint:
         raise ValueError("--resume needs --checkpoint DIR")
+    if args.data is not None and args.synthetic is not None:
+        raise ValueError("--synthetic chooses the built-in data: leave it out with --data")
+    # Checked before training, not after the first epoch.
+    if args.checkpoint and Path(args.checkpoint).exists() and not Path(args.checkpoint).is_dir():
+        raise ValueError(f"--checkpoint {args.checkpoint}: is a file; give a directory")
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: is a directory; give a file name")
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -182,7 +195,7 @@ def _train_and_report(args, device: str) -> int:
     from .train import distributed
     from .train.run import load_or_generate, train_ctr, write_json_atomic
 
-    dataset = load_or_generate(args.data, args.fmt, synthetic_size=args.synthetic)
+    dataset = load_or_generate(args.data, args.fmt, synthetic_size=args.synthetic or "default")
     overrides = dict(args.overrides)
     for name in ("epochs", "batch_size", "lr"):
         value = getattr(args, name)
@@ -274,6 +287,9 @@ def _cmd_bench(args) -> int:
         raise FileNotFoundError(f"{path}: no such benchmark script in this checkout")
     spec = importlib.util.spec_from_file_location(f"tinykg_bench_{args.script}", path)
     module = importlib.util.module_from_spec(spec)
+    # As `python benchmarks/SCRIPT.py` would: the scripts import each other (bench_fp32_cannot uses bench_capacity).
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     try:
         spec.loader.exec_module(module)
     except ModuleNotFoundError as err:

@@ -52,6 +52,14 @@ def test_cli_train_uncompressed_baseline(tmp_path):
         (["train", "--data", "/nonexistent/dir"], "nonexistent"),
         (["train", "--synthetic", "toy", "--set", "no_such_param=3", "--epochs", "1", "--quiet"], "no_such_param"),
         (["train", "--synthetic", "toy", "--batch-size", "100000", "--epochs", "1", "--quiet"], "batch_size"),
+        # --set values have their setting's type, checked before anything is trained.
+        (["train", "--synthetic", "toy", "--set", "drop_last=maybe", "--quiet"], "drop_last must be true or false"),
+        (["train", "--synthetic", "toy", "--set", "l2_weight=-1", "--quiet"], "l2_weight must be a number >= 0"),
+        (["train", "--synthetic", "toy", "--set", "embedding_dim=8.5", "--quiet"], "embedding_dim must be an integer"),
+        (["train", "--model", "kgat", "--synthetic", "toy", "--set", "layer_sizes=[8,x]", "--quiet"], "layer_sizes must be a list"),
+        (["train", "--synthetic", "toy", "--data", "/nonexistent/dir"], "--synthetic"),
+        (["train", "--synthetic", "toy", "--checkpoint", __file__], "is a file"),
+        (["train", "--synthetic", "toy", "--out", str(Path(__file__).parent)], "is a directory"),
     ],
 )
 def test_cli_bad_input_one_line_error(capsys, argv, message):
@@ -113,3 +121,18 @@ def test_write_json_atomic_gives_the_file_open_permissions(tmp_path):
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_cli_set_accepts_python_and_shell_spellings(tmp_path):
+    result = _train(tmp_path, "--set", "drop_last=False", "--set", "head_bits=None", "--epochs", "1")
+    assert result["hyperparameters"]["drop_last"] is False and result["hyperparameters"]["head_bits"] is None
+    result = _train(tmp_path, "--set", "drop_last=yes", "--epochs", "1", name="yes.json")
+    assert result["hyperparameters"]["drop_last"] is True
+
+
+def test_cli_results_name_the_hyperparameter_set_and_the_backend_that_ran(tmp_path):
+    result = _train(tmp_path, "--epochs", "1", "--backend", "torch")
+    assert result["hparams"] == "synthetic"
+    assert result["compression"]["backend"] == "torch" and result["compression"]["backend_used"] == "torch"
+    result = _train(tmp_path, "--epochs", "1", "--hparams", "lastfm", name="lastfm.json")
+    assert result["hparams"] == "lastfm" and result["hyperparameters"]["batch_size"] == 128

@@ -66,7 +66,41 @@ def test_resume_refuses_other_settings(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     assert main([*TRAIN[:-3], "--epochs", "1", "--seed", "5", "--quiet", "--checkpoint", str(ckpt)]) == 0
     assert main([*TRAIN[:-3], "--epochs", "2", "--seed", "6", "--quiet", "--checkpoint", str(ckpt), "--resume"]) == 2
-    assert "different settings" in capsys.readouterr().err
+    assert "other settings (checkpoint -> this run: training (epochs: 1 -> 2; seed: 5 -> 6))" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (["--synthetic", "toy", "--bits", "8"], "bits: 2 -> 8"),
+        (["--synthetic", "toy", "--model", "kgnn-ls"], "class: KGCN -> KGNNLS"),
+        (["--synthetic", "toy", "--set", "embedding_dim=8"], "user_embedding: [50, 16] -> [50, 8]"),
+        (["--synthetic", "default"], "user_embedding: [50, 16] -> [1000, 16]"),
+    ],
+)
+def test_resume_refuses_another_model_and_names_what_differs(tmp_path, capsys, change, named):
+    # Without this check a resumed run would mix bit widths under one label, or fail deep in load_state_dict.
+    ckpt = tmp_path / "ckpt"
+    base = ["train", "--epochs", "2", "--quiet", "--checkpoint", str(ckpt)]
+    assert main([*base, "--synthetic", "toy"]) == 0
+    capsys.readouterr()
+    assert main([*base, *change, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tinykg: error:") and named in err[0], err
+
+
+def test_resume_from_a_checkpoint_without_identity_is_a_clean_error(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    base = ["train", "--synthetic", "toy", "--epochs", "2", "--quiet", "--checkpoint", str(ckpt)]
+    assert main(base) == 0
+    saved = load_checkpoint(ckpt)
+    del saved["identity"]  # as written before checkpoints stored the model's identity
+    saved.pop("rng")
+    save_checkpoint(ckpt, saved)
+    capsys.readouterr()
+    assert main([*base, "--set", "embedding_dim=8", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit this model" in err[0], err
 
 
 def test_non_finite_loss_stops_with_epoch_and_step(tmp_path, capsys):

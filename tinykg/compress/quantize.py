@@ -67,6 +67,13 @@ def resolve_backend(backend: Backend, device: torch.device) -> BackendImpl:
     return impl
 
 
+def backend_in_use(backend: Backend | str, device: torch.device | str) -> Backend:
+    """The backend `quantize` runs when asked for ``backend`` on ``device`` (``auto`` and unavailable
+    backends resolved), e.g. for a results file."""
+    impl = resolve_backend(Backend(backend), torch.device(device))
+    return next(name for name, candidate in BACKENDS.items() if candidate is impl)
+
+
 def _resolve(backend: Backend, device: torch.device) -> BackendImpl:
     if backend == Backend.AUTO:
         for candidate in AUTO_ORDER.get(device.type, ()):

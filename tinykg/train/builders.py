@@ -7,6 +7,8 @@ rows. Override order: ``DEFAULTS[name][dataset_key]``, then ``overrides``; unkno
 
 from __future__ import annotations
 
+import math
+
 from torch import nn
 
 from ..compress import CompressionConfig
@@ -55,8 +57,40 @@ def settings_for(name: str, table: dict[str, dict], dataset_key: str, overrides:
     unknown = sorted(set(overrides or {}) - set(params))
     if unknown:
         raise ValueError(f"unknown hyper-parameter(s) for {name}: {', '.join(unknown)}; allowed: {', '.join(params)}")
+    for key, value in (overrides or {}).items():
+        _check_override(name, key, value, params[key])
     params.update(overrides or {})
     return params
+
+
+# Settings that may be switched off with None (the scoring head then uses the compression config's bits).
+_NULLABLE = frozenset({"head_bits"})
+
+
+def _check_override(name: str, key: str, value, default) -> None:
+    """An override has its default's type: bool for bool, int for int, a number >= 0 for float (every float
+    setting is a rate, a weight or a probability), text for text, a list of ints for a tuple. The model
+    checks ranges and choices beyond that."""
+    if value is None and key in _NULLABLE:
+        return
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok = (isinstance(value, int) and not isinstance(value, bool)) or (key == "group_size" and value == "row")
+        expected = "an integer" + (" or 'row'" if key == "group_size" else "")
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        expected = "a number >= 0"
+    elif isinstance(default, str):
+        ok, expected = isinstance(value, str), "text"
+    elif isinstance(default, tuple):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        expected = "a list of integers, e.g. [64,32,16]"
+    else:
+        return
+    if not ok:
+        also = " or null" if key in _NULLABLE else ""
+        raise ValueError(f"{name} hyper-parameter {key} must be {expected}{also}, got {value!r}")
 
 
 def build_ctr_model(

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..compress import CompressionConfig
+from ..compress.quantize import backend_in_use
 from ..profile import ActivationTracker
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
@@ -63,6 +64,44 @@ class TrainConfig:
         return {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "drop_last")}
 
 
+def config_dict(compression: CompressionConfig | None) -> dict | None:
+    """A compression config as plain values (enums by their value): for results files and checkpoints."""
+    if compression is None:
+        return None
+    return {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(compression).items()}
+
+
+def model_identity(model: nn.Module) -> dict:
+    """What a checkpoint's model must share with the model that resumes from it: its class, how it stores
+    activations, and the shape of every parameter and buffer (these follow from the dataset and the
+    model's sizes). The quantizer backend is left out: every backend gives the same codes."""
+    compression = config_dict(getattr(model, "compression", None))
+    if compression is not None:
+        compression.pop("backend")
+    return {
+        "class": type(model).__name__,
+        "compression": compression,
+        "head_bits": getattr(model, "head_bits", None),
+        "shapes": {name: list(t.shape) for name, t in model.state_dict().items()},
+    }
+
+
+def _differences(saved: dict, current: dict, limit: int = 3) -> str:
+    """The first ``limit`` entries where two flat-or-nested settings dicts differ, as
+    ``key: checkpoint value -> this run's value``."""
+    out = []
+    for key in list(saved) + [k for k in current if k not in saved]:
+        old, new = saved.get(key, "absent"), current.get(key, "absent")
+        if isinstance(old, dict) and isinstance(new, dict):
+            inner = _differences(old, new, limit)
+            if inner:
+                out.append(f"{key} ({inner})")
+        elif old != new:
+            out.append(f"{key}: {old} -> {new}")
+    shown = "; ".join(out[:limit])
+    return shown + (f"; {len(out) - limit} more" if len(out) > limit else "")
+
+
 @dataclass
 class TrainResult:
     metrics: dict[str, float]
@@ -75,13 +114,22 @@ class TrainResult:
     peak_memory_bytes: int | None = None
 
 
+def count_of(n: int, noun: str) -> str:
+    """``"1 epoch"``, ``"3 epochs"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def results_payload(
     model_name: str, dataset, bits: int, seed: int, metrics: dict, result: TrainResult, fp32_bytes: int | None,
-    params: dict, compression: CompressionConfig | None, device: str, **extra,
+    params: dict, compression: CompressionConfig | None, device: str, *, hparams: str, **extra,
 ) -> dict:
-    """The results-file payload (schema in the README) shared by the CTR and top-K runs; ``extra`` keys
-    (e.g. the top-K split sizes) are added before ``device``."""
+    """The results-file payload (schema in the README) shared by the CTR and top-K runs. ``hparams``: the
+    name of the published hyper-parameter set ``params`` started from; ``extra`` keys (e.g. the top-K split
+    sizes) are added before ``device``."""
     fp32_bytes = fp32_bytes if fp32_bytes is not None else result.activation_bytes
+    stored = config_dict(compression)
+    if stored is not None:  # what ran: a backend that is unavailable falls back to the reference
+        stored["backend_used"] = backend_in_use(compression.backend, device).value
     return {
         "model": model_name,
         "dataset": dataset.name,
@@ -97,10 +145,9 @@ def results_payload(
         "best_epoch": result.best_epoch,
         "history": result.history,
         "activation_bytes_by_op": result.activation_bytes_by_op,
+        "hparams": hparams,
         "hyperparameters": {k: (list(v) if isinstance(v, tuple) else v) for k, v in params.items()},
-        "compression": None
-        if compression is None
-        else {k: (v.value if hasattr(v, "value") else v) for k, v in asdict(compression).items()},
+        "compression": stored,
         "dataset_info": dataset.info(),
         **extra,
         "device": device,
@@ -175,7 +222,8 @@ def fit_ctr(
     num_rows = len(users)
     num_batches = num_rows // config.batch_size if config.drop_last else math.ceil(num_rows / config.batch_size)
     if num_batches == 0:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {num_rows} training rows")
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {num_rows} training rows: use a smaller batch size "
+                         "(--batch-size)")
 
     local_batch = distributed.per_rank_batch_size(config.batch_size)
     first = (users[:local_batch], items[:local_batch], labels[:local_batch])
@@ -183,15 +231,27 @@ def fit_ctr(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    identity = model_identity(model)
     state = {"epoch": 0, "best_auc": -math.inf, "best_epoch": 0, "best_state": None, "bad_epochs": 0, "history": [], "epoch_seconds": []}
     if config.resume:
         saved = load_checkpoint(config.checkpoint_dir)
         if saved is None:
             log(f"no checkpoint in {config.checkpoint_dir}: starting from scratch")
         else:
-            if saved["train_config"] != config.fingerprint():
-                raise ValueError(f"{config.checkpoint_dir}: checkpoint was written with different settings {saved['train_config']}")
-            model.load_state_dict(saved["model"])
+            written = {"training": saved["train_config"], "model": saved.get("identity", identity)}
+            wanted = {"training": config.fingerprint(), "model": identity}
+            if written != wanted:
+                raise ValueError(
+                    f"{config.checkpoint_dir}: the checkpoint was written by a run with other settings "
+                    f"(checkpoint -> this run: {_differences(written, wanted)}); resume with the same settings "
+                    "or write to another checkpoint directory"
+                )
+            try:
+                model.load_state_dict(saved["model"])
+            except RuntimeError as err:  # a checkpoint written before identities were stored
+                raise ValueError(f"{config.checkpoint_dir}: the checkpoint does not fit this model "
+                                 f"({' '.join(line.strip() for line in str(err).splitlines()[:2])}); resume with the same model, "
+                                 "data and settings") from None
             optimizer.load_state_dict(saved["optimizer"])
             set_rng_state(saved["rng"])
             state = {k: saved[k] for k in state}
@@ -234,10 +294,11 @@ def fit_ctr(
         if config.checkpoint_dir and distributed.is_main():
             save_checkpoint(
                 config.checkpoint_dir,
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "train_config": config.fingerprint(), **state},
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "train_config": config.fingerprint(),
+                 "identity": identity, **state},
             )
         if config.patience and state["bad_epochs"] >= config.patience:
-            log(f"early stop: no better validation AUC for {config.patience} epochs")
+            log(f"early stop: no better validation AUC for {count_of(config.patience, 'epoch')}")
             break
     best_state = state["best_state"]
     if best_state is not None:

@@ -14,7 +14,7 @@ from ..compress import CompressionConfig
 from ..data import Dataset, SyntheticConfig, ctr_split, load_dataset, make_synthetic
 from . import distributed
 from .builders import build_ctr_model, group_size_for_bits, hyperparameters
-from .loop import TrainConfig, fit_ctr, measure_step_activation, results_payload, seed_everything
+from .loop import TrainConfig, count_of, fit_ctr, measure_step_activation, results_payload, seed_everything
 
 CTR_MODELS = ("kgcn", "kgnn-ls", "ripplenet", "ckan")
 DATASET_KEYS = ("lastfm", "book", "synthetic")
@@ -139,9 +139,11 @@ def train_ctr(
     log(
         f"tinykg: {model_name} on {dataset.name} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
         f"{dataset.kg.num_triples:,} triples), {'fp32' if compression is None else f'{bits}-bit'} activations, "
-        f"{params['epochs']} epochs, batch {params['batch_size']}, seed {seed}"
+        f"{count_of(params['epochs'], 'epoch')}, batch {params['batch_size']}, lr {params['lr']}, seed {seed}, "
+        f"{key!r} hyper-parameters"
         + (f", {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
     )
     result = fit_ctr(model, train, valid, test, config, log=log)
     metrics = {"auc": result.metrics["auc"], "f1": result.metrics["f1"]}
-    return results_payload(model_name, dataset, bits, seed, metrics, result, fp32_bytes, params, compression, device)
+    return results_payload(model_name, dataset, bits, seed, metrics, result, fp32_bytes, params, compression, device,
+                           hparams=key)

@@ -37,7 +37,7 @@ from ..data.ckg import CollaborativeGraph, build_ckg, kg_with_inverse
 from ..models import TOPK_DEFAULTS, TOPK_MODELS
 from . import distributed
 from .builders import settings_for
-from .loop import TrainingError, TrainResult, measure_step_activation, results_payload, seed_everything
+from .loop import TrainingError, TrainResult, count_of, measure_step_activation, results_payload, seed_everything
 
 # (test_ratio, valid_ratio) of the per-user split; valid_ratio applies to what is left after the test part.
 SPLITS = {"lastfm": (0.2, 0.1), "synthetic": (0.2, 0.1), "recbole": (0.1, 1.0 / 9.0)}
@@ -342,7 +342,7 @@ def fit_topk(
         else:
             bad_evals += 1
             if config.patience and bad_evals >= config.patience:
-                log(f"early stop: no better validation {EARLY_STOP_METRIC} for {config.patience} evaluations")
+                log(f"early stop: no better validation {EARLY_STOP_METRIC} for {count_of(config.patience, 'evaluation')}")
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -474,12 +474,13 @@ def train_topk(
         f"tinykg: {model_name} on {dataset.name} ({dataset.num_users:,} users, {dataset.num_items:,} items, "
         f"{dataset.kg.num_triples:,} triples; {train.num_interactions:,}/{valid.num_interactions:,}/"
         f"{test.num_interactions:,} train/valid/test positives), "
-        f"{'fp32' if compression is None else f'{bits}-bit'} activations, {config.epochs} epochs, "
-        f"batch {config.batch_size}, lr {config.lr}, seed {seed}"
+        f"{'fp32' if compression is None else f'{bits}-bit'} activations, {count_of(config.epochs, 'epoch')}, "
+        f"batch {config.batch_size}, lr {config.lr}, seed {seed}, {key!r} hyper-parameters"
         + (f", {distributed.world_size()} processes" if distributed.world_size() > 1 else "")
     )
     result = fit_topk(model, train, valid, test, config, kg_sampler=kg_sampler, log=log)
     split = {"train": train.num_interactions, "valid": valid.num_interactions, "test": test.num_interactions}
     return results_payload(
-        model_name, dataset, bits, seed, dict(result.metrics), result, fp32_bytes, params, compression, device, split=split
+        model_name, dataset, bits, seed, dict(result.metrics), result, fp32_bytes, params, compression, device,
+        hparams=key, split=split,
     )
