@@ -39,7 +39,9 @@ def _steps(packed: PackedActivation) -> torch.Tensor:
         ({"bits": 3}, "bits"),
         ({"bits": 16}, "bits"),
         ({"bits": True}, "bits"),
+        ({"bits": 2.0}, "bits"),  # equal to 2, but quantize needs an int: refused here, not deep inside it
         ({"group_size": 3}, "group_size"),
+        ({"group_size": 256.0}, "group_size"),
         ({"group_size": 0}, "group_size"),
         ({"group_size": "col"}, "group_size"),
         ({"metadata_dtype": "fp8"}, "metadata_dtype"),
@@ -53,6 +55,14 @@ def test_config_bad_values_raise_naming_allowed(kwargs, word):
         CompressionConfig(**kwargs)
     if word in ("bits", "metadata_dtype", "backend"):
         assert "one of" in str(err.value)
+
+
+def test_config_takes_numpy_integers_as_ints():
+    import numpy as np
+
+    config = CompressionConfig(bits=np.int64(4), group_size=np.int64(64), min_numel=np.int32(5))
+    assert config == CompressionConfig(bits=4, group_size=64, min_numel=5)
+    assert all(type(v) is int for v in (config.bits, config.group_size, config.min_numel))
 
 
 def test_config_ideal_ratio_matches_reference_table():

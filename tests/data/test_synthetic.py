@@ -139,3 +139,9 @@ def test_synthetic_signal_vanishes_without_preferences():
     popularity_auc = auc(test.label, popularity[test.item_index].astype(float))
     kg_auc = auc(test.label, kg_profile_scores(dataset, train, test))
     assert kg_auc < popularity_auc
+
+
+@pytest.mark.parametrize("num_triples", [-5, 0, 99, float("nan"), "1000", True])
+def test_synthetic_config_sized_rejects_sizes_below_100_triples(num_triples):
+    with pytest.raises(ValueError, match="num_triples"):
+        SyntheticConfig.sized(num_triples)

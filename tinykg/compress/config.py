@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,17 @@ class Backend(str, enum.Enum):
     TORCH = "torch"
     TRITON = "triton"
     CPU = "cpu"
+
+
+def _as_int(value):
+    """``value`` as a Python int if it is an integer of any kind (not a bool); else unchanged, for the
+    caller's check to reject with its own message."""
+    if isinstance(value, bool):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
 
 
 @dataclass(frozen=True)
@@ -49,10 +61,14 @@ class CompressionConfig:
     min_numel: int = 1024
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or self.bits not in ALLOWED_BITS:
+        # Integer-like values (numpy integers) are taken as Python ints; floats such as 2.0 are not.
+        object.__setattr__(self, "bits", _as_int(self.bits))
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in ALLOWED_BITS:
             raise ValueError(f"bits must be one of {ALLOWED_BITS}, got {self.bits!r}")
+        if self.group_size != ROW:
+            object.__setattr__(self, "group_size", _as_int(self.group_size))
         gs = self.group_size
-        if gs != ROW and not (isinstance(gs, int) and not isinstance(gs, bool) and gs >= 1 and gs & (gs - 1) == 0):
+        if gs != ROW and not (isinstance(gs, int) and gs >= 1 and gs & (gs - 1) == 0):
             raise ValueError(f"group_size must be a power of two (1, 2, 4, ...) or {ROW!r}, got {gs!r}")
         if self.metadata_dtype not in METADATA_DTYPES:
             raise ValueError(
@@ -67,7 +83,8 @@ class CompressionConfig:
                 f"backend must be one of {tuple(b.value for b in Backend)}, got {self.backend!r}"
             ) from None
         object.__setattr__(self, "backend", backend)
-        if isinstance(self.min_numel, bool) or not isinstance(self.min_numel, int) or self.min_numel < 0:
+        object.__setattr__(self, "min_numel", _as_int(self.min_numel))
+        if not isinstance(self.min_numel, int) or self.min_numel < 0:
             raise ValueError(f"min_numel must be a non-negative int, got {self.min_numel!r}")
 
     @property
