@@ -65,3 +65,16 @@ def test_kgat_checkpoint_layers_hold_layer_inputs_instead_of_layer_activations()
     assert held[True] == inputs + head_bytes, (held, inputs, head_bytes)
     assert held[True] < held[False]
     del loss
+
+
+def test_kgat_deepcopies_and_pickles_after_a_forward_without_its_adjacency_cache():
+    import copy
+    import pickle
+
+    model, batch = _model_and_batch()
+    model.eval()
+    loss = model.loss(*batch)  # builds the CSR adjacency cache, which deepcopy cannot copy
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert "_adjacency_cache" not in clone.__dict__
+        assert torch.equal(clone.loss(*batch), loss)  # rebuilt on first use: the same numbers
+    assert "_adjacency_cache" in model.__dict__  # the original keeps its cache

@@ -276,3 +276,65 @@ def test_index_ops_accept_narrow_indices_and_save_them_narrow(dtype):
     assert all(r.ref().dtype in (torch.uint8, torch.int16) for r in ints if r.ref().numel() > 0)
     (out.sum() + emb.sum() + edges.sum()).backward()
     assert table.grad is not None and weights.grad is not None
+
+
+def test_double_backward_through_a_compressed_op_is_an_error_not_a_wrong_number():
+    # The hand-written backwards are not differentiable themselves (they read dequantized copies): a
+    # second-order gradient through them used to come out wrong without a word.
+    from tinykg.nn import compressed_linear
+
+    x = torch.randn(64, 32, requires_grad=True)
+    weight = torch.nn.Parameter(torch.randn(16, 32))
+    out = compressed_linear(x, weight, None, CompressionConfig(bits=8), activation="tanh")
+    with pytest.raises(RuntimeError, match="first-order gradients only"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+    (grad_x,) = torch.autograd.grad(out.sum(), x)  # a first-order gradient is unaffected
+    assert grad_x.shape == x.shape
+
+
+def test_compress_gives_a_shared_module_one_twin_and_leaves_hooked_modules_alone():
+    import torch.nn.utils.prune as prune
+
+    config = CompressionConfig(bits=2)
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    compress_(model, config)
+    assert type(model[0]).__name__ == "CompressedLinear" and model[2] is model[0]
+
+    pruned = nn.Linear(4, 4)
+    prune.l1_unstructured(pruned, "weight", 0.5)  # a forward pre-hook recomputes the weight from weight_orig
+    calls = []
+    hooked = nn.Tanh()
+    hooked.register_forward_hook(lambda *args: calls.append(1))
+    model = nn.Sequential(pruned, nn.ReLU(), hooked)
+    compress_(model, config)
+    assert model[0] is pruned and model[2] is hooked and type(model[1]).__name__ == "CompressedReLU"
+    model(torch.randn(2, 4)).sum().backward()
+    assert calls == [1]
+
+    assert type(compress_(nn.Linear(4, 4), config)).__name__ == "CompressedLinear"  # returned, not in place
+
+
+def test_compressed_softmax_without_dim_picks_the_dim_nn_softmax_picks():
+    x = torch.randn(2, 3, 4)
+    with pytest.warns(UserWarning):  # torch's own deprecation warning for the implicit dim
+        expected = nn.Softmax()(x)
+    twin = compress_(nn.Sequential(nn.Softmax()), CompressionConfig(bits=8)).eval()
+    assert torch.equal(twin(x), expected)
+
+
+@pytest.mark.parametrize("other", [lambda x: x > 0, lambda x: (x > 0).int(), lambda x: 0.5])
+def test_compressed_mul_takes_masks_and_numbers_like_the_plain_product(other):
+    from tinykg.nn import compressed_dot, compressed_mul
+
+    x = torch.randn(64, 32, requires_grad=True)
+    factor = other(x.detach())
+    for op, plain in ((compressed_mul, lambda a, b: a * b), (compressed_dot, lambda a, b: (a * b).sum(-1))):
+        x.grad = None
+        plain(x, factor).sum().backward()
+        expected = x.grad.clone()
+        x.grad = None
+        out = op(x, factor, CompressionConfig(bits=2))
+        assert torch.equal(out, plain(x, factor))
+        out.sum().backward()
+        assert torch.equal(x.grad, expected)  # the mask or number is kept as it is: an exact gradient

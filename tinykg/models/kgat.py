@@ -60,7 +60,7 @@ from ..nn import (
     compressed_mul,
     compressed_normalize,
 )
-from ..nn._saved import BitMask, compression_active, load, maybe_quantize, narrow_index, save
+from ..nn._saved import BitMask, compression_active, first_order, load, maybe_quantize, narrow_index, save
 from ..nn.activation import mask_grad
 from .base import check_count, index_buffer, op_index
 from .bprmf import TopKModel, bpr_loss
@@ -92,6 +92,7 @@ class _PropagateFunction(torch.autograd.Function):
         return torch.sparse.mm(adjacency, x)
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         return torch.sparse.mm(ctx.adjacency_t, grad_out), None, None
 
@@ -125,6 +126,7 @@ class _BiInteractionFunction(torch.autograd.Function):
         return F.leaky_relu_(summed, slope) + F.leaky_relu_(product, slope)
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         x, side, w1, w2, positive1, positive2 = load(ctx)
         x, side = x.to(grad_out.dtype), side.to(grad_out.dtype)
@@ -192,6 +194,7 @@ class _RelationProjectFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         index, rel_type, table, projection = load(ctx)
         index, rel_type = index.long(), rel_type.long()
@@ -373,6 +376,13 @@ class KGAT(TopKModel):
                 nn.init.xavier_uniform_(bias.data.view(1, -1))
 
     # -- phase I: propagation and BPR ------------------------------------------------------------------
+
+    def __getstate__(self) -> dict:
+        # The CSR cache is derived state, rebuilt on first use: copies and pickles leave it out (deepcopy
+        # cannot copy a sparse CSR tensor).
+        state = super().__getstate__().copy()
+        state.pop("_adjacency_cache", None)
+        return state
 
     def adjacency(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The attention as a CSR matrix pi[h, t] (N, N) and its transpose, also CSR.

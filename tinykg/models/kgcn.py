@@ -36,7 +36,7 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ..nn import compressed_dot, compressed_embedding, compressed_linear, gather_aggregate, indexed_attention, weighted_sum
-from ..nn._saved import BitMask, compression_active, gather_index, load, maybe_quantize, narrow_index, save
+from ..nn._saved import BitMask, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 from ..nn.activation import OUTPUT_GRADS, mask_grad
 from ..nn.aggregate import add_gather_grad, gather_weights_grad
 from .base import CTRModel, check_choice, check_count, index_buffer, op_index, tf_l2
@@ -88,6 +88,7 @@ class _SumAggregateFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         self_index, neighbor_index, weights, x_hat, table, weight, act = load(ctx)
         if ctx.activation == "relu":

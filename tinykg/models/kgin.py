@@ -49,7 +49,7 @@ from ..nn import (
     compressed_softmax,
     edge_aggregate,
 )
-from ..nn._saved import compression_active, load, maybe_quantize, save
+from ..nn._saved import compression_active, first_order, load, maybe_quantize, save
 from .base import check_choice, check_count, index_buffer, op_index
 from .bprmf import TopKModel, bpr_loss
 
@@ -95,6 +95,7 @@ class _RelationalMeanFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         head, tail, rel_type, x, relation = load(ctx)
         head, tail, rel_type = head.long(), tail.long(), rel_type.long()
@@ -153,6 +154,7 @@ class _RecomputedFunction(torch.autograd.Function):
         return fn(*params)
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         params = load(ctx)
         with torch.enable_grad():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -59,10 +60,11 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     ``is_output``: ``x`` is the op's own fresh output (it has no grad_fn yet inside ``forward``).
     A packed copy may be pending (`quantize`'s ``defer_exact``): `save` resolves it, so ``x`` must not be
     changed in place between this call and `save`.
-    Kept as is: parameters (held anyway, so a copy would only add memory) and float64 tensors (the
-    quantizer's inputs are fp32/fp16/bf16; float64 runs are gradchecks of the hand-written backwards).
+    Kept as is: parameters (held anyway, so a copy would only add memory), float64 tensors (the
+    quantizer's inputs are fp32/fp16/bf16; float64 runs are gradchecks of the hand-written backwards) and
+    integer or bool tensors (a mask is already one byte per value).
     """
-    if is_parameter_like(x) or x.dtype == torch.float64:
+    if is_parameter_like(x) or x.dtype == torch.float64 or not x.is_floating_point():  # masks, indices: as they are
         return x
     if x.grad_fn is None and not is_output:
         # Inputs may be fed again next step: they need fresh noise every time, so no caching.
@@ -186,6 +188,22 @@ def _load_packed(parts: list[torch.Tensor], meta: PackedMeta) -> torch.Tensor:
         del codes._tinykg_dequantized
         codes._tinykg_uses = 0
     return x
+
+
+def first_order(backward):
+    """Decorator for an autograd Function's ``backward``: the hand-written backwards read dequantized
+    copies and are not themselves differentiable, so a backward that would build a graph
+    (``create_graph=True``, for double backward) is an error here instead of a wrong second-order number."""
+
+    @functools.wraps(backward)
+    def checked(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "tinykg: compressed ops give first-order gradients only; double backward (create_graph=True) "
+                "through them is not supported: run that part with compression off (config=None)")
+        return backward(ctx, *grads)
+
+    return checked
 
 
 def compression_active(config: CompressionConfig | None, *tensors: torch.Tensor | None) -> bool:

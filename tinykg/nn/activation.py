@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import BitMask, compression_active, load, maybe_quantize, save
+from ._saved import BitMask, compression_active, first_order, load, maybe_quantize, save
 
 
 class _CompressedReLUFunction(torch.autograd.Function):
@@ -22,6 +22,7 @@ class _CompressedReLUFunction(torch.autograd.Function):
         return F.leaky_relu(x, negative_slope)
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         (positive,) = load(ctx)
         return mask_grad(positive, grad_out, ctx.negative_slope), None
@@ -59,6 +60,7 @@ class _CompressedDropoutFunction(torch.autograd.Function):
         return x * keep * ctx.scale
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         (keep,) = load(ctx)
         return grad_out * keep * ctx.scale, None, None
@@ -104,6 +106,7 @@ class _CompressedOutputActivation(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         (y,) = load(ctx)
         y = y.to(grad_out.dtype)
@@ -186,5 +189,6 @@ class CompressedSoftmax(nn.Softmax):
         self.config = config
 
     def forward(self, x):
-        dim = self.dim if self.dim is not None else -1
+        # Without a dim, nn.Softmax's (deprecated) implicit choice: 0 for 0-, 1- and 3-dimensional inputs, else 1.
+        dim = self.dim if self.dim is not None else (0 if x.dim() in (0, 1, 3) else 1)
         return compressed_softmax(x, dim, self.config if self.training else None)

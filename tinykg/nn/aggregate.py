@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import compression_active, gather_index, load, maybe_quantize, narrow_index, save
+from ._saved import compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 
 REDUCES = ("sum", "mean")
 
@@ -31,6 +31,7 @@ class _EmbeddingFunction(torch.autograd.Function):
         return F.embedding(gather_index(index), weight)
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         (index,) = ctx.saved_tensors
         # index_add_, not aten's embedding_dense_backward: measured 3.3x faster on CPU for 200k rows.
@@ -76,6 +77,7 @@ class _WeightedSumFunction(torch.autograd.Function):
         return (values * weights.unsqueeze(-1)).sum(-2) * scale
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         values, weights = load(ctx)
         g = grad_out.unsqueeze(-2) * ctx.scale  # (*, 1, D)
@@ -124,6 +126,7 @@ class _GatherAggregateFunction(torch.autograd.Function):
         return (gathered * weights.unsqueeze(-1)).sum(-2) * scale
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         index, source, weights = load(ctx)
         index = index.long()

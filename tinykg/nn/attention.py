@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import compression_active, gather_index, load, maybe_quantize, narrow_index, save
+from ._saved import compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 
 
 def _check_shapes(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor) -> None:
@@ -52,6 +52,7 @@ class _IndexedAttentionFunction(torch.autograd.Function):
         return weights
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_w):
         query, keys, index, weights = load(ctx)
         weights = weights.to(grad_w.dtype)

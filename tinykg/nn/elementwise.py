@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import compression_active, load, maybe_quantize, save
+from ._saved import compression_active, first_order, load, maybe_quantize, save
 
 
 class _CompressedMulFunction(torch.autograd.Function):
@@ -24,21 +24,36 @@ class _CompressedMulFunction(torch.autograd.Function):
         return (a * b).sum(-1) if dot else a * b
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         a_hat, b_hat = load(ctx)
         shape_a, shape_b = ctx.shapes
         if ctx.dot:
             grad_out = grad_out.unsqueeze(-1)  # (*) -> (*, 1): the same products as the sum's expanded gradient
         grad_a = grad_b = None
+        # In a dot product a factor that broadcasts along the summed dimension ((*, 1), a number) leaves
+        # grad_out * other short of the full shape: expanded (a view) before it is summed to the factor's.
+        full = torch.broadcast_shapes(shape_a, shape_b)
         if ctx.needs_input_grad[0]:
-            grad_a = (grad_out * b_hat.to(grad_out.dtype)).sum_to_size(shape_a)
+            grad_a = (grad_out * b_hat.to(grad_out.dtype)).expand(full).sum_to_size(shape_a)
         if ctx.needs_input_grad[1]:
-            grad_b = (grad_out * a_hat.to(grad_out.dtype)).sum_to_size(shape_b)
+            grad_b = (grad_out * a_hat.to(grad_out.dtype)).expand(full).sum_to_size(shape_b)
         return grad_a, grad_b, None, None
 
 
+def _as_tensors(a, b) -> tuple[torch.Tensor, torch.Tensor]:
+    """Python numbers as tensors beside the other factor (as ``a * b`` would treat them)."""
+    if not isinstance(a, torch.Tensor):
+        a = torch.as_tensor(a, dtype=b.dtype, device=b.device)
+    if not isinstance(b, torch.Tensor):
+        b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
+    return a, b
+
+
 def compressed_mul(a: torch.Tensor, b: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
-    """``a * b`` (broadcasting) saving quantized factors."""
+    """``a * b`` (broadcasting; either may be a bool or integer mask or a Python number) saving quantized
+    floating factors."""
+    a, b = _as_tensors(a, b)
     if not compression_active(config, a, b):
         return a * b
     return _CompressedMulFunction.apply(a, b, config, False)
@@ -47,6 +62,7 @@ def compressed_mul(a: torch.Tensor, b: torch.Tensor, config: CompressionConfig |
 def compressed_dot(a: torch.Tensor, b: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
     """``(a * b).sum(-1)`` (broadcasting; a model's score, a bilinear logit) saving quantized factors:
     what `compressed_mul` followed by ``.sum(-1)`` saves and computes, in one autograd node."""
+    a, b = _as_tensors(a, b)
     if not compression_active(config, a, b):
         return (a * b).sum(-1)
     return _CompressedMulFunction.apply(a, b, config, True)
@@ -81,6 +97,7 @@ class _CompressedNormalizeFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         y, denom = load(ctx)
         y = y.to(grad_out.dtype)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import BitMask, compression_active, load, maybe_quantize, save
+from ._saved import BitMask, compression_active, first_order, load, maybe_quantize, save
 from .activation import OUTPUT_GRADS, mask_grad
 
 ACTIVATIONS = (None, "relu", "leaky_relu", "tanh", "sigmoid")
@@ -57,6 +57,7 @@ class _CompressedLinearFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         x_hat, weight, act = load(ctx)
         if ctx.activation in ("relu", "leaky_relu"):

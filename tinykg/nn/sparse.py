@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import compression_active, gather_index, load, maybe_quantize, narrow_index, save
+from ._saved import compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 
 
 class _SparseMatmulFunction(torch.autograd.Function):
@@ -23,6 +23,7 @@ class _SparseMatmulFunction(torch.autograd.Function):
         return torch.sparse.mm(adjacency, x)
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         (adjacency,) = load(ctx)
         return None, torch.sparse.mm(adjacency.t(), grad_out)
@@ -61,6 +62,7 @@ class _EdgeAggregateFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @first_order
     def backward(ctx, grad_out):
         target_index, source_index, x, edge_weight = load(ctx)
         target_index, source_index = target_index.long(), source_index.long()
