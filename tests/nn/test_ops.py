@@ -125,7 +125,12 @@ def test_dropout_mask_matches_scaling_and_rate():
     assert torch.equal(x.grad, y.detach())
     assert torch.equal(compressed_dropout(x, 0.25, False, CFG), x)
     with pytest.raises(ValueError, match="dropout probability"):
-        compressed_dropout(x, 1.0, True, CFG)
+        compressed_dropout(x, 1.5, True, CFG)
+    x.grad = None
+    dropped = compressed_dropout(x, 1.0, True, CFG)  # as F.dropout: all zeros, and a zero gradient
+    assert torch.equal(dropped, torch.zeros_like(x))
+    dropped.sum().backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
 
 
 def test_linear_gradient_unbiased():

@@ -73,12 +73,13 @@ def compressed_dropout(
     config: CompressionConfig | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Inverted dropout storing a 1-bit keep-mask. Identity when not training or ``p == 0``."""
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+    """Inverted dropout storing a 1-bit keep-mask. Identity when not training or ``p == 0``; zeros (as
+    ``F.dropout``) when ``p == 1``, which keeps nothing and saves nothing."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
-    if not compression_active(config, x):
+    if p == 1.0 or not compression_active(config, x):
         return F.dropout(x, p, training=True)
     return _CompressedDropoutFunction.apply(x, p, generator)
 
