@@ -157,3 +157,13 @@ def test_head_bits_set_only_the_score_operands_and_only_below_them(name):
     two = CompressionConfig(bits=2)
     assert make_model(name, two).active_head_config is two
     assert make_model(name, one, head_bits=None).active_head_config is one
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_takes_narrow_index_dtypes(name):
+    # A uint8 index tensor used to be read as a bool mask by RippleNet and CKAN (an IndexError at best).
+    model = make_model(name).eval()
+    user, item, _ = batch(TOY["num_users"], TOY["num_items"], 16)
+    expected = model(user, item)
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        assert torch.equal(model(user.to(dtype), item.to(dtype)), expected)

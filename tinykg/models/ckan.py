@@ -152,6 +152,7 @@ class CKAN(CTRModel):
 
     def forward(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
         config = self.active_config
+        user_index, item_index = op_index(user_index), op_index(item_index)  # a uint8 index would be a bool mask
         user_heads = op_index(self.user_heads[user_index])  # (B, L, S_u)
         user_relations = op_index(self.user_relations[user_index])
         user_tails = op_index(self.user_tails[user_index])

@@ -121,9 +121,10 @@ class RippleNet(CTRModel):
         """Logits (B,) and, per hop, the memory indices and head vectors the loss terms reuse."""
         config = self.active_config
         batch, d, num_rel = item_index.shape[0], self.embedding_dim, self.num_relations
-        heads = op_index(self.memories_h[user_index])  # (B, H, M)
-        rels = op_index(self.memories_r[user_index])  # (B, H, M)
-        tails = op_index(self.memories_t[user_index])  # (B, H, M)
+        rows = op_index(user_index)  # int32: a uint8 index would be read as a bool mask
+        heads = op_index(self.memories_h[rows])  # (B, H, M)
+        rels = op_index(self.memories_r[rows])  # (B, H, M)
+        tails = op_index(self.memories_t[rows])  # (B, H, M)
         row_offset = torch.arange(batch, device=item_index.device, dtype=torch.int32).view(batch, 1) * num_rel
 
         item_vectors = compressed_embedding(op_index(item_index), self.entity_embedding, config)  # (B, d)
