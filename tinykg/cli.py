@@ -24,6 +24,7 @@ BENCH_SCRIPTS = {
     "fp32-cannot": "bench_fp32_cannot.py",
     "one-bit": "bench_one_bit.py",
     "kgat-pretrain": "bench_kgat_pretrain.py",
+    "hooks": "bench_hooks.py",
     "plots": "plots.py",
 }
 
