@@ -141,7 +141,7 @@ def test_synthetic_signal_vanishes_without_preferences():
     assert kg_auc < popularity_auc
 
 
-@pytest.mark.parametrize("num_triples", [-5, 0, 99, float("nan"), "1000", True])
-def test_synthetic_config_sized_rejects_sizes_below_100_triples(num_triples):
+@pytest.mark.parametrize("num_triples", [-5, 0, 0.5, float("nan"), "1000", True])
+def test_synthetic_config_sized_rejects_sizes_below_one_triple(num_triples):
     with pytest.raises(ValueError, match="num_triples"):
         SyntheticConfig.sized(num_triples)

@@ -106,8 +106,8 @@ class SyntheticConfig:
         the KG carries more of the signal, and the labelled rows stay affordable (1M triples: ~498k
         items, ~16k users, ~1.3M labelled rows).
         """
-        if isinstance(num_triples, bool) or not isinstance(num_triples, (int, float)) or not num_triples >= 100:
-            raise ValueError(f"num_triples must be a number >= 100, got {num_triples!r}")
+        if isinstance(num_triples, bool) or not isinstance(num_triples, (int, float)) or not num_triples >= 1:
+            raise ValueError(f"num_triples must be a number >= 1, got {num_triples!r}")
         base = cls()
         base_triples = base.num_items * base.num_attribute_types * base.values_per_item
         base_triples += base.num_attribute_types * base.num_values_per_type
