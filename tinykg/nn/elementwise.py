@@ -29,15 +29,14 @@ class _CompressedMulFunction(torch.autograd.Function):
         a_hat, b_hat = load(ctx)
         shape_a, shape_b = ctx.shapes
         if ctx.dot:
-            grad_out = grad_out.unsqueeze(-1)  # (*) -> (*, 1): the same products as the sum's expanded gradient
+            # (*) -> the products' full shape (a view): the sum's gradient, expanded once, so that a factor
+            # that broadcasts along the summed dimension ((*, 1), a number) still gets one term per product.
+            grad_out = grad_out.unsqueeze(-1).expand(torch.broadcast_shapes(shape_a, shape_b))
         grad_a = grad_b = None
-        # In a dot product a factor that broadcasts along the summed dimension ((*, 1), a number) leaves
-        # grad_out * other short of the full shape: expanded (a view) before it is summed to the factor's.
-        full = torch.broadcast_shapes(shape_a, shape_b)
         if ctx.needs_input_grad[0]:
-            grad_a = (grad_out * b_hat.to(grad_out.dtype)).expand(full).sum_to_size(shape_a)
+            grad_a = (grad_out * b_hat.to(grad_out.dtype)).sum_to_size(shape_a)
         if ctx.needs_input_grad[1]:
-            grad_b = (grad_out * a_hat.to(grad_out.dtype)).expand(full).sum_to_size(shape_b)
+            grad_b = (grad_out * a_hat.to(grad_out.dtype)).sum_to_size(shape_b)
         return grad_a, grad_b, None, None
 
 
