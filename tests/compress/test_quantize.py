@@ -218,6 +218,30 @@ def test_quantize_non_finite_group_kept_exactly(bad, dtype):
     assert packed.nbytes >= x[2].numel() * x.element_size()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("metadata_dtype", METADATA)
+@pytest.mark.parametrize("bits", BITS)
+def test_quantize_finite_input_at_the_dtype_extremes_stays_finite(bits, metadata_dtype, dtype):
+    # Groups reaching +-finfo.max: the scale is rounded up to cover the group, so the top level can pass
+    # the largest finite value and dequantize to inf after the cast back (an fp16 activation at 65504).
+    # Such a group must be kept exactly; groups just inside the range must still quantize.
+    top = torch.finfo(dtype).max
+    ramp = torch.linspace(0, 1, 64, dtype=torch.float64)
+    x = torch.stack([(2 * ramp - 1) * top, ramp * top, -ramp * top, top * (1 - 1e-2 * ramp)]).to(dtype)
+    assert torch.isfinite(x).all()
+    config = CompressionConfig(bits=bits, group_size=64, metadata_dtype=metadata_dtype)
+    for seed in range(10):
+        packed = quantize(x, config, seed=seed)
+        y = dequantize(packed)
+        assert torch.isfinite(y).all(), (seed, packed.exact_index.tolist())
+        exact = set(packed.exact_index.tolist())
+        for g in exact:
+            assert torch.equal(y[g], x[g])
+    if dtype == torch.float16 or metadata_dtype != "fp16":  # fp16 metadata cannot hold larger ranges
+        inside = (torch.rand(4, 64, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.5 * top
+        assert quantize(inside.to(dtype), config, seed=0).exact_index.numel() == 0
+
+
 def test_quantize_range_beyond_fp16_kept_exactly_or_in_bf16():
     x = torch.randn(4, 64) * 1e30
     fp16 = quantize(x, CompressionConfig(bits=2, group_size=64, metadata_dtype="fp16"), seed=0)

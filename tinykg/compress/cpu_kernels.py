@@ -332,11 +332,13 @@ def code_of(v, zf, inv, offset, top):
     return np.uint8(q)
 
 
-def quantize_group(xs, ks, G, g_flat, levels_i, kind, stochastic, seed_mix, codes, scale_out, zp_out, flags_out, g):
+def quantize_group(xs, ks, G, g_flat, levels_i, kind, value_max, stochastic, seed_mix, codes, scale_out, zp_out,
+                   flags_out, g):
     """One group: its codes into ``codes`` (length G), its metadata and (when ``flags_out`` is not empty)
     exact flag at ``g``. Returns 1 when the group must be kept exactly, else 0.
 
     ``xs``, ``ks``: the group's real elements as fp32 and as int32 bit patterns (1 to G of them).
+    ``value_max``: the input dtype's largest finite value; every stored level must lie within +-value_max.
     Loops index slices from 0 so that numba drops its negative-index checks and LLVM vectorizes them.
     """
     n_real = xs.shape[0]
@@ -368,8 +370,11 @@ def quantize_group(xs, ks, G, g_flat, levels_i, kind, stochastic, seed_mix, code
         if f32(f32(sf * levels) + zf) < mx:
             sb = md_next(sb, kind, True)
     sf = md_value(sb, kind)
-    covered = f32(f32(sf * levels) + zf) >= mx
-    exact = nonfinite or not (np.isfinite(zf) and np.isfinite(sf) and covered) or (constant and zf != mn)
+    top = f32(f32(sf * levels) + zf)
+    covered = top >= mx
+    in_range = top <= value_max and zf >= -value_max
+    exact = (nonfinite or not (np.isfinite(zf) and np.isfinite(sf) and covered and in_range)
+             or (constant and zf != mn))
     if exact:
         scale_out[g] = 0
         zp_out[g] = 0
@@ -430,8 +435,8 @@ def pack_scratch(scratch, n, bits, codes, byte_off):
         codes[byte_off + full] = v
 
 
-def quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic,
-                  seed_mix, codes, scale_out, zp_out, flags_out):
+def quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind, value_max,
+                  stochastic, seed_mix, codes, scale_out, zp_out, flags_out):
     """Task ``task`` of ``num_tasks``: a contiguous run of chunks, quantized and packed. Returns the number
     of its groups to keep exactly."""
     num_chunks = (num_groups + groups_per_chunk - 1) // groups_per_chunk
@@ -447,14 +452,15 @@ def quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chu
             start = g * G
             end = min(start + G, numel)
             off = (g - g0) * G
-            num_exact += quantize_group(x[start:end], keys[start:end], G, start, levels_i, kind, stochastic,
-                                        seed_mix, scratch[off:off + G], scale_out, zp_out, flags_out, g)
+            num_exact += quantize_group(x[start:end], keys[start:end], G, start, levels_i, kind, value_max,
+                                        stochastic, seed_mix, scratch[off:off + G], scale_out, zp_out,
+                                        flags_out, g)
         pack_scratch(scratch, (g1 - g0) * G, bits, codes, (g0 * G * bits) // 8)
     return num_exact
 
 
-def quantize_entry(task, num_tasks, x_addr, numel, G, num_groups, groups_per_chunk, bits, kind, stochastic,
-                   seed_mix, codes_addr, num_bytes, scale_addr, zp_addr, flags_addr):
+def quantize_entry(task, num_tasks, x_addr, numel, G, num_groups, groups_per_chunk, bits, kind, value_max,
+                   stochastic, seed_mix, codes_addr, num_bytes, scale_addr, zp_addr, flags_addr):
     """`quantize_task` on raw addresses of contiguous buffers: fp32 input (numel), uint8 codes (num_bytes),
     metadata bit patterns (num_groups; int32 for fp32 metadata, else int16) and, unless ``flags_addr``
     is 0, uint8 exact flags (num_groups).
@@ -471,10 +477,10 @@ def quantize_entry(task, num_tasks, x_addr, numel, G, num_groups, groups_per_chu
     flags = carray(ptr_u8(flags_addr), num_groups if flags_addr != 0 else 0)
     if kind == 0:
         return quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind,
-                             stochastic, seed_mix, codes, carray(ptr_i32(scale_addr), num_groups),
+                             value_max, stochastic, seed_mix, codes, carray(ptr_i32(scale_addr), num_groups),
                              carray(ptr_i32(zp_addr), num_groups), flags)
     return quantize_task(task, num_tasks, x, keys, numel, G, num_groups, groups_per_chunk, bits, kind,
-                         stochastic, seed_mix, codes, carray(ptr_i16(scale_addr), num_groups),
+                         value_max, stochastic, seed_mix, codes, carray(ptr_i16(scale_addr), num_groups),
                          carray(ptr_i16(zp_addr), num_groups), flags)
 
 
@@ -603,6 +609,7 @@ class _QuantizePlan:
     num_chunks: int
     md: torch.dtype
     kind: int
+    value_max: float  # the input dtype's largest finite value (`reference.group_metadata`'s range check)
     stochastic: bool
     no_exact: tuple[torch.Tensor, torch.Tensor]  # `packed.no_exact_groups` for this setting
 
@@ -630,6 +637,7 @@ def _quantize_plan(shape: torch.Size, dtype: torch.dtype, config: CompressionCon
             num_chunks=-(-num_groups // groups_per_chunk),
             md=md,
             kind=_MD_KIND[md],
+            value_max=float(torch.finfo(dtype).max),
             stochastic=config.stochastic,
             no_exact=no_exact_groups(torch.device("cpu"), narrowest_int_dtype(max(num_groups - 1, 0)), dtype, group_size),
         )
@@ -666,7 +674,7 @@ def quantize_cpu(x: torch.Tensor, config: CompressionConfig, seed: int) -> Packe
     zero_point = torch.empty(plan.num_groups, dtype=plan.md)
     args = (
         flat32.data_ptr(), plan.numel, plan.meta.group_size, plan.num_groups, plan.groups_per_chunk, config.bits,
-        plan.kind, plan.stochastic, seed_key(seed) if plan.stochastic else 0,
+        plan.kind, plan.value_max, plan.stochastic, seed_key(seed) if plan.stochastic else 0,
         codes.data_ptr(), plan.num_bytes, scale.data_ptr(), zero_point.data_ptr(),
     )
     # Threads per call, not per plan: torch.set_num_threads may change between calls.

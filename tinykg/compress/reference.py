@@ -11,8 +11,10 @@ Per group of G elements with min m and max M, b bits, B = 2**b - 1:
    Given the *stored* z and s, E[q] = t, so E[q*s + z] = x: unbiased; Var <= s**2 / 4 per element.
 
 A constant group (M == m) whose value the metadata dtype holds exactly gets s = 0 and round-trips
-exactly. A group that is not finite, whose z or s overflows the metadata dtype, or that is constant at a
-value the metadata cannot hold, is kept exactly in ``exact_values``.
+exactly. A group that is not finite, whose z or s overflows the metadata dtype, that is constant at a
+value the metadata cannot hold, or whose stored range [z, z + B*s] reaches past the largest finite value of
+the input dtype (an fp16 group near +-65504: its levels would dequantize to +-inf), is kept exactly in
+``exact_values``.
 """
 
 from __future__ import annotations
@@ -44,12 +46,14 @@ def flat_groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def group_metadata(
-    minimum: torch.Tensor, maximum: torch.Tensor, bits: int, metadata_dtype: torch.dtype
+    minimum: torch.Tensor, maximum: torch.Tensor, bits: int, metadata_dtype: torch.dtype,
+    value_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stored (scale, zero_point) per group and the mask of groups that must be kept exactly.
 
     Args:
         minimum, maximum: (num_groups,) fp32 group extremes.
+        value_dtype: the dtype dequantized values are cast back to; every stored level must be finite in it.
     Returns:
         scale, zero_point: (num_groups,) in ``metadata_dtype``; exact: (num_groups,) bool.
     """
@@ -69,10 +73,15 @@ def group_metadata(
     for _ in range(_MAX_COVER_STEPS):
         short = scale.float() * levels + zero_f < maximum
         scale = torch.where(short, torch.nextafter(scale, plus_inf), scale)
-    covered = scale.float() * levels + zero_f >= maximum
+    top = scale.float() * levels + zero_f
+    covered = top >= maximum
+    # The levels lie in [zero_f, top] (q * s + z rounds monotonically in q), so these two bounds keep every
+    # dequantized value finite after the cast back; a NaN or an fp32 overflow of top fails them too.
+    value_max = torch.finfo(value_dtype).max
+    in_range = (top <= value_max) & (zero_f >= -value_max)
 
     exact = ~(torch.isfinite(minimum) & torch.isfinite(maximum))
-    exact |= ~(torch.isfinite(zero_f) & torch.isfinite(scale.float()) & covered)
+    exact |= ~(torch.isfinite(zero_f) & torch.isfinite(scale.float()) & covered & in_range)
     exact |= constant & (zero_f != minimum)
     # Exact groups get harmless metadata so the dense arithmetic below stays finite.
     scale = torch.where(exact, torch.zeros_like(scale), scale)
@@ -100,7 +109,7 @@ def quantize_ref(
         )
 
     groups = flat_groups(x, group_size)  # (num_groups, G)
-    scale, zero_point, exact = group_metadata(groups.amin(1), groups.amax(1), config.bits, md)
+    scale, zero_point, exact = group_metadata(groups.amin(1), groups.amax(1), config.bits, md, x.dtype)
 
     scale_f = scale.float().unsqueeze(1)
     inv_scale = torch.where(scale_f > 0, torch.ones_like(scale_f) / scale_f, torch.zeros_like(scale_f))

@@ -63,6 +63,9 @@ _MD_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _MD_SIGN = {0: 0x80000000, 1: 0x8000, 2: 0x8000}
 _MD_INF = {0: 0x7F800000, 1: 0x7C00, 2: 0x7F80}
 _OUT_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+# The input dtype's largest finite value (`reference.group_metadata`'s range check); each is exact in fp32,
+# the type of a float kernel argument.
+_VALUE_MAX = {dtype: torch.finfo(dtype).max for dtype in _OUT_KIND}
 # Quantize launch settings per bit width: (elements per program, warps per program, store 32-bit words
 # instead of bytes). Byte stores with 8 // bits lanes leave 4- and 8-bit tiles one or two elements wide
 # per thread in the innermost dimension (narrow loads); words give every width 32 // bits lanes. Measured
@@ -297,7 +300,7 @@ def store_codes(v, rows, col, num_groups, zf, inv, exact, key, G, codes_ptr, c, 
 
 
 def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, any_ptr, numel, num_groups, G,
-                    bytes_per_group, key_i32, BITS: tl.constexpr, LEVELS: tl.constexpr, MD: tl.constexpr,
+                    bytes_per_group, key_i32, value_max, BITS: tl.constexpr, LEVELS: tl.constexpr, MD: tl.constexpr,
                     MD_SIGN: tl.constexpr, MD_INF: tl.constexpr, IN_BF16: tl.constexpr,
                     STOCHASTIC: tl.constexpr, PACKED: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr,
                     PB: tl.constexpr, NUM_CHUNKS: tl.constexpr, IDX64: tl.constexpr, WORD: tl.constexpr):
@@ -339,9 +342,11 @@ def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, any_ptr, num
         short = sf * levels + zf < mx
         sb = tl.where(short, md_next(sb, MD_SIGN, MD_INF, True), sb)
     sf = md_value(sb, MD)
-    covered = sf * levels + zf >= mx
+    top = sf * levels + zf
+    covered = top >= mx
+    in_range = (top <= value_max) & (zf >= -value_max)  # every level finite in the input dtype
     finite = (zf == zf) & (tl.abs(zf) != float("inf")) & (sf == sf) & (tl.abs(sf) != float("inf"))
-    exact = (nonfinite != 0) | ~(finite & covered) | (constant & (zf != mn))
+    exact = (nonfinite != 0) | ~(finite & covered & in_range) | (constant & (zf != mn))
     zb = tl.where(exact, 0, zb)
     sb = tl.where(exact, 0, sb)
     zf = tl.where(exact, 0.0, zf)
@@ -497,7 +502,7 @@ def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, gr
         flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat,
         codes, _md_arg(scale), _md_arg(zero_point), flags, any_word, numel,
         num_groups, group_size, units_per_group, _as_i32(seed_key(seed) if config.stochastic else 0),
-        BITS=bits, LEVELS=(1 << bits) - 1, MD=kind, MD_SIGN=_MD_SIGN[kind], MD_INF=_MD_INF[kind],
+        _VALUE_MAX[flat.dtype], BITS=bits, LEVELS=(1 << bits) - 1, MD=kind, MD_SIGN=_MD_SIGN[kind], MD_INF=_MD_INF[kind],
         IN_BF16=flat.dtype == torch.bfloat16, STOCHASTIC=config.stochastic, PACKED=packed_in_kernel,
         ROWS=rows, NB=chunk // lanes, PB=lanes, NUM_CHUNKS=num_chunks, IDX64=_needs_int64(num_groups, group_size),
         WORD=words, num_warps=warps, enable_fp_fusion=False,
