@@ -47,6 +47,22 @@ def test_hooks_leave_integer_and_small_tensors_alone():
     assert torch.equal(small.grad, 2 * small.detach())
 
 
+def test_hooks_keep_tensors_whose_packed_copy_would_be_larger():
+    # 2,000 elements in one group of 65,536: packed at 8 bits that is 65,540 B against 8,000 B as they are.
+    config = CompressionConfig(bits=8, group_size=65536, min_numel=0)
+    w = torch.randn(2000, requires_grad=True)
+    (w.tanh() * 3.0).sum().backward()
+    want = w.grad.clone()
+    w.grad = None
+    seen = []
+    with observe_saved_tensors(lambda stored, source: seen.append(stored)), compress_saved_tensors(config):
+        out = (w.tanh() * 3.0).sum()
+    assert seen and not any(t.dtype == torch.uint8 for t in seen)
+    assert sum(t.numel() * t.element_size() for t in seen) <= 2000 * 4
+    out.backward()
+    assert torch.equal(w.grad, want)
+
+
 def test_hooks_dedupe_tensor_saved_twice():
     x = torch.randn(64, 64, requires_grad=True)
     config = CompressionConfig(bits=8, group_size=64)

@@ -19,7 +19,7 @@ from tinykg.compress import (
     quantize,
     unpack_codes,
 )
-from tinykg.compress.reference import flat_groups, group_metadata
+from tinykg.compress.reference import flat_groups, group_metadata, packing_saves_memory
 
 BITS = (1, 2, 4, 8)
 METADATA = ("fp16", "bf16", "fp32")
@@ -249,6 +249,28 @@ def test_quantize_range_beyond_fp16_kept_exactly_or_in_bf16():
     bf16 = quantize(x, CompressionConfig(bits=2, group_size=64, metadata_dtype="bf16"), seed=0)
     assert bf16.exact_index.numel() == 0
     assert (dequantize(bf16) - x).abs().max() <= _steps(bf16).max() * 1.001
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("metadata_dtype", METADATA)
+@pytest.mark.parametrize("group_size", [64, 65536, "row"])
+@pytest.mark.parametrize("shape", [(1,), (16,), (1024,), (70000,), (3000, 1), (3000, 4), (30, 100)])
+def test_packing_saves_memory_says_whether_the_packed_copy_is_smaller(shape, group_size, metadata_dtype, bits):
+    # Checked against the bytes of an actual packed copy's codes and metadata (exact groups, which a
+    # constant group at a value the metadata cannot hold adds, are data-dependent and left out).
+    config = CompressionConfig(bits=bits, group_size=group_size, metadata_dtype=metadata_dtype)
+    x = torch.randn(shape)
+    packed = quantize(x, config, seed=0)
+    dense = sum(t.numel() * t.element_size() for t in (packed.codes, packed.scale, packed.zero_point))
+    assert packing_saves_memory(x, config) == (dense < x.numel() * x.element_size())
+
+
+def test_packing_saves_memory_in_the_cases_that_motivate_it():
+    # 1,024 elements padded to a group of 65,536 at 8 bits (65,540 B against 4,096 B); one-element rows
+    # (2 bits of code and 32 of metadata per value); the usual case.
+    assert not packing_saves_memory(torch.randn(1024), CompressionConfig(bits=8, group_size=65536))
+    assert not packing_saves_memory(torch.randn(3000, 1), CompressionConfig(bits=2, group_size="row"))
+    assert packing_saves_memory(torch.randn(128, 64), CompressionConfig(bits=2))
 
 
 @pytest.mark.parametrize("bits", BITS)

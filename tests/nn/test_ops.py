@@ -217,6 +217,21 @@ def _activation_bytes(model, x):
     return report.total_bytes
 
 
+def test_ops_keep_tensors_whose_packed_copy_would_be_larger():
+    # A batch of 2 rows of 8 in a group of 65,536 at 8 bits: packed, 65,540 B per saved tensor. Kept as
+    # they are, the ops hold no more than fp32 does, and the gradients are fp32's exactly.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 1))
+    x = torch.randn(2, 8)
+    fp32 = _activation_bytes(model, x)
+    fp32_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compress_(model, CompressionConfig(bits=8, group_size=65536))
+    assert _activation_bytes(model, x) <= fp32
+    for p, want in zip(model.parameters(), fp32_grads):
+        assert torch.equal(p.grad, want)
+
+
 def test_mlp_two_relu_layers_at_most_tenth_of_fp32_at_2_bits():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 16))

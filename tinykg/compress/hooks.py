@@ -39,6 +39,7 @@ from .config import CompressionConfig
 from .masks import pack_mask, unpack_mask
 from .packed import PackedActivation
 from .quantize import dequantize, quantize
+from .reference import packing_saves_memory
 
 # observer(stored, source): ``stored`` is the tensor autograd now holds, ``source`` the tensor it was
 # asked to save (the same data, or the original of a packed part).
@@ -211,6 +212,8 @@ class _SavedTensorHooks:
             and t.numel() >= self.min_numel
             and not is_parameter_like(t)
             and storage_key(t) not in self.excluded
+            # A tensor padded to one large group (or cut into short rows) would take more bytes packed.
+            and (self.config is None or packing_saves_memory(t, self.config))
         )
 
     def pack(self, t: torch.Tensor) -> _Kept | PackedActivation | _CastActivation | _SignActivation:

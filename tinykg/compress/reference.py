@@ -36,6 +36,20 @@ def resolve_group_size(shape: torch.Size, config: CompressionConfig) -> int:
     return int(config.group_size)
 
 
+def packing_saves_memory(x: torch.Tensor, config: CompressionConfig) -> bool:
+    """Whether the packed copy of ``x`` (codes and metadata, no exact group) is smaller than ``x`` itself.
+
+    Not for tiny tensors (the last group is padded to ``group_size`` elements and carries its metadata) nor
+    for short row groups (one-element rows cost more metadata than values): those are kept as they are.
+    """
+    numel = x.numel()
+    group_size = resolve_group_size(x.shape, config)
+    num_groups = -(-numel // group_size)
+    metadata_bytes = config.metadata_bits // 8
+    packed = -(-num_groups * group_size * config.bits // 8) + num_groups * metadata_bytes
+    return packed < numel * x.element_size()
+
+
 def flat_groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
     """x as fp32 (num_groups, group_size), the last group padded with copies of the final element."""
     flat = x.reshape(-1).float()

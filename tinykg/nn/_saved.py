@@ -19,6 +19,7 @@ from ..compress import (
 )
 from ..compress.masks import pack_mask, unpack_mask
 from ..compress.packed import narrowest_int_dtype, no_exact_groups
+from ..compress.reference import packing_saves_memory
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,13 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     A packed copy may be pending (`quantize`'s ``defer_exact``): `save` resolves it, so ``x`` must not be
     changed in place between this call and `save`.
     Kept as is: parameters (held anyway, so a copy would only add memory), float64 tensors (the
-    quantizer's inputs are fp32/fp16/bf16; float64 runs are gradchecks of the hand-written backwards) and
-    integer or bool tensors (a mask is already one byte per value).
+    quantizer's inputs are fp32/fp16/bf16; float64 runs are gradchecks of the hand-written backwards),
+    integer or bool tensors (a mask is already one byte per value) and tensors whose packed copy would be
+    larger (fewer elements than about one group).
     """
     if is_parameter_like(x) or x.dtype == torch.float64 or not x.is_floating_point():  # masks, indices: as they are
+        return x
+    if not packing_saves_memory(x, config):
         return x
     if x.grad_fn is None and not is_output:
         # Inputs may be fed again next step: they need fresh noise every time, so no caching.
