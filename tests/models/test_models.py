@@ -31,6 +31,22 @@ def test_model_forward_shapes_and_finite_loss(name, bits):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
+@pytest.mark.parametrize("bits", (None, 2))
+@pytest.mark.parametrize("name", NAMES)
+def test_model_empty_batch_scores_nothing_and_its_loss_is_refused(name, bits):
+    # A mean over no pairs is NaN, and its gradients would reach Adam's state: refused, not returned.
+    model = make_model(name, config_for(bits))
+    empty = torch.empty(0, dtype=torch.long)
+    assert model(empty, empty).shape == (0,)
+    with pytest.raises(ValueError, match="empty batch"):
+        model.loss(empty, empty, torch.empty(0))
+    user, item, label = batch(TOY["num_users"], TOY["num_items"], 16)
+    with pytest.raises(ValueError, match="item_index 15"):
+        model.loss(user, item[:15], label)
+    with pytest.raises(ValueError, match="1-D"):
+        model.loss(user, item, label.view(16, 1))
+
+
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("name", NAMES)
 def test_model_adam_steps_reduce_loss(name, bits):

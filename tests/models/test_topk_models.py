@@ -66,6 +66,18 @@ def bpr_batch(train, batch_size=64, seed=1):
 
 NO_DROPOUT = {"kgat": {"mess_dropout": 0.0}, "kgin": {"mess_dropout": 0.0, "node_dropout": 0.0}, "bprmf": {}}
 
+@pytest.mark.parametrize("bits", (None, 2))
+@pytest.mark.parametrize("name", NAMES)
+def test_topk_model_refuses_empty_and_ragged_batches(toy, name, bits):
+    model = make_topk(name, *toy, config_for(bits))
+    empty = torch.empty(0, dtype=torch.long)
+    with pytest.raises(ValueError, match="empty batch"):
+        model.loss(empty, empty, empty)
+    user, pos, neg = bpr_batch(toy[1], 16)
+    with pytest.raises(ValueError, match="neg_index 8"):
+        model.loss(user, pos, neg[:8])
+
+
 # -- the collaborative KG ------------------------------------------------------------------------------
 
 

@@ -54,6 +54,29 @@ def op_index(index: torch.Tensor) -> torch.Tensor:
     return index if index.dtype == torch.int32 else index.to(torch.int32)
 
 
+def check_batch(names: tuple[str, ...], *columns: torch.Tensor) -> int:
+    """Batch size of a loss's index / label columns: 1-D, equal lengths, at least one row.
+
+    Shapes only (no device sync). An empty batch would give a NaN mean loss whose gradients reach Adam's
+    state; mismatched lengths would broadcast or fail deep inside a gather.
+    """
+    lengths = []
+    for name, column in zip(names, columns):
+        if column.dim() != 1:
+            raise ValueError(f"{name} must be 1-D (one value per pair), got shape {tuple(column.shape)}")
+        lengths.append(column.shape[0])
+    if len(set(lengths)) > 1:
+        sizes = ", ".join(f"{name} {length}" for name, length in zip(names, lengths))
+        raise ValueError(f"a batch's columns must have one length, got {sizes}")
+    if lengths[0] == 0:
+        raise ValueError(f"empty batch: the loss needs at least one row ({', '.join(names)} are empty)")
+    return lengths[0]
+
+
+CTR_COLUMNS = ("user_index", "item_index", "label")
+BPR_COLUMNS = ("user_index", "pos_index", "neg_index")
+
+
 def tf_l2(*tensors: torch.Tensor) -> torch.Tensor:
     """TensorFlow's ``l2_loss`` summed over tensors: sum of 0.5 * ||t||^2."""
     return sum(0.5 * t.pow(2).sum() for t in tensors)
@@ -130,6 +153,7 @@ class CTRModel(CompressedModel):
         return 0.0
 
     def loss(self, user_index: torch.Tensor, item_index: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        check_batch(CTR_COLUMNS, user_index, item_index, label)
         logits = self(user_index, item_index)
         return bce(logits, label) + self.regularization()
 

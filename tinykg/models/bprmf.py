@@ -23,7 +23,7 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ..nn import compressed_dot, compressed_embedding, compressed_mul
-from .base import CompressedModel, check_count, op_index
+from .base import BPR_COLUMNS, CompressedModel, check_batch, check_count, op_index
 
 
 class TopKModel(CompressedModel):
@@ -91,6 +91,7 @@ class BPRMF(TopKModel):
         return self.user_embedding, self.item_embedding
 
     def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
+        check_batch(BPR_COLUMNS, user_index, pos_index, neg_index)
         config = self.active_config
         user = compressed_embedding(op_index(user_index), self.user_embedding, config)  # (B, D)
         pos = compressed_embedding(op_index(pos_index), self.item_embedding, config)  # (B, D)

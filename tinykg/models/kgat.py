@@ -62,7 +62,7 @@ from ..nn import (
 )
 from ..nn._saved import BitMask, compression_active, first_order, load, maybe_quantize, narrow_index, save
 from ..nn.activation import mask_grad
-from .base import check_count, index_buffer, op_index
+from .base import BPR_COLUMNS, check_batch, check_count, index_buffer, op_index
 from .bprmf import TopKModel, bpr_loss
 
 # --------------------------------------------------------------------------------------------------------
@@ -447,7 +447,7 @@ class KGAT(TopKModel):
         backward builds one gradient per layer rather than one (N, d + sum d_l) gradient per gather.
         """
         config = self.active_config
-        batch, offset = user_index.shape[0], self.num_users
+        batch, offset = check_batch(BPR_COLUMNS, user_index, pos_index, neg_index), self.num_users
         index = op_index(torch.cat([user_index, pos_index + offset, neg_index + offset]))  # (3B,)
         if compression_active(config, self.node_embedding):
             index = narrow_index(index, self.num_nodes)  # narrowed once: every layer's gather saves this tensor

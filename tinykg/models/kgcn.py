@@ -273,6 +273,8 @@ class KGCN(CTRModel):
         return compressed_dot(user_vectors, item_vectors, self.active_head_config)
 
     def forward(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
+        if item_index.shape[0] == 0:  # nothing to score (the receptive field's reshapes need a row)
+            return self.user_embedding.new_zeros(0)
         encoded = self.encode(user_index, item_index)
         return self.score(encoded["user"], encoded["item"])
 

@@ -50,7 +50,7 @@ from ..nn import (
     edge_aggregate,
 )
 from ..nn._saved import compression_active, first_order, load, maybe_quantize, save
-from .base import check_choice, check_count, index_buffer, op_index
+from .base import BPR_COLUMNS, check_batch, check_choice, check_count, index_buffer, op_index
 from .bprmf import TopKModel, bpr_loss
 
 INDEPENDENCE = ("distance", "cosine")
@@ -350,6 +350,7 @@ class KGIN(TopKModel):
 
     def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
         """BPR + batch L2 + sim_weight * independence, (B,) x 3 -> scalar."""
+        check_batch(BPR_COLUMNS, user_index, pos_index, neg_index)
         config = self.active_config
         users, entities = self.propagate()
         user = compressed_embedding(op_index(user_index), users, config)  # (B, d)

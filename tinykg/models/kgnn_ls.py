@@ -28,7 +28,7 @@ import torch
 
 from ..compress import CompressionConfig
 from ..nn import weighted_sum
-from .base import bce, op_index
+from .base import CTR_COLUMNS, bce, check_batch, op_index
 from .kgcn import KGCN
 
 
@@ -126,6 +126,7 @@ class KGNNLS(KGCN):
         return labels[0].view(batch)
 
     def loss(self, user_index: torch.Tensor, item_index: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        check_batch(CTR_COLUMNS, user_index, item_index, label)
         encoded = self.encode(user_index, item_index)
         logits = self.score(encoded["user"], encoded["item"])
         predicted_labels = self.propagate_labels(op_index(user_index), encoded)

@@ -44,7 +44,7 @@ from ..nn import (
     compressed_softmax,
     gather_aggregate,
 )
-from .base import CTRModel, bce, check_count, index_buffer, op_index, user_mask_buffer
+from .base import CTR_COLUMNS, CTRModel, bce, check_batch, check_count, index_buffer, op_index, user_mask_buffer
 
 
 class RippleNet(CTRModel):
@@ -176,6 +176,7 @@ class RippleNet(CTRModel):
         return total
 
     def loss(self, user_index: torch.Tensor, item_index: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        check_batch(CTR_COLUMNS, user_index, item_index, label)
         logits, hops = self.propagate(user_index, item_index)
         loss = bce(logits, label)
         if self.kge_weight:
