@@ -35,3 +35,14 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def lastfm_dir(data_dir: Path) -> Path:
     return data_dir / "lastfm-kgcn"
+
+
+@pytest.fixture(autouse=True)
+def _quantizer_seed_per_test():
+    """Tests that call `seed_everything` seed the quantizer's own generator, a process-wide setting: each
+    test starts from the default (seeds drawn from torch's global generator), whatever ran before it."""
+    from tinykg.compress import restoring_quantizer_seed, seed_quantizer
+
+    with restoring_quantizer_seed():
+        seed_quantizer(None)
+        yield

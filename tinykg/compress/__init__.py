@@ -10,14 +10,14 @@ from .packed import PackedActivation, PackedMeta, narrowest_int_dtype, pack_code
 from .quantize import BACKENDS, BackendImpl, dequantize, quantize, register_backend, resolve_backend
 from .recompute import checkpoint
 from .reference import dequantize_ref, quantize_ref
-from .rng import draw_seed, uniform_noise
+from .rng import draw_seed, quantizer_generator, restoring_quantizer_seed, seed_quantizer, uniform_noise
 
 __all__ = [
     "ALLOWED_BITS", "METADATA_DTYPES", "ROW", "Backend", "CompressionConfig",
     "compress_saved_tensors", "cast_saved_tensors", "checkpoint", "observe_saved_tensors", "saving_packed", "is_parameter_like", "storage_key",
     "PackedActivation", "PackedMeta", "narrowest_int_dtype", "pack_codes", "unpack_codes",
     "BACKENDS", "BackendImpl", "dequantize", "quantize", "register_backend", "resolve_backend",
-    "dequantize_ref", "quantize_ref", "draw_seed", "uniform_noise",
+    "dequantize_ref", "quantize_ref", "draw_seed", "quantizer_generator", "restoring_quantizer_seed", "seed_quantizer", "uniform_noise",
 ]
 
 # Fast backends register themselves here (Backend.CPU: numba, Backend.TRITON); each compiles its kernels on

@@ -110,7 +110,8 @@ def quantize(
     Args:
         x: any shape, fp32/fp16/bf16, contiguous or not, possibly empty.
         config: bits, group size, metadata dtype, rounding mode, backend.
-        generator: CPU ``torch.Generator`` from which the per-tensor seed is drawn (default: the global
+        generator: CPU ``torch.Generator`` from which the per-tensor seed is drawn (default: the quantizer's
+            own once `tinykg.compress.seed_quantizer` set it, as tinykg's training loops do; else the global
             CPU generator, so ``torch.manual_seed`` makes runs reproducible).
         seed: use this 32-bit seed instead of drawing one. Same seed, same input -> identical codes on
             every backend.

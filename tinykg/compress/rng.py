@@ -14,14 +14,21 @@ state to carry between kernels. The multipliers are below 2**31 so the products 
 int64 without overflow, which lets the reference compute it exactly with int64 tensor arithmetic. The
 index wraps at 2**32 elements: noise repeats only within tensors larger than that.
 
-The per-tensor seed is drawn from a ``torch.Generator`` (the global CPU generator by default), so
-``torch.manual_seed`` makes compression reproducible; drawing it on the CPU needs no device sync.
+The per-tensor seed is drawn from a ``torch.Generator`` on the CPU (no device sync): the one passed to
+`draw_seed`, else the quantizer's own generator once `seed_quantizer` has set it, else the global CPU
+generator (so ``torch.manual_seed`` alone makes compression reproducible). tinykg's training loops set the
+quantizer's own: drawn from the global generator, a compressed run would consume random numbers that the
+fp32 run of the same seed does not, and every later dropout mask, sampled negative and shuffle drawn from
+it would differ between the two runs, so their paired comparison would measure those draws as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from typing import Iterator
 
+import numpy as np
 import torch
 
 MASK32 = 0xFFFFFFFF
@@ -63,10 +70,45 @@ def uniform_noise(numel: int, seed: int, device: torch.device | str = "cpu") -> 
 
 
 _seed_buffers = threading.local()
+_quantizer_generator: torch.Generator | None = None
+
+
+def seed_quantizer(seed: int | None) -> None:
+    """Draw per-tensor seeds from a CPU generator of the quantizer's own, seeded from ``seed``; None: from
+    the global CPU generator again (the default). A process-wide setting, like ``torch.manual_seed``."""
+    global _quantizer_generator
+    if seed is None:
+        _quantizer_generator = None
+        return
+    # A stream of its own: the generator seeded with ``seed`` itself would repeat torch.manual_seed(seed)'s.
+    state = np.random.SeedSequence([int(seed), _QUANTIZER_STREAM]).generate_state(1, np.uint64)[0]
+    _quantizer_generator = torch.Generator().manual_seed(int(state))
+
+
+@contextlib.contextmanager
+def restoring_quantizer_seed() -> Iterator[None]:
+    """Whatever `seed_quantizer` does inside the block is undone at its end (tinykg's training entry
+    points seed the quantizer for their run, and leave the caller's setting as they found it)."""
+    global _quantizer_generator
+    previous = _quantizer_generator
+    try:
+        yield
+    finally:
+        _quantizer_generator = previous
+
+
+def quantizer_generator() -> torch.Generator | None:
+    """The generator `seed_quantizer` set (None: seeds come from the global CPU generator), e.g. to save
+    and restore its state with a training checkpoint."""
+    return _quantizer_generator
+
+
+_QUANTIZER_STREAM = 0x71_6B67  # "qkg": separates the quantizer's stream from other uses of a run's seed
 
 
 def draw_seed(generator: torch.Generator | None = None) -> int:
-    """A fresh 32-bit seed from ``generator`` (a CPU generator) or the global CPU generator.
+    """A fresh 32-bit seed from ``generator`` (a CPU generator), else from the quantizer's own generator
+    (`seed_quantizer`), else from the global CPU generator.
 
     Drawn in place into a per-thread 0-d buffer: the same value as ``torch.randint(0, 2**32, ())`` from the
     same generator state, at ~60% of its cost (every compressed tensor draws one).
@@ -74,4 +116,6 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
     buffer = getattr(_seed_buffers, "buffer", None)
     if buffer is None:
         buffer = _seed_buffers.buffer = torch.empty((), dtype=torch.int64)
+    if generator is None:
+        generator = _quantizer_generator
     return buffer.random_(0, 2**32, generator=generator).item()

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compress import quantizer_generator
+
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
 
@@ -32,6 +34,8 @@ def rng_state() -> dict:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if quantizer_generator() is not None:
+        state["quantizer"] = quantizer_generator().get_state()
     return state
 
 
@@ -43,6 +47,8 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "quantizer" in state and quantizer_generator() is not None:
+        quantizer_generator().set_state(state["quantizer"])
 
 
 def save_checkpoint(directory: str | os.PathLike, payload: dict) -> Path:

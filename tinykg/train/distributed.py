@@ -16,8 +16,8 @@ one process every helper is the identity and the loops run exactly as before. Th
   reproduced exactly, up to float summation order: every term of every tinykg model except RippleNet's L2
   term, a SUM over the batch rows (as in the original), which this weighting scales by about 1 / W.
 * **Randomness.** Every rank builds the model from the same seed, so the initial weights agree (`wrap` also
-  broadcasts rank 0's). Dropout and the quantizer's stochastic-rounding noise come
-  from torch's global generator; with W > 1 every rank re-seeds it at the start of each epoch from
+  broadcasts rank 0's). Dropout comes from torch's global generator and the quantizer's stochastic-rounding
+  noise from its own (`tinykg.compress.seed_quantizer`); with W > 1 every rank re-seeds both at the start of each epoch from
   ``(seed, epoch, rank)`` (`seed_epoch`), so the ranks compress their activations with independent noise and
   a resumed run draws the same noise as an uninterrupted one. Runs on different W therefore agree exactly
   only when nothing random is drawn (``bits=32``, no dropout).
@@ -49,6 +49,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from ..compress import seed_quantizer
 
 T = TypeVar("T")
 
@@ -191,12 +193,14 @@ def wrap(model: nn.Module, find_unused_parameters: bool = False) -> Callable[...
 
 
 def seed_epoch(seed: int, epoch: int) -> None:
-    """With several processes: re-seed torch's global generator (dropout, quantization noise) from
-    ``(seed, epoch, rank)``, so that ranks draw independent noise and a resumed run draws the same noise.
-    With one process: nothing (the single-process run keeps its own seeding)."""
+    """With several processes: re-seed torch's global generator (dropout) and the quantizer's (quantization
+    noise) from ``(seed, epoch, rank)``, so that ranks draw independent noise and a resumed run draws the
+    same noise. With one process: nothing (the single-process run keeps its own seeding)."""
     if world_size() == 1:
         return
-    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank()]).generate_state(1, np.uint64)[0]))
+    state = int(np.random.SeedSequence([seed, epoch, rank()]).generate_state(1, np.uint64)[0])
+    torch.manual_seed(state)
+    seed_quantizer(state)
 
 
 def _communication_device() -> torch.device:

@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from ..compress import CompressionConfig
+from ..compress import CompressionConfig, seed_quantizer
 from ..compress.quantize import backend_in_use
 from ..profile import ActivationTracker
 from . import distributed
@@ -157,10 +157,13 @@ def results_payload(
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA) global generators."""
+    """Seed Python, numpy and torch (CPU and CUDA) global generators, and the quantizer's own
+    (`tinykg.compress.seed_quantizer`: a compressed run then draws from the global generators exactly what
+    the fp32 run of the same seed draws)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    seed_quantizer(seed)
 
 
 def _tensors(interactions, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from ..compress import CompressionConfig
+from ..compress import CompressionConfig, restoring_quantizer_seed
 from ..data import Dataset, SyntheticConfig, ctr_split, load_dataset, make_synthetic
 from . import distributed
 from .builders import build_ctr_model, group_size_for_bits, hyperparameters
@@ -73,6 +73,7 @@ def write_json_atomic(path: str | os.PathLike, payload: dict) -> None:
         raise
 
 
+@restoring_quantizer_seed()  # seed_everything seeds it for this run only
 def train_ctr(
     model_name: str,
     dataset: Dataset,

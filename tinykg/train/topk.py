@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..compress import CompressionConfig
+from ..compress import CompressionConfig, restoring_quantizer_seed
 from ..data import Dataset, Interactions, topk_split
 from ..data.ckg import CollaborativeGraph, build_ckg, kg_with_inverse
 from ..models import TOPK_DEFAULTS, TOPK_MODELS
@@ -429,6 +429,7 @@ def build_topk_model(
     return model, None
 
 
+@restoring_quantizer_seed()  # seed_everything seeds it for this run only
 def train_topk(
     model_name: str,
     dataset: Dataset,
