@@ -203,6 +203,8 @@ def _train_and_report(args, device: str) -> int:
         if value is not None:
             overrides[name] = value
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    for note in dataset.notes:
+        distributed.rank_zero_only(log)(f"note: {note}")
     common = dict(
         bits=args.bits,
         group_size=args.group_size,
@@ -261,11 +263,13 @@ def _cmd_data_info(args) -> int:
     dataset = load_dataset(args.directory, args.fmt)
     info = dataset.info()
     if args.json:
-        print(json.dumps({"dataset": dataset.name, **info}, indent=2))
+        print(json.dumps({"dataset": dataset.name, **info, "notes": list(dataset.notes)}, indent=2))
     else:
         print(f"dataset {dataset.name}")
         for key, value in info.items():
             print(f"  {key:<14}{value:>12,}")
+        for note in dataset.notes:
+            print(f"note: {note}")
     return 0
 
 
@@ -298,6 +302,15 @@ def _cmd_bench(args) -> int:
     return int(module.main(list(args.script_args)) or 0)
 
 
+_OUT_OF_MEMORY = ("out of memory (the dataset or model is too large for this machine; tables have max id + 1 rows, "
+                  "so one huge user or item id is enough)")
+
+
+def _is_out_of_memory(err: RuntimeError) -> bool:
+    text = str(err)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
 def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .train.loop import TrainingError
@@ -315,7 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tinykg: error: {message}", file=sys.stderr)
         return 2
     except MemoryError:
-        print("tinykg: error: out of memory (the dataset or model is too large for this machine)", file=sys.stderr)
+        print(f"tinykg: error: {_OUT_OF_MEMORY}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # PyTorch reports a failed allocation as a RuntimeError
+        if not _is_out_of_memory(err):
+            raise
+        print(f"tinykg: error: {_OUT_OF_MEMORY}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tinykg: interrupted", file=sys.stderr)

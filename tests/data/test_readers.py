@@ -292,3 +292,95 @@ def test_read_kgcn_rejects_bad_npy(tmp_path, make, words):
     assert "\n" not in message
     assert message.startswith(str(tmp_path / "dataset" / "ratings_final.npy") + ": ")
     assert words in message
+
+
+# --------------------------------------------------------------------------------------------
+# Questionable input that is read, with a note, or refused (a user's own data)
+# --------------------------------------------------------------------------------------------
+
+
+def test_read_kgcn_drops_repeated_rows_with_a_note(tmp_path):
+    # Repeated rows would land on both sides of the random split: the test set would be seen in training.
+    directory = make_dir(tmp_path, kgcn_files(**{"ratings_final.txt": RATINGS_FINAL + RATINGS_FINAL + "0\t0\t1\n"}))
+    dataset = read_kgcn(directory)
+    assert dataset.interactions.num_interactions == 4
+    assert dataset.interactions.label.tolist() == [1, 0, 1, 0]
+    assert dataset.notes == ("ratings_final.txt: 5 repeated (user, item) rows dropped (the first of each pair is kept)",)
+    assert read_kgcn(make_dir(tmp_path / "plain", kgcn_files())).notes == ()
+
+
+def test_read_kgcn_refuses_a_pair_labelled_both_ways(tmp_path):
+    directory = make_dir(tmp_path, kgcn_files(**{"ratings_final.txt": RATINGS_FINAL + "1\t2\t0\n1\t1\t0\n"}))
+    with pytest.raises(DataError, match=r"ratings_final.txt:6: user 1, item 1 is given both labels 0 and 1"):
+        read_kgcn(directory)
+
+
+def test_read_kgat_counts_repeated_items_once_and_notes_test_pairs_seen_in_training(tmp_path):
+    directory = make_dir(tmp_path, kgat_files(**{"train.txt": "0 0 1 1\n1 2\n2\n", "test.txt": "0 2 0\n1 0 1\n"}))
+    dataset = load_dataset(directory)
+    assert dataset.interactions.num_interactions == 3  # (0, 0), (0, 1), (1, 2)
+    assert dataset.test_interactions.num_interactions == 4
+    assert dataset.notes == (
+        "train.txt: 1 items listed twice for a user counted once",
+        "test.txt: 1 of 4 test pairs are also in train.txt; evaluation masks training items, so they count as misses",
+    )
+
+
+def test_read_recbole_takes_positives_from_a_label_column(tmp_path):
+    inter = "user_id:token\titem_id:token\tlabel:float\nuA\ti1\t1\nuA\ti2\t0\nuB\ti3\t1\nuC\ti1\t0\n"
+    dataset = load_dataset(make_dir(tmp_path, recbole_files(**{"test.inter": inter})))
+    positives = dataset.interactions.positives()
+    assert positives.num_interactions == 2 and dataset.num_users == 2  # uC has no label-1 row
+    bad = inter + "uB\ti1\t2\n"
+    with pytest.raises(DataError, match=r"test.inter:6: label 2 is not 0 or 1"):
+        load_dataset(make_dir(tmp_path / "bad", recbole_files(**{"test.inter": bad})))
+
+
+def test_read_recbole_refuses_a_link_file_that_matches_no_interacted_item(tmp_path):
+    link = "item_id:token\tentity_id:token\nx1\te1\nx3\te3\n"
+    with pytest.raises(DataError, match=r"test.link: no item of test.inter has an entity here"):
+        load_dataset(make_dir(tmp_path, recbole_files(**{"test.link": link})))
+
+
+def test_read_recbole_notes_unlinked_and_interaction_free_items(tmp_path):
+    dataset = load_dataset(make_dir(tmp_path, recbole_files()))
+    assert dataset.notes == (
+        "2 of 4 interacted items have no entity in test.link (entities without triples)",
+        "1 items of test.link have no interaction (the CTR models' negatives are drawn from them too, as in KGCN)",
+    )
+
+
+@pytest.mark.parametrize(
+    "files, words",
+    [
+        ({k: v for k, v in recbole_files().items() if k != "test.link"}, "test.link: file not found"),
+        ({**recbole_files(), "old.inter": RECBOLE_INTER}, "expected exactly one NAME.inter file, found old.inter, test.inter"),
+    ],
+)
+def test_detect_format_says_what_incomplete_recbole_files_lack(tmp_path, files, words):
+    with pytest.raises(DataError, match=words):
+        load_dataset(make_dir(tmp_path, files))
+
+
+@pytest.mark.parametrize(
+    "header, words",
+    [
+        ("user_id:token\titem_id:token\t", "a tab at the end of the line"),
+        ("user_id:token item_id:token", "tab-separated, not space-separated"),
+    ],
+)
+def test_read_recbole_header_errors_name_the_likely_cause(tmp_path, header, words):
+    inter = header + "\nuA\ti1\n"
+    with pytest.raises(DataError, match=words):
+        load_dataset(make_dir(tmp_path, recbole_files(**{"test.inter": inter})), format="recbole")
+
+
+def test_read_lastfm_raw_refuses_a_header_in_the_mapping(tmp_path):
+    mapping = "artistID\tentityID\n" + LASTFM_MAPPING
+    with pytest.raises(DataError, match=r"item_index2entity_id.txt:1: .*no header line"):
+        read_lastfm_raw(make_dir(tmp_path, lastfm_files(**{"item_index2entity_id.txt": mapping})))
+
+
+def test_load_dataset_refuses_an_empty_path():
+    with pytest.raises(DataError, match="empty dataset path"):
+        load_dataset("")

@@ -136,3 +136,54 @@ def test_cli_results_name_the_hyperparameter_set_and_the_backend_that_ran(tmp_pa
     assert result["compression"]["backend"] == "torch" and result["compression"]["backend_used"] == "torch"
     result = _train(tmp_path, "--epochs", "1", "--hparams", "lastfm", name="lastfm.json")
     assert result["hparams"] == "lastfm" and result["hyperparameters"]["batch_size"] == 128
+
+
+def _write(directory: Path, files: dict) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def test_cli_prints_what_the_reader_noted(tmp_path, capsys):
+    data = _write(tmp_path / "d", {"kg_final.txt": "0\t0\t3\n1\t1\t3\n2\t0\t4\n",
+                                   "ratings_final.txt": "0\t0\t1\n0\t1\t0\n0\t0\t1\n1\t1\t1\n1\t2\t0\n"})
+    assert main(["data", "info", str(data)]) == 0
+    assert "note: ratings_final.txt: 1 repeated (user, item) rows dropped" in capsys.readouterr().out
+    assert main(["data", "info", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["notes"] == [
+        "ratings_final.txt: 1 repeated (user, item) rows dropped (the first of each pair is kept)"]
+
+
+def test_cli_ctr_model_on_positives_only_is_a_clear_error(tmp_path, capsys):
+    # A KGAT-format folder (positives and a fixed test split) with a CTR model ended with "auc nan".
+    data = _write(tmp_path / "kgat", {"kg_final.txt": "0\t0\t3\n1\t1\t3\n2\t0\t4\n",
+                                      "train.txt": "0 0 1\n1 2\n2 0\n", "test.txt": "0 2\n1 0 1\n"})
+    assert main(["train", "--data", str(data), "--model", "kgcn", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "positive rows only and a fixed test split (KGAT format): the CTR model kgcn needs 0-labelled rows" in err
+
+
+def test_cli_reports_a_failed_allocation_in_one_line(monkeypatch, capsys):
+    import tinykg.cli as cli
+
+    def allocate(_args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 128000000064 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(cli, "_cmd_train", allocate)
+    assert main(["train", "--quiet"]) == 2
+    assert capsys.readouterr().err.startswith("tinykg: error: out of memory (")
+    monkeypatch.setattr(cli, "_cmd_train", lambda _args: (_ for _ in ()).throw(RuntimeError("another failure")))
+    with pytest.raises(RuntimeError, match="another failure"):  # not every RuntimeError is memory
+        main(["train", "--quiet"])
+
+
+@pytest.mark.parametrize("name, key", [
+    ("lastfm-kgcn", "lastfm"), ("Last.FM", "lastfm"), ("music", "lastfm"), ("book-crossing-ripplenet", "book"),
+    ("BX", "book"), ("facebook-kg", "synthetic"), ("amazon-musical-instruments", "synthetic"),
+])
+def test_dataset_key_reads_whole_words_of_the_name(name, key):
+    from tinykg.train.run import dataset_key
+
+    assert dataset_key(name) == key

@@ -158,13 +158,16 @@ class Dataset:
     ``interactions`` holds the labelled rows of a CTR dataset (KGCN/RippleNet formats, RecBole,
     synthetic) or the training positives of a top-K dataset. ``test_interactions`` is ``None``
     except for formats that ship a fixed test split (KGAT/KGIN ``test.txt``): then it holds those
-    test positives, with the same ``num_users`` and ``num_items``.
+    test positives, with the same ``num_users`` and ``num_items``. ``notes``: what a reader changed or
+    found questionable in the files without refusing them (repeated rows dropped, unlinked items), one
+    sentence each; ``tinykg data info`` and ``tinykg train`` print them.
     """
 
     name: str
     interactions: Interactions
     kg: KnowledgeGraph
     test_interactions: Interactions | None = None
+    notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.interactions.num_items > self.kg.num_entities:

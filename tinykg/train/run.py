@@ -14,18 +14,20 @@ from ..compress import CompressionConfig, restoring_quantizer_seed
 from ..data import Dataset, SyntheticConfig, ctr_split, load_dataset, make_synthetic
 from . import distributed
 from .builders import build_ctr_model, group_size_for_bits, hyperparameters
-from .loop import TrainConfig, count_of, fit_ctr, measure_step_activation, results_payload, seed_everything
+from .loop import TrainConfig, TrainingError, count_of, fit_ctr, measure_step_activation, results_payload, seed_everything
+from .names import is_lastfm_name, name_words
 
 CTR_MODELS = ("kgcn", "kgnn-ls", "ripplenet", "ckan")
 DATASET_KEYS = ("lastfm", "book", "synthetic")
 
 
 def dataset_key(name: str) -> str:
-    """Which published hyper-parameter set fits a dataset, from its name (``synthetic`` otherwise)."""
-    lowered = name.lower()
-    if "lastfm" in lowered or "last.fm" in lowered or "music" in lowered:
+    """Which published hyper-parameter set fits a dataset, from the words of its name (``synthetic``
+    otherwise): whole words only, so ``facebook-kg`` is not Book-Crossing nor ``musical-instruments``
+    Last.FM."""
+    if is_lastfm_name(name):
         return "lastfm"
-    if "book" in lowered:
+    if {"book", "bookcrossing", "bx"} & set(name_words(name)):
         return "book"
     return "synthetic"
 
@@ -104,6 +106,12 @@ def train_ctr(
     log = distributed.rank_zero_only(log)
     if model_name not in CTR_MODELS:
         raise ValueError(f"model must be one of {CTR_MODELS}, got {model_name!r}")
+    if dataset.interactions.num_positives == dataset.interactions.num_interactions:
+        # AUC over positives only is undefined: the run would end with NaN metrics.
+        fixed = " and a fixed test split (KGAT format)" if dataset.test_interactions is not None else ""
+        raise TrainingError(
+            f"{dataset.name} has positive rows only{fixed}: the CTR model {model_name} needs 0-labelled rows; "
+            "the top-K models (kgat, kgin, bprmf) train on positives")
     key = key or dataset_key(dataset.name)
     params = hyperparameters(model_name, key, overrides)
     seed_everything(seed)

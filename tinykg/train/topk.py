@@ -38,6 +38,7 @@ from ..models import TOPK_DEFAULTS, TOPK_MODELS
 from . import distributed
 from .builders import settings_for
 from .loop import TrainingError, TrainResult, count_of, measure_step_activation, results_payload, seed_everything
+from .names import is_lastfm_name
 
 # (test_ratio, valid_ratio) of the per-user split; valid_ratio applies to what is left after the test part.
 SPLITS = {"lastfm": (0.2, 0.1), "synthetic": (0.2, 0.1), "recbole": (0.1, 1.0 / 9.0)}
@@ -371,10 +372,9 @@ def fit_topk(
 def topk_dataset_key(name: str) -> str:
     """Which TOPK_DEFAULTS set fits a dataset, from its name: ``lastfm``, ``synthetic``, else ``recbole``
     (the settings for real data of general size)."""
-    lowered = name.lower()
-    if "lastfm" in lowered or "last.fm" in lowered or "last-fm" in lowered or "music" in lowered:
+    if is_lastfm_name(name):
         return "lastfm"
-    if lowered.startswith("synthetic"):
+    if name.lower().startswith("synthetic"):
         return "synthetic"
     return "recbole"
 
