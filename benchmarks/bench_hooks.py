@@ -3,6 +3,7 @@ against the fp32 gradient, with and without the save policies (`tinykg.compress.
 
     python benchmarks/bench_hooks.py                      # MLP with ReLU / LeakyReLU, a Transformer layer
     python benchmarks/bench_hooks.py --smoke              # few seeds (run by the tests)
+    python benchmarks/bench_hooks.py --models mlp-tanh mlp-sigmoid   # the second-order bias that remains
 
 Per model, width and policy setting, over seeds 0..N-1 (each seed draws other rounding noise):
 
@@ -16,6 +17,10 @@ Per model, width and policy setting, over seeds 0..N-1 (each seed draws other ro
 every saved float tensor quantized, including what ReLU's and LeakyReLU's backward reads as ``x > 0``.
 The gradient reported is the first layer's weight (the MLPs) or the attention's input projection and the
 first feed-forward weight (the Transformer layer).
+
+Tanh and sigmoid have no policy: their backward reads the saved output y through 1 - y**2 and y (1 - y),
+and for a stochastically rounded y, E[y_q**2] = y**2 + Var(y_q). No function of one rounded copy is
+unbiased for y**2, so a bias of the order of the rounding variance remains (``mlp-tanh``, ``mlp-sigmoid``).
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ def _transformer():
         "in_proj": layer.self_attn.in_proj_weight, "linear1": layer.linear1.weight}
 
 
-MODELS = {"mlp-relu": _mlp(nn.ReLU()), "mlp-leaky-relu": _mlp(nn.LeakyReLU(0.1)), "transformer-layer": _transformer}
+MODELS = {"mlp-relu": _mlp(nn.ReLU()), "mlp-leaky-relu": _mlp(nn.LeakyReLU(0.1)), "transformer-layer": _transformer,
+          "mlp-tanh": _mlp(nn.Tanh()), "mlp-sigmoid": _mlp(nn.Sigmoid())}
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ def _unfused(table, self_index, neighbor_index, logits, weight, bias, activation
     weights = _attention_weights(logits)
     self_vectors = compressed_embedding(self_index, table, CFG)
     neighbors = gather_aggregate(table, neighbor_index, weights, "mean", CFG)
-    return compressed_linear(self_vectors + neighbors, weight, bias, CFG, activation)
+    return compressed_linear(self_vectors + neighbors, weight, bias, CFG, activation, share_output=True)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])

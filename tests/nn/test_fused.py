@@ -177,6 +177,20 @@ def test_fused_linear_output_config_stores_the_output_alone_at_its_bits(activati
     assert torch.equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_fused_linear_below_8_bits_keeps_the_square_unless_asked_to_share_the_output(activation):
+    x = torch.randn(64, 32, requires_grad=True) * 1
+    w = torch.nn.Parameter(torch.randn(32, 32) / 6)
+    two_bit = CompressionConfig(bits=2, group_size=32)
+    for share in (False, True):
+        out, saved = _run_and_saved(lambda: compressed_linear(x, w, None, two_bit, activation, share_output=share))
+        saved_ptrs = {t.untyped_storage().data_ptr() for t in saved if t.dtype == torch.uint8 and t.numel()}
+        assert len(saved_ptrs) == 2  # the input and one copy for the activation, both at 2 bits
+        # A later op keeping the output finds the linear's copy only when it kept the output itself.
+        later = maybe_quantize(out, two_bit).codes.untyped_storage().data_ptr()
+        assert (later in saved_ptrs) == share
+
+
 def test_indexed_attention_query_config_stores_the_query_at_its_bits():
     query = torch.randn(128, 16, requires_grad=True) * 1
     keys = torch.nn.Parameter(torch.randn(60, 16))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tinykg.compress import CompressionConfig
-from tinykg.nn import _saved, compressed_dot, compressed_linear
+from tinykg.nn import _saved, compressed_dot, compressed_linear, compressed_softmax
 from tinykg.nn._saved import _SHARE_BELOW
 
 CFG = CompressionConfig(bits=2, group_size=32)
@@ -23,14 +23,15 @@ def _count_dequantize(monkeypatch) -> list[int]:
 
 
 def _two_consumers(rows: int, cols: int, seed: int):
-    """A tanh output saved by the linear (for its own backward) and by the score (for the other factor's
-    gradient): one cached packed copy, two consumers."""
+    """A softmax output saved by the softmax (for its own backward) and by the score (for the other
+    factor's gradient): one cached packed copy, two consumers. (Tanh below 8 bits keeps its square, not
+    its output: `tinykg.nn.activation`.)"""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, cols, generator=g, requires_grad=True)
     w = torch.randn(cols, cols, generator=g, requires_grad=True)
     u = torch.randn(rows, cols, generator=g, requires_grad=True)
     torch.manual_seed(seed)
-    v = compressed_linear(x * 1, w, None, CFG, "tanh")  # x * 1, u * 1: activations (leaves are kept as is)
+    v = compressed_softmax(compressed_linear(x * 1, w, None, CFG), -1, CFG)  # x * 1, u * 1: activations
     return compressed_dot(u * 1, v, CFG).sum(), (x, w, u), v
 
 

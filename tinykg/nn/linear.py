@@ -17,7 +17,7 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ._saved import BitMask, compression_active, first_order, load, maybe_quantize, save
-from .activation import OUTPUT_GRADS, mask_grad
+from .activation import mask_grad, output_activation_grad, output_activation_saved
 
 ACTIVATIONS = (None, "relu", "leaky_relu", "tanh", "sigmoid")
 
@@ -39,7 +39,7 @@ def _plain_activation(out: torch.Tensor, activation: str | None, negative_slope:
 
 class _CompressedLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, config, activation, negative_slope, output_config):
+    def forward(ctx, x, weight, bias, config, activation, negative_slope, output_config, share_output):
         # x: (..., in), weight: (out, in), bias: (out,) or None -> (..., out)
         ctx.has_bias = bias is not None
         ctx.activation = activation
@@ -52,7 +52,7 @@ class _CompressedLinearFunction(torch.autograd.Function):
             out = out.relu_() if activation == "relu" else F.leaky_relu_(out, negative_slope)
         elif activation is not None:
             out = out.tanh_() if activation == "tanh" else out.sigmoid_()
-            act_saved = maybe_quantize(out, output_config, is_output=True)
+            act_saved, ctx.is_square = output_activation_saved(out, activation, output_config, share_output)
         save(ctx, x_saved, weight, act_saved)
         return out
 
@@ -63,7 +63,7 @@ class _CompressedLinearFunction(torch.autograd.Function):
         if ctx.activation in ("relu", "leaky_relu"):
             grad_out = mask_grad(act, grad_out, ctx.negative_slope)
         elif ctx.activation is not None:
-            grad_out = OUTPUT_GRADS[ctx.activation](act.to(grad_out.dtype), grad_out)
+            grad_out = output_activation_grad(act, grad_out, ctx.activation, ctx.is_square)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_out @ weight.to(grad_out.dtype)
@@ -72,7 +72,7 @@ class _CompressedLinearFunction(torch.autograd.Function):
             grad_w = g2.t() @ x_hat.reshape(-1, x_hat.shape[-1]).to(g2.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
-        return grad_x, grad_w, grad_b, None, None, None, None
+        return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
 def compressed_linear(
@@ -83,22 +83,26 @@ def compressed_linear(
     activation: str | None = None,
     negative_slope: float = 0.01,
     output_config: CompressionConfig | None = None,
+    share_output: bool = False,
 ) -> torch.Tensor:
     """``act(F.linear(x, weight, bias))`` whose saved input is quantized with ``config`` (plain PyTorch
     when None).
 
     ``activation``: None, "relu", "leaky_relu" (with ``negative_slope``), "tanh" or "sigmoid"; the fused
     activation saves what `compressed_relu` / `compressed_leaky_relu` / `compressed_tanh` /
-    `compressed_sigmoid` would (a 1-bit mask or the quantized output).
-    ``output_config``: how the saved tanh / sigmoid output is stored (default ``config``): a model whose
-    scoring head also saves this output keeps it at the head's bits, so that one packed copy serves both.
+    `compressed_sigmoid` would (a 1-bit mask, or for tanh / sigmoid `output_activation_saved`'s choice).
+    ``output_config``: how tanh's / sigmoid's saved value is stored (default ``config``).
+    ``share_output``: tanh / sigmoid keep their output itself, not its square, at every width, so that a
+    later op keeping the output at ``output_config`` (a scoring head) shares the packed copy; their own
+    gradient then has the second-order bias of `tinykg.nn.activation`.
     """
     _check_activation(activation)
     if not compression_active(config, x, weight, bias):
         return _plain_activation(F.linear(x, weight, bias), activation, negative_slope)
     if output_config is None:
         output_config = config
-    return _CompressedLinearFunction.apply(x, weight, bias, config, activation, float(negative_slope), output_config)
+    return _CompressedLinearFunction.apply(
+        x, weight, bias, config, activation, float(negative_slope), output_config, bool(share_output))
 
 
 class CompressedLinear(nn.Linear):
