@@ -96,6 +96,22 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+_RATING_HELP = ("RecBole files with a rating column: rows rated at least X are positives (default 4, for 1-5 stars); "
+                "'none': every row")
+
+
+def _rating_threshold(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinykg", description="Train KG recommenders with compressed activations.")
     parser.add_argument("--version", action="version", version=f"tinykg {__version__}")
@@ -106,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", metavar="DIR", help="dataset directory (default: the built-in synthetic dataset)")
     train.add_argument("--synthetic", type=_synthetic_size, metavar="SIZE", help="without --data: synthetic size 'toy', 'default' (the default) or a number of KG triples")
     train.add_argument("--format", dest="fmt", choices=("kgcn", "lastfm-raw", "kgat", "recbole"), help="dataset format (default: detected)")
+    train.add_argument("--rating-threshold", type=_rating_threshold, default=4.0, metavar="X", help=_RATING_HELP)
     train.add_argument("--bits", type=int, default=2, choices=BITS_CHOICES, help="activation storage bits; 32 = no compression (default 2)")
     train.add_argument(
         "--group-size", type=_group_size, default=None,
@@ -131,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = data_commands.add_parser("info", help="print users, items, interactions, entities, relations, triples")
     info.add_argument("directory", metavar="DIR")
     info.add_argument("--format", dest="fmt", choices=("kgcn", "lastfm-raw", "kgat", "recbole"))
+    info.add_argument("--rating-threshold", type=_rating_threshold, default=4.0, metavar="X", help=_RATING_HELP)
     info.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     bench = commands.add_parser(
@@ -196,7 +214,8 @@ def _train_and_report(args, device: str) -> int:
     from .train import distributed
     from .train.run import load_or_generate, train_ctr, write_json_atomic
 
-    dataset = load_or_generate(args.data, args.fmt, synthetic_size=args.synthetic or "default")
+    dataset = load_or_generate(args.data, args.fmt, synthetic_size=args.synthetic or "default",
+                               rating_threshold=args.rating_threshold)
     overrides = dict(args.overrides)
     for name in ("epochs", "batch_size", "lr"):
         value = getattr(args, name)
@@ -260,7 +279,7 @@ def _train_worker(args) -> int:
 def _cmd_data_info(args) -> int:
     from .data import load_dataset
 
-    dataset = load_dataset(args.directory, args.fmt)
+    dataset = load_dataset(args.directory, args.fmt, rating_threshold=args.rating_threshold)
     info = dataset.info()
     if args.json:
         print(json.dumps({"dataset": dataset.name, **info, "notes": list(dataset.notes)}, indent=2))

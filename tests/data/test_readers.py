@@ -384,3 +384,19 @@ def test_read_lastfm_raw_refuses_a_header_in_the_mapping(tmp_path):
 def test_load_dataset_refuses_an_empty_path():
     with pytest.raises(DataError, match="empty dataset path"):
         load_dataset("")
+
+
+def test_detection_notes_the_formats_it_did_not_choose(tmp_path):
+    dataset = load_dataset(make_dir(tmp_path, {**kgat_files(), "ratings_final.txt": RATINGS_FINAL}))
+    assert dataset.test_interactions is None  # read as kgcn, the preferred format
+    assert dataset.notes == ("read as kgcn; the files of kgat are here too (--format chooses)",)
+    assert load_dataset(tmp_path, format="kgat").notes == ()
+
+
+def test_rating_threshold_for_other_scales(tmp_path):
+    # 0-1 ratings: nothing reaches the default 4, and the error says how to change it.
+    inter = "user_id:token\titem_id:token\trating:float\nuA\ti1\t0.9\nuA\ti2\t0.1\nuB\ti3\t0.8\n"
+    directory = make_dir(tmp_path, recbole_files(**{"test.inter": inter}))
+    with pytest.raises(DataError, match=r"no interaction has rating >= 4 \(--rating-threshold sets it\)"):
+        load_dataset(directory)
+    assert load_dataset(directory, rating_threshold=0.5).interactions.num_positives == 2

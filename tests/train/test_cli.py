@@ -187,3 +187,17 @@ def test_dataset_key_reads_whole_words_of_the_name(name, key):
     from tinykg.train.run import dataset_key
 
     assert dataset_key(name) == key
+
+
+def test_cli_rating_threshold_reaches_the_reader(tmp_path, capsys):
+    data = _write(tmp_path / "rb", {
+        "t.inter": "user_id:token\titem_id:token\trating:float\nuA\ti1\t0.9\nuA\ti2\t0.1\nuB\ti3\t0.8\n",
+        "t.link": "item_id:token\tentity_id:token\ni1\te1\ni2\te2\ni3\te3\n",
+        "t.kg": "head_id:token\trelation_id:token\ttail_id:token\ne1\tr\te2\ne2\tr\te3\n",
+    })
+    assert main(["data", "info", str(data)]) == 2
+    assert "--rating-threshold sets it" in capsys.readouterr().err
+    assert main(["data", "info", str(data), "--rating-threshold", "0.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["positives"] == 2
+    assert main(["data", "info", str(data), "--rating-threshold", "none", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["positives"] == 3

@@ -19,6 +19,7 @@ indices into embedding tables: 0 to ``2**31 - 2``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -771,7 +772,7 @@ def read_recbole(
     user_tokens = np.array(inter["user_id"], dtype=object)
     user_index_of = {token: index for index, token in enumerate(dict.fromkeys(user_tokens[is_positive]))}
     if not user_index_of:
-        hint = " (load_dataset(..., rating_threshold=...) sets it)" if wanted.startswith("rating") else ""
+        hint = " (--rating-threshold sets it)" if wanted.startswith("rating") else ""
         raise DataError(f"no interaction has {wanted}{hint}", inter_path)
     user = np.array([user_index_of.get(token, -1) for token in user_tokens], np.int64)  # -1: no positive
     item = np.array([item_index_of[token] for token in inter["item_id"]], np.int64)
@@ -795,6 +796,25 @@ def read_recbole(
 # --------------------------------------------------------------------------------------------
 
 
+def _complete_formats(directory: Path) -> list[str]:
+    """Every format whose files are all in ``directory``, in `detect_format`'s order of preference."""
+
+    def has(*names: str) -> bool:
+        return all((directory / name).is_file() for name in names)
+
+    formats = []
+    if has("kg_final.txt") and (has("ratings_final.txt") or has("ratings_final.npy")):
+        formats.append("kgcn")
+    if has("kg_final.txt", "train.txt", "test.txt"):
+        formats.append("kgat")
+    if has("user_artists.dat", "item_index2entity_id.txt", "kg.txt"):
+        formats.append("lastfm-raw")
+    inter_names = [path.stem for path in directory.glob("*.inter")]
+    if len(inter_names) == 1 and has(f"{inter_names[0]}.kg", f"{inter_names[0]}.link"):
+        formats.append("recbole")
+    return formats
+
+
 def detect_format(directory: str | os.PathLike) -> str:
     """The format of a dataset directory, judged by which files it holds.
 
@@ -805,19 +825,10 @@ def detect_format(directory: str | os.PathLike) -> str:
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError("not a directory" if directory.exists() else "directory not found", directory)
-
-    def has(*names: str) -> bool:
-        return all((directory / name).is_file() for name in names)
-
-    if has("kg_final.txt") and (has("ratings_final.txt") or has("ratings_final.npy")):
-        return "kgcn"
-    if has("kg_final.txt", "train.txt", "test.txt"):
-        return "kgat"
-    if has("user_artists.dat", "item_index2entity_id.txt", "kg.txt"):
-        return "lastfm-raw"
+    complete = _complete_formats(directory)
+    if complete:
+        return complete[0]
     inter_names = [path.stem for path in directory.glob("*.inter")]
-    if len(inter_names) == 1 and has(f"{inter_names[0]}.kg", f"{inter_names[0]}.link"):
-        return "recbole"
     # An expected file that is there but is a directory, a FIFO or a broken link says more.
     names = [*_KNOWN_FILES, *(f"{stem}.{suffix}" for stem in inter_names for suffix in ("inter", "kg", "link"))]
     for name in names:
@@ -847,19 +858,25 @@ def load_dataset(
     if isinstance(path, str) and not path.strip():  # Path("") is the current directory
         raise DataError("empty dataset path")
     directory = Path(path)
+    notes = []
     try:
         if format is None:
             format = detect_format(directory)
+            others = [other for other in _complete_formats(directory) if other != format]
+            if others:
+                notes.append(f"read as {format}; the files of {', '.join(others)} are here too (--format chooses)")
         elif format not in FORMATS:
             raise DataError(f"unknown format {_show(str(format))}; allowed: {', '.join(FORMATS)}")
         elif not directory.is_dir():
             raise DataError("not a directory" if directory.exists() else "directory not found", directory)
         if format == "kgcn":
-            return read_kgcn(directory)
-        if format == "lastfm-raw":
-            return read_lastfm_raw(directory, seed=seed)
-        if format == "kgat":
-            return read_kgat(directory)
-        return read_recbole(directory, rating_threshold=rating_threshold, seed=seed)
+            dataset = read_kgcn(directory)
+        elif format == "lastfm-raw":
+            dataset = read_lastfm_raw(directory, seed=seed)
+        elif format == "kgat":
+            dataset = read_kgat(directory)
+        else:
+            dataset = read_recbole(directory, rating_threshold=rating_threshold, seed=seed)
     except OSError as error:  # from a bare stat: a name too long, a folder that cannot be searched...
         raise DataError(f"cannot read: {error.strerror or error}", error.filename or directory) from error
+    return dataclasses.replace(dataset, notes=(*notes, *dataset.notes)) if notes else dataset

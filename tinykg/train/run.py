@@ -32,12 +32,14 @@ def dataset_key(name: str) -> str:
     return "synthetic"
 
 
-def load_or_generate(data: str | None, fmt: str | None = None, *, synthetic_size: str | int = "default") -> Dataset:
-    """The dataset at ``data`` (format detected unless ``fmt``), or a synthetic one: ``"toy"``,
-    ``"default"`` or about ``synthetic_size`` KG triples. Synthetic data is generated with seed 0 so
-    every training seed sees the same dataset."""
+def load_or_generate(
+    data: str | None, fmt: str | None = None, *, synthetic_size: str | int = "default", rating_threshold: float | None = 4,
+) -> Dataset:
+    """The dataset at ``data`` (format detected unless ``fmt``; ``rating_threshold`` as `load_dataset`), or a
+    synthetic one: ``"toy"``, ``"default"`` or about ``synthetic_size`` KG triples. Synthetic data is
+    generated with seed 0 so every training seed sees the same dataset."""
     if data is not None:
-        return load_dataset(data, fmt)
+        return load_dataset(data, fmt, rating_threshold=rating_threshold)
     if synthetic_size == "toy":
         config = SyntheticConfig.toy()
     elif synthetic_size == "default":
