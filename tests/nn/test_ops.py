@@ -389,3 +389,36 @@ def test_compressed_mul_takes_masks_and_numbers_like_the_plain_product(other):
         assert torch.equal(out, plain(x, factor))
         out.sum().backward()
         assert torch.equal(x.grad, expected)  # the mask or number is kept as it is: an exact gradient
+
+
+@pytest.mark.parametrize("kind", ["relu", "leaky_relu", "dropout"])
+@pytest.mark.parametrize("config", [None, CompressionConfig(bits=2)], ids=["plain", "compressed"])
+def test_inplace_activations_write_into_their_input_and_give_the_same_gradients(kind, config):
+    # nn.ReLU(inplace=True) converted by compress_ used to allocate a new output (the flag was dropped).
+    def run(inplace):
+        torch.manual_seed(0)
+        x = torch.randn(16, 32, requires_grad=True)
+        h = x * 2.0
+        if kind == "relu":
+            out = compressed_relu(h, config, inplace=inplace)
+        elif kind == "leaky_relu":
+            out = compressed_leaky_relu(h, 0.1, config, inplace=inplace)
+        else:
+            out = compressed_dropout(h, 0.5, True, config, inplace=inplace)
+        same_storage = out.data_ptr() == h.data_ptr()
+        (out * torch.arange(32.0)).sum().backward()
+        return out.detach(), x.grad, same_storage
+
+    out, grad, shared = run(inplace=True)
+    ref_out, ref_grad, ref_shared = run(inplace=False)
+    assert shared and not ref_shared
+    assert torch.equal(out, ref_out) and torch.equal(grad, ref_grad)
+
+
+def test_compress_keeps_the_inplace_flag():
+    model = compress_(nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Dropout(0.1, inplace=True)),
+                      CompressionConfig(bits=2))
+    assert model[1].inplace and model[2].inplace
+    x = torch.randn(4, 8)
+    hidden = model[0](x)
+    assert model[1](hidden).data_ptr() == hidden.data_ptr()

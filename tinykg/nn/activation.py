@@ -26,19 +26,25 @@ from ._saved import BitMask, compression_active, first_order, load, maybe_quanti
 
 class _CompressedReLUFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, negative_slope):
+    def forward(ctx, x, negative_slope, inplace):
         positive = x > 0
         ctx.negative_slope = negative_slope
         save(ctx, BitMask.pack(positive))
-        if negative_slope == 0.0:
-            return torch.relu(x)
-        return F.leaky_relu(x, negative_slope)
+        if inplace:  # backward needs only the mask, taken above: x itself may be overwritten
+            ctx.mark_dirty(x)
+        return _plain_relu(x, negative_slope, inplace)
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
         (positive,) = load(ctx)
-        return mask_grad(positive, grad_out, ctx.negative_slope), None
+        return mask_grad(positive, grad_out, ctx.negative_slope), None, None
+
+
+def _plain_relu(x: torch.Tensor, negative_slope: float, inplace: bool) -> torch.Tensor:
+    if negative_slope == 0.0:
+        return torch.relu_(x) if inplace else torch.relu(x)
+    return F.leaky_relu(x, negative_slope, inplace=inplace)
 
 
 def mask_grad(positive: torch.Tensor, grad_out: torch.Tensor, negative_slope: float) -> torch.Tensor:
@@ -50,33 +56,39 @@ def mask_grad(positive: torch.Tensor, grad_out: torch.Tensor, negative_slope: fl
     return torch.lerp(grad_out * negative_slope, grad_out, positive.to(grad_out.dtype))
 
 
-def compressed_relu(x: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
-    """ReLU storing a 1-bit mask (the mask is exact: ``config`` only switches compression on)."""
+def compressed_relu(x: torch.Tensor, config: CompressionConfig | None = None, inplace: bool = False) -> torch.Tensor:
+    """ReLU storing a 1-bit mask (the mask is exact: ``config`` only switches compression on); ``inplace``
+    as ``torch.relu_``."""
     if not compression_active(config, x):
-        return torch.relu(x)
-    return _CompressedReLUFunction.apply(x, 0.0)
+        return _plain_relu(x, 0.0, inplace)
+    return _CompressedReLUFunction.apply(x, 0.0, inplace)
 
 
-def compressed_leaky_relu(x: torch.Tensor, negative_slope: float = 0.01, config: CompressionConfig | None = None) -> torch.Tensor:
-    """LeakyReLU storing a 1-bit mask."""
+def compressed_leaky_relu(
+    x: torch.Tensor, negative_slope: float = 0.01, config: CompressionConfig | None = None, inplace: bool = False,
+) -> torch.Tensor:
+    """LeakyReLU storing a 1-bit mask; ``inplace`` as ``F.leaky_relu(..., inplace=True)``."""
     if not compression_active(config, x):
-        return F.leaky_relu(x, negative_slope)
-    return _CompressedReLUFunction.apply(x, float(negative_slope))
+        return _plain_relu(x, float(negative_slope), inplace)
+    return _CompressedReLUFunction.apply(x, float(negative_slope), inplace)
 
 
 class _CompressedDropoutFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, p, generator):
+    def forward(ctx, x, p, generator, inplace):
         keep = torch.rand(x.shape, device=x.device, generator=generator) >= p
         ctx.scale = 1.0 / (1.0 - p)
         save(ctx, BitMask.pack(keep))
+        if inplace:
+            ctx.mark_dirty(x)
+            return x.mul_(keep).mul_(ctx.scale)
         return x * keep * ctx.scale
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
         (keep,) = load(ctx)
-        return grad_out * keep * ctx.scale, None, None
+        return grad_out * keep * ctx.scale, None, None, None
 
 
 def compressed_dropout(
@@ -85,16 +97,17 @@ def compressed_dropout(
     training: bool = True,
     config: CompressionConfig | None = None,
     generator: torch.Generator | None = None,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """Inverted dropout storing a 1-bit keep-mask. Identity when not training or ``p == 0``; zeros (as
-    ``F.dropout``) when ``p == 1``, which keeps nothing and saves nothing."""
+    ``F.dropout``) when ``p == 1``, which keeps nothing and saves nothing; ``inplace`` as ``F.dropout``'s."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
     if p == 1.0 or not compression_active(config, x):
-        return F.dropout(x, p, training=True)
-    return _CompressedDropoutFunction.apply(x, p, generator)
+        return F.dropout(x, p, training=True, inplace=inplace)
+    return _CompressedDropoutFunction.apply(x, p, generator, inplace)
 
 
 # Gradients of the activations whose derivative is a function of their output y (g: the output's gradient):
@@ -188,7 +201,7 @@ class CompressedReLU(nn.ReLU):
         self.config = config
 
     def forward(self, x):
-        return compressed_relu(x, self.config if self.training else None)
+        return compressed_relu(x, self.config if self.training else None, self.inplace)
 
 
 class CompressedLeakyReLU(nn.LeakyReLU):
@@ -197,7 +210,7 @@ class CompressedLeakyReLU(nn.LeakyReLU):
         self.config = config
 
     def forward(self, x):
-        return compressed_leaky_relu(x, self.negative_slope, self.config if self.training else None)
+        return compressed_leaky_relu(x, self.negative_slope, self.config if self.training else None, self.inplace)
 
 
 class CompressedDropout(nn.Dropout):
@@ -206,7 +219,7 @@ class CompressedDropout(nn.Dropout):
         self.config = config
 
     def forward(self, x):
-        return compressed_dropout(x, self.p, self.training, self.config)
+        return compressed_dropout(x, self.p, self.training, self.config, inplace=self.inplace)
 
 
 class CompressedSigmoid(nn.Sigmoid):
