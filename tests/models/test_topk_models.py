@@ -78,6 +78,22 @@ def test_topk_model_refuses_empty_and_ragged_batches(toy, name, bits):
         model.loss(user, pos, neg[:8])
 
 
+@pytest.mark.parametrize("name", ["kgat", "kgin"])
+def test_topk_model_refuses_ids_past_its_users_and_items(toy, name):
+    # Users and items are rows of one larger node table: user num_users or item num_items would silently
+    # read another node's embedding.
+    dataset, train = toy
+    model = make_topk(name, dataset, train)
+    user, pos, neg = bpr_batch(train, 16)
+    model.loss(user, pos, neg)
+    with pytest.raises(ValueError, match=rf"user_index holds ids outside \[0, {train.num_users}\)"):
+        model.loss(torch.full_like(user, train.num_users), pos, neg)
+    with pytest.raises(ValueError, match=rf"pos_index holds ids outside \[0, {train.num_items}\)"):
+        model.loss(user, torch.full_like(pos, train.num_items), neg)
+    with pytest.raises(ValueError, match="neg_index holds ids outside"):
+        model.loss(user, pos, neg - neg.max() - 1)
+
+
 # -- the collaborative KG ------------------------------------------------------------------------------
 
 

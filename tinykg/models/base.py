@@ -54,11 +54,14 @@ def op_index(index: torch.Tensor) -> torch.Tensor:
     return index if index.dtype == torch.int32 else index.to(torch.int32)
 
 
-def check_batch(names: tuple[str, ...], *columns: torch.Tensor) -> int:
+def check_batch(names: tuple[str, ...], *columns: torch.Tensor, sizes: tuple[int, ...] | None = None) -> int:
     """Batch size of a loss's index / label columns: 1-D, equal lengths, at least one row.
 
-    Shapes only (no device sync). An empty batch would give a NaN mean loss whose gradients reach Adam's
-    state; mismatched lengths would broadcast or fail deep inside a gather.
+    An empty batch would give a NaN mean loss whose gradients reach Adam's state; mismatched lengths would
+    broadcast or fail deep inside a gather. ``sizes``: each index column's table size; CPU columns are
+    checked against them (a top-K model reads a user's or item's row out of a larger node table, where an
+    id past the end silently reads another node's row). Columns on a GPU are not: reading their range back
+    would cost a device sync every step, and the training loops check their data once when they load it.
     """
     lengths = []
     for name, column in zip(names, columns):
@@ -70,6 +73,10 @@ def check_batch(names: tuple[str, ...], *columns: torch.Tensor) -> int:
         raise ValueError(f"a batch's columns must have one length, got {sizes}")
     if lengths[0] == 0:
         raise ValueError(f"empty batch: the loss needs at least one row ({', '.join(names)} are empty)")
+    if sizes is not None:
+        for name, column, size in zip(names, columns, sizes):
+            if column.device.type == "cpu" and (int(column.min()) < 0 or int(column.max()) >= size):
+                raise ValueError(f"{name} holds ids outside [0, {size}): min {int(column.min())}, max {int(column.max())}")
     return lengths[0]
 
 

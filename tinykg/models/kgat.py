@@ -447,7 +447,8 @@ class KGAT(TopKModel):
         backward builds one gradient per layer rather than one (N, d + sum d_l) gradient per gather.
         """
         config = self.active_config
-        batch, offset = check_batch(BPR_COLUMNS, user_index, pos_index, neg_index), self.num_users
+        sizes = (self.num_users, self.num_items, self.num_items)
+        batch, offset = check_batch(BPR_COLUMNS, user_index, pos_index, neg_index, sizes=sizes), self.num_users
         index = op_index(torch.cat([user_index, pos_index + offset, neg_index + offset]))  # (3B,)
         if compression_active(config, self.node_embedding):
             index = narrow_index(index, self.num_nodes)  # narrowed once: every layer's gather saves this tensor

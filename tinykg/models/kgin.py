@@ -350,7 +350,7 @@ class KGIN(TopKModel):
 
     def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
         """BPR + batch L2 + sim_weight * independence, (B,) x 3 -> scalar."""
-        check_batch(BPR_COLUMNS, user_index, pos_index, neg_index)
+        check_batch(BPR_COLUMNS, user_index, pos_index, neg_index, sizes=(self.num_users, self.num_items, self.num_items))
         config = self.active_config
         users, entities = self.propagate()
         user = compressed_embedding(op_index(user_index), users, config)  # (B, d)
