@@ -92,3 +92,10 @@ def test_data_error_is_one_line_with_file_and_line():
     assert (error.path, error.line) == ("kg_final.txt", 17)
     assert str(DataError("file is empty", "a.txt")) == "a.txt: file is empty"
     assert str(DataError("no file")) == "no file"
+
+
+def test_interactions_take_a_bool_label_mask():
+    rows = Interactions([0, 1, 1], [2, 0, 1], np.array([True, False, True]), num_users=2, num_items=3)
+    assert rows.label.dtype == np.int8 and rows.label.tolist() == [1, 0, 1]
+    with pytest.raises(ValueError, match="label must hold integers"):
+        Interactions([0], [0], np.array([0.7]), num_users=1, num_items=1)

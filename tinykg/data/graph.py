@@ -107,7 +107,9 @@ class Interactions:
     def __post_init__(self) -> None:
         for name in ("user_index", "item_index"):
             object.__setattr__(self, name, _as_index_array(name, getattr(self, name)))
-        label = _as_index_array("label", self.label)
+        label = np.asarray(self.label)
+        # A bool mask is a label too (e.g. ``rating >= 4``); floats are not, 0.7 has no 0/1 meaning.
+        label = _as_index_array("label", label.astype(np.int8) if label.dtype == np.bool_ else label)
         if label.size and not np.isin(label, (0, 1)).all():
             raise ValueError("label must hold only 0 and 1")
         object.__setattr__(self, "label", label.astype(np.int8))
