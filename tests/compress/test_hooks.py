@@ -63,6 +63,40 @@ def test_hooks_keep_tensors_whose_packed_copy_would_be_larger():
     assert torch.equal(w.grad, want)
 
 
+@pytest.mark.parametrize("config", [CompressionConfig(bits=8, group_size=65536, min_numel=0),
+                                    CompressionConfig(bits=2, group_size="row", min_numel=0)], ids=["huge-group", "rows-of-1"])
+def test_relu_sign_stays_one_bit_where_a_quantized_copy_would_not_pay(config):
+    x = torch.randn(4096, 1, requires_grad=True)
+    seen = []
+    with observe_saved_tensors(lambda stored, source: seen.append(stored)), compress_saved_tensors(config):
+        torch.relu(x * 1.0).sum()
+    assert sum(t.numel() * t.element_size() for t in seen) == 4096 // 8
+
+
+def test_hooks_keep_a_small_slice_without_its_large_base():
+    # Kept as it is, a small view would keep its whole storage alive: an 8-element slice of 4 MB.
+    config = CompressionConfig(bits=8, group_size=65536, min_numel=0)
+    base = torch.randn(1 << 20, requires_grad=True) * 1.0
+    w = torch.randn(8, requires_grad=True)
+    seen = []
+    with observe_saved_tensors(lambda stored, source: seen.append(stored)), compress_saved_tensors(config):
+        out = (base[:8] * w).sum()  # mul saves both factors: the slice and the parameter
+    kept = [t for t in seen if t.untyped_storage().data_ptr() != w.untyped_storage().data_ptr()]
+    assert kept and max(t.untyped_storage().nbytes() for t in kept) <= 8 * 4
+    out.backward()
+    assert torch.equal(w.grad, base.detach()[:8])
+
+
+def test_double_backward_through_the_tanh_square_is_refused_not_wrong():
+    x = torch.randn(64, 64, requires_grad=True)
+    with compress_saved_tensors(CompressionConfig(bits=2, min_numel=0)):
+        y = torch.tanh(x * 1.0).sum()
+    (grad,) = torch.autograd.grad(y, x, retain_graph=True)  # first order: fine
+    assert torch.isfinite(grad).all()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(y, x, create_graph=True)
+
+
 def test_hooks_dedupe_tensor_saved_twice():
     x = torch.randn(64, 64, requires_grad=True)
     config = CompressionConfig(bits=8, group_size=64)

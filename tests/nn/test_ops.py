@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinykg.compress import CompressionConfig
+from tinykg.compress import CompressionConfig, observe_saved_tensors
 from tinykg.nn import (
     CompressedLinear,
     compress_,
@@ -263,6 +263,19 @@ def test_ops_keep_tensors_whose_packed_copy_would_be_larger():
         assert torch.equal(p.grad, want)
 
 
+def test_ops_keep_a_small_slice_without_its_large_base():
+    # An 8-element slice of a 16 MB intermediate, too small to pack: the op keeps a compact copy.
+    big = torch.randn(1 << 22, requires_grad=True) * 1.0
+    w = torch.randn(4, 8, requires_grad=True)
+    saved = []
+    with observe_saved_tensors(lambda stored, *rest: saved.append(stored)):
+        out = compressed_linear(big[:8].view(1, 8), w, None, CompressionConfig(bits=2))
+    kept = [t for t in saved if t.untyped_storage().data_ptr() != w.untyped_storage().data_ptr()]
+    assert kept and max(t.untyped_storage().nbytes() for t in kept) <= 8 * 4
+    out.sum().backward()
+    assert torch.equal(w.grad, big.detach()[:8].view(1, 8).expand(4, 8))
+
+
 def test_mlp_two_relu_layers_at_most_tenth_of_fp32_at_2_bits():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 16))
@@ -413,6 +426,19 @@ def test_inplace_activations_write_into_their_input_and_give_the_same_gradients(
     ref_out, ref_grad, ref_shared = run(inplace=False)
     assert shared and not ref_shared
     assert torch.equal(out, ref_out) and torch.equal(grad, ref_grad)
+
+
+def test_compressed_dropout_draws_the_mask_and_the_stream_of_f_dropout():
+    # Compression changes neither the dropout mask nor the global random stream after it (CPU).
+    x = torch.randn(128, 64, requires_grad=True)
+    states = []
+    outs = []
+    for config in (None, CompressionConfig(bits=2)):
+        torch.manual_seed(0)
+        outs.append(compressed_dropout(x * 1.0, 0.3, True, config))
+        states.append(torch.get_rng_state())
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(states[0], states[1])
 
 
 def test_compress_keeps_the_inplace_flag():

@@ -182,6 +182,7 @@ def test_cli_reports_a_failed_allocation_in_one_line(monkeypatch, capsys):
 @pytest.mark.parametrize("name, key", [
     ("lastfm-kgcn", "lastfm"), ("Last.FM", "lastfm"), ("music", "lastfm"), ("book-crossing-ripplenet", "book"),
     ("BX", "book"), ("facebook-kg", "synthetic"), ("amazon-musical-instruments", "synthetic"),
+    ("books", "book"), ("bookcrossing2", "book"), ("lastfm2k", "lastfm"), ("LastFM1K", "lastfm"), ("last-fm-1k", "lastfm"),
 ])
 def test_dataset_key_reads_whole_words_of_the_name(name, key):
     from tinykg.train.run import dataset_key

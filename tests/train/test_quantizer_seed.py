@@ -57,6 +57,47 @@ def test_compressed_and_fp32_runs_of_one_seed_draw_the_same_global_random_number
     assert torch.equal(states[32], states[2])
 
 
+def test_kgat_compressed_and_fp32_runs_draw_the_same_global_random_numbers():
+    # KGAT has message dropout: with compression on it must draw F.dropout's masks, or the streams part.
+    from tinykg.train.topk import train_topk
+
+    dataset = make_synthetic(SyntheticConfig.toy(), seed=0)
+    states = {}
+    for bits in (32, 2):
+        train_topk("kgat", dataset, bits=bits, seed=0, overrides={"epochs": 1}, log=lambda *_: None)
+        states[bits] = torch.get_rng_state()
+    assert torch.equal(states[32], states[2])
+
+
+def test_quantizer_generators_are_per_thread():
+    import threading
+
+    seen = {}
+
+    def run(name, seed):
+        seed_quantizer(seed)
+        barrier.wait()  # both threads have set theirs before either draws
+        seen[name] = [draw_seed() for _ in range(3)]
+
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=run, args=(name, seed)) for name, seed in (("a", 1), ("b", 2))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seed_quantizer(1)
+    assert seen["a"] == [draw_seed() for _ in range(3)]
+    seed_quantizer(2)
+    assert seen["b"] == [draw_seed() for _ in range(3)]
+
+
+def test_seed_quantizer_takes_any_int():
+    seed_quantizer(-1)
+    a = draw_seed()
+    seed_quantizer(-1)
+    assert draw_seed() == a
+
+
 def test_training_entry_points_leave_the_callers_quantizer_setting_as_they_found_it():
     dataset = make_synthetic(SyntheticConfig.toy(), seed=0)
     seed_quantizer(None)

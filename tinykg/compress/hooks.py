@@ -43,7 +43,7 @@ from .config import CompressionConfig
 from .masks import pack_mask, unpack_mask
 from .packed import PackedActivation
 from .quantize import dequantize, quantize
-from .reference import packing_saves_memory
+from .reference import compact, packing_saves_memory
 
 # observer(stored, source): ``stored`` is the tensor autograd now holds, ``source`` the tensor it was
 # asked to save (the same data, or the original of a packed part).
@@ -198,6 +198,11 @@ class _SquareActivation:
         self.centre = centre
 
     def restore(self) -> torch.Tensor:
+        if torch.is_grad_enabled():  # a backward with create_graph=True differentiates through y itself
+            raise RuntimeError(
+                "tinykg: double backward (create_graph=True) through tanh / sigmoid under compress_saved_tensors "
+                "is not supported below 8 bits: their output is kept as its square, which has lost its sign; "
+                "remove the 'square' and 'centred_square' entries of tinykg.compress.hooks.SAVE_POLICIES, or use 8 bits")
         y = dequantize(self.packed).sqrt_()
         return y.add_(self.centre) if self.centre else y
 
@@ -245,8 +250,6 @@ class _SavedTensorHooks:
             and t.numel() >= self.min_numel
             and not is_parameter_like(t)
             and storage_key(t) not in self.excluded
-            # A tensor padded to one large group (or cut into short rows) would take more bytes packed.
-            and (self.config is None or packing_saves_memory(t, self.config))
         )
 
     def pack(self, t: torch.Tensor) -> _Kept | PackedActivation | _CastActivation | _SignActivation | _SquareActivation:
@@ -257,10 +260,17 @@ class _SavedTensorHooks:
             stored = t.detach()
             _notify(stored, t)
             return _Kept(stored, t._version)
-        if policy == SIGN:
+        if policy == SIGN:  # 1 bit per value whatever the group size
             sign = _SignActivation(t)
             _notify(sign.bits, t)
             return sign
+        if self.config is not None and not packing_saves_memory(t, self.config):
+            # Padded to one large group (or cut into short rows) it would take more bytes packed.
+            stored = compact(t)
+            if stored is t:
+                stored = t.detach()
+            _notify(stored, t)
+            return _Kept(stored, stored._version)
         if policy in (SQUARE, CENTRED_SQUARE) and self.config.bits < SQUARE_BELOW_BITS:
             square = _SquareActivation(t, self.config, 0.5 if policy == CENTRED_SQUARE else 0.0)
             for part in square.packed.tensors():

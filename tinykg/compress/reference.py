@@ -39,8 +39,9 @@ def resolve_group_size(shape: torch.Size, config: CompressionConfig) -> int:
 def packing_saves_memory(x: torch.Tensor, config: CompressionConfig) -> bool:
     """Whether the packed copy of ``x`` (codes and metadata, no exact group) is smaller than ``x`` itself.
 
-    Not for tiny tensors (the last group is padded to ``group_size`` elements and carries its metadata) nor
-    for short row groups (one-element rows cost more metadata than values): those are kept as they are.
+    Not for tiny tensors (a group costs ``group_size * bits / 8`` bytes plus its metadata however few of
+    its elements are real: at 2 bits in groups of 256, an fp32 tensor below 17 elements) nor for short row
+    groups (one-element rows cost more metadata than values): those are kept as they are (`compact`).
     """
     numel = x.numel()
     group_size = resolve_group_size(x.shape, config)
@@ -48,6 +49,14 @@ def packing_saves_memory(x: torch.Tensor, config: CompressionConfig) -> bool:
     metadata_bytes = config.metadata_bits // 8
     packed = -(-num_groups * group_size * config.bits // 8) + num_groups * metadata_bytes
     return packed < numel * x.element_size()
+
+
+def compact(x: torch.Tensor) -> torch.Tensor:
+    """``x`` to keep as it is: itself, or a copy of its elements when it is a view into a larger storage
+    (keeping the view would keep all of that storage alive: an 8-element slice of a 16 MB tensor)."""
+    if x.untyped_storage().nbytes() > x.numel() * x.element_size():
+        return x.detach().clone()
+    return x
 
 
 def flat_groups(x: torch.Tensor, group_size: int) -> torch.Tensor:

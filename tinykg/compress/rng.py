@@ -18,13 +18,16 @@ The per-tensor seed is drawn from a ``torch.Generator`` on the CPU (no device sy
 `draw_seed`, else the quantizer's own generator once `seed_quantizer` has set it, else the global CPU
 generator (so ``torch.manual_seed`` alone makes compression reproducible). tinykg's training loops set the
 quantizer's own: drawn from the global generator, a compressed run would consume random numbers that the
-fp32 run of the same seed does not, and every later dropout mask, sampled negative and shuffle drawn from
-it would differ between the two runs, so their paired comparison would measure those draws as well.
+fp32 run of the same seed does not, and every later dropout mask and sampled negative drawn from it would
+differ between the two runs, so their paired comparison would measure those draws as well. (Compressed
+dropout draws F.dropout's masks on CPU for the same reason: `tinykg.nn.compressed_dropout`.) The setting
+is a context variable: each thread has its own, and a new thread starts from the global generator.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import threading
 from typing import Iterator
 
@@ -70,37 +73,38 @@ def uniform_noise(numel: int, seed: int, device: torch.device | str = "cpu") -> 
 
 
 _seed_buffers = threading.local()
-_quantizer_generator: torch.Generator | None = None
+# A context variable, not a global: two training runs in two threads each keep their own generator.
+_quantizer_generator: contextvars.ContextVar[torch.Generator | None] = contextvars.ContextVar(
+    "tinykg_quantizer_generator", default=None)
 
 
 def seed_quantizer(seed: int | None) -> None:
-    """Draw per-tensor seeds from a CPU generator of the quantizer's own, seeded from ``seed``; None: from
-    the global CPU generator again (the default). A process-wide setting, like ``torch.manual_seed``."""
-    global _quantizer_generator
+    """Draw per-tensor seeds from a CPU generator of the quantizer's own, seeded from ``seed`` (any int);
+    None: from the global CPU generator again (the default). Set for the current thread (a context
+    variable: a new thread starts from the default)."""
     if seed is None:
-        _quantizer_generator = None
+        _quantizer_generator.set(None)
         return
     # A stream of its own: the generator seeded with ``seed`` itself would repeat torch.manual_seed(seed)'s.
-    state = np.random.SeedSequence([int(seed), _QUANTIZER_STREAM]).generate_state(1, np.uint64)[0]
-    _quantizer_generator = torch.Generator().manual_seed(int(state))
+    state = np.random.SeedSequence([int(seed) % 2**64, _QUANTIZER_STREAM]).generate_state(1, np.uint64)[0]
+    _quantizer_generator.set(torch.Generator().manual_seed(int(state)))
 
 
 @contextlib.contextmanager
 def restoring_quantizer_seed() -> Iterator[None]:
     """Whatever `seed_quantizer` does inside the block is undone at its end (tinykg's training entry
     points seed the quantizer for their run, and leave the caller's setting as they found it)."""
-    global _quantizer_generator
-    previous = _quantizer_generator
+    previous = _quantizer_generator.get()
     try:
         yield
     finally:
-        _quantizer_generator = previous
+        _quantizer_generator.set(previous)
 
 
 def quantizer_generator() -> torch.Generator | None:
     """The generator `seed_quantizer` set (None: seeds come from the global CPU generator), e.g. to save
     and restore its state with a training checkpoint."""
-    return _quantizer_generator
+    return _quantizer_generator.get()
 
 
 _QUANTIZER_STREAM = 0x71_6B67  # "qkg": separates the quantizer's stream from other uses of a run's seed
@@ -117,5 +121,5 @@ def draw_seed(generator: torch.Generator | None = None) -> int:
     if buffer is None:
         buffer = _seed_buffers.buffer = torch.empty((), dtype=torch.int64)
     if generator is None:
-        generator = _quantizer_generator
+        generator = _quantizer_generator.get()
     return buffer.random_(0, 2**32, generator=generator).item()

@@ -744,7 +744,7 @@ def read_recbole(
     if not linked_interacted:
         raise DataError(
             f"no item of {inter_path.name} has an entity here (item_id tokens of the two files must match, "
-            f"e.g. {_show(next(iter(interacted)))} in {inter_path.name})", link_path)
+            f"e.g. {_show(inter['item_id'][0])} in {inter_path.name})", link_path)
     notes = []
     if linked_interacted < len(interacted):
         notes.append(f"{len(interacted) - linked_interacted:,} of {len(interacted):,} interacted items have no "

@@ -19,7 +19,7 @@ from ..compress import (
 )
 from ..compress.masks import pack_mask, unpack_mask
 from ..compress.packed import narrowest_int_dtype, no_exact_groups
-from ..compress.reference import packing_saves_memory
+from ..compress.reference import compact, packing_saves_memory
 
 
 @dataclass(frozen=True)
@@ -64,12 +64,12 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     Kept as is: parameters (held anyway, so a copy would only add memory), float64 tensors (the
     quantizer's inputs are fp32/fp16/bf16; float64 runs are gradchecks of the hand-written backwards),
     integer or bool tensors (a mask is already one byte per value) and tensors whose packed copy would be
-    larger (fewer elements than about one group).
+    larger (`packing_saves_memory`: tiny tensors), as they are or as a compact copy (`compact`).
     """
     if is_parameter_like(x) or x.dtype == torch.float64 or not x.is_floating_point():  # masks, indices: as they are
         return x
     if not packing_saves_memory(x, config):
-        return x
+        return compact(x)
     if x.grad_fn is None and not is_output:
         # Inputs may be fed again next step: they need fresh noise every time, so no caching.
         return quantize(x, config, defer_exact=True)

@@ -76,7 +76,9 @@ def compressed_leaky_relu(
 class _CompressedDropoutFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p, generator, inplace):
-        keep = torch.rand(x.shape, device=x.device, generator=generator) >= p
+        # The draws of F.dropout on CPU (bernoulli_ of an empty_like), so that compression changes neither
+        # the mask nor the random stream after it (`tinykg.compress.seed_quantizer`).
+        keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator).bool()
         ctx.scale = 1.0 / (1.0 - p)
         save(ctx, BitMask.pack(keep))
         if inplace:

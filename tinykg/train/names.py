@@ -12,6 +12,14 @@ def name_words(name: str) -> list[str]:
 
 
 def is_lastfm_name(name: str) -> bool:
-    """``lastfm``, ``last.fm``, ``last-fm`` or ``music`` (KGCN's name for it) as words of the name."""
+    """A word starting with ``lastfm`` (``lastfm2k``), ``last`` followed by one starting with ``fm``
+    (``last.fm``, ``last-fm-1k``), or the word ``music`` (KGCN's name for it; not ``musical``)."""
     words = name_words(name)
-    return "lastfm" in words or "music" in words or any(a == "last" and b == "fm" for a, b in zip(words, words[1:]))
+    return (any(word.startswith("lastfm") for word in words) or "music" in words
+            or any(a == "last" and b.startswith("fm") for a, b in zip(words, words[1:])))
+
+
+def is_book_crossing_name(name: str) -> bool:
+    """A word starting with ``book`` (``books``, ``bookcrossing2``; not ``facebook``) or the word ``bx``."""
+    words = name_words(name)
+    return any(word.startswith("book") for word in words) or "bx" in words

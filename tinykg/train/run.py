@@ -15,7 +15,7 @@ from ..data import Dataset, SyntheticConfig, ctr_split, load_dataset, make_synth
 from . import distributed
 from .builders import build_ctr_model, group_size_for_bits, hyperparameters
 from .loop import TrainConfig, TrainingError, count_of, fit_ctr, measure_step_activation, results_payload, seed_everything
-from .names import is_lastfm_name, name_words
+from .names import is_book_crossing_name, is_lastfm_name
 
 CTR_MODELS = ("kgcn", "kgnn-ls", "ripplenet", "ckan")
 DATASET_KEYS = ("lastfm", "book", "synthetic")
@@ -23,11 +23,11 @@ DATASET_KEYS = ("lastfm", "book", "synthetic")
 
 def dataset_key(name: str) -> str:
     """Which published hyper-parameter set fits a dataset, from the words of its name (``synthetic``
-    otherwise): whole words only, so ``facebook-kg`` is not Book-Crossing nor ``musical-instruments``
+    otherwise; `tinykg.train.names`): ``facebook-kg`` is not Book-Crossing, nor ``musical-instruments``
     Last.FM."""
     if is_lastfm_name(name):
         return "lastfm"
-    if {"book", "bookcrossing", "bx"} & set(name_words(name)):
+    if is_book_crossing_name(name):
         return "book"
     return "synthetic"
 
