@@ -76,9 +76,10 @@ def compressed_leaky_relu(
 class _CompressedDropoutFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, p, generator, inplace):
-        # The draws of F.dropout on CPU (bernoulli_ of an empty_like), so that compression changes neither
-        # the mask nor the random stream after it (`tinykg.compress.seed_quantizer`).
-        keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator).bool()
+        # The draws of F.dropout on CPU (bernoulli_ of an empty_like; into bool directly, the same draws, one
+        # call less), so that compression changes neither the mask nor the random stream after it
+        # (`tinykg.compress.seed_quantizer`; tests/nn/test_ops.py checks both).
+        keep = torch.empty_like(x, dtype=torch.bool).bernoulli_(1.0 - p, generator=generator)
         ctx.scale = 1.0 / (1.0 - p)
         save(ctx, BitMask.pack(keep))
         if inplace:
