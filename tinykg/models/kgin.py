@@ -179,9 +179,14 @@ def intent_mixture(intent_relation_logits: torch.Tensor, relation: torch.Tensor)
 
 def distance_correlation(intent_relation_logits: torch.Tensor) -> torch.Tensor:
     """Sum over intent pairs f < f' of the distance correlation of rows w_f, w_f' (each a sample of R
-    scalars), KGIN's ``DistanceCorrelation`` (same 1e-8 terms), vectorised over pairs. (F, R) -> scalar."""
+    scalars), KGIN's ``DistanceCorrelation`` (same 1e-8 terms), vectorised over pairs. (F, R) -> scalar.
+
+    Computed in fp32 whatever the parameters' dtype (F x R values): in fp16 the 1e-8 terms underflow to 0,
+    and sqrt's gradient at a zero distance (every diagonal) is then inf, which made the whole step NaN.
+    """
     num_intents, num_relations = intent_relation_logits.shape
-    x = intent_relation_logits.unsqueeze(-1)  # (F, R, 1)
+    dtype = intent_relation_logits.dtype
+    x = intent_relation_logits.float().unsqueeze(-1)  # (F, R, 1)
     square = x * x
     squared = square - 2 * x @ x.transpose(1, 2) + square.transpose(1, 2)  # (F, R, R) |x_p - x_q|^2
     distance = torch.sqrt(squared.clamp_min(0) + 1e-8)
@@ -192,7 +197,7 @@ def distance_correlation(intent_relation_logits: torch.Tensor) -> torch.Tensor:
     diag = dcov.diagonal()
     dcor = dcov / torch.sqrt(diag.unsqueeze(1) * diag.unsqueeze(0) + 1e-8)
     rows, cols = torch.triu_indices(num_intents, num_intents, 1, device=dcor.device)
-    return dcor[rows, cols].sum()
+    return dcor[rows, cols].sum().to(dtype)
 
 
 def cosine_independence(intent_relation_logits: torch.Tensor) -> torch.Tensor:
@@ -318,6 +323,9 @@ class KGIN(TopKModel):
             intent_mixture, self.intent_relation_logits, self.relation_embedding, recompute=compress
         )  # (F, d)
         user_sum, entity_sum = user_x, entity_x
+        # F.normalize's 1e-12 (the original's), unless the dtype cannot hold it: in fp16 it rounds to 0 and a
+        # zero row (an entity without neighbours) became 0 / 0.
+        eps = max(1e-12, torch.finfo(entity_x.dtype).tiny)
         for _ in range(self.num_hops):
             entity_agg = _relational_mean(head, tail, rel, entity_x, self.relation_embedding, self.num_entities, config)
             entity_agg = _cut_zero_rows(entity_agg)
@@ -332,8 +340,8 @@ class KGIN(TopKModel):
             user_agg = _cut_zero_rows(user_agg)
             entity_agg = compressed_dropout(entity_agg, self.mess_dropout, self.training, config)
             user_agg = compressed_dropout(user_agg, self.mess_dropout, self.training, config)
-            entity_x = compressed_normalize(entity_agg, -1, 1e-12, config)  # (N_e, d)
-            user_x = compressed_normalize(user_agg, -1, 1e-12, config)  # (U, d)
+            entity_x = compressed_normalize(entity_agg, -1, eps, config)  # (N_e, d)
+            user_x = compressed_normalize(user_agg, -1, eps, config)  # (U, d)
             entity_sum = entity_sum + entity_x
             user_sum = user_sum + user_x
         return user_sum, entity_sum
