@@ -428,19 +428,6 @@ def test_inplace_activations_write_into_their_input_and_give_the_same_gradients(
     assert torch.equal(out, ref_out) and torch.equal(grad, ref_grad)
 
 
-def test_compressed_dropout_draws_the_mask_and_the_stream_of_f_dropout():
-    # Compression changes neither the dropout mask nor the global random stream after it (CPU).
-    x = torch.randn(128, 64, requires_grad=True)
-    states = []
-    outs = []
-    for config in (None, CompressionConfig(bits=2)):
-        torch.manual_seed(0)
-        outs.append(compressed_dropout(x * 1.0, 0.3, True, config))
-        states.append(torch.get_rng_state())
-    assert torch.equal(outs[0], outs[1])
-    assert torch.equal(states[0], states[1])
-
-
 def test_compress_keeps_the_inplace_flag():
     model = compress_(nn.Sequential(nn.Linear(8, 8), nn.ReLU(inplace=True), nn.Dropout(0.1, inplace=True)),
                       CompressionConfig(bits=2))

@@ -57,18 +57,6 @@ def test_compressed_and_fp32_runs_of_one_seed_draw_the_same_global_random_number
     assert torch.equal(states[32], states[2])
 
 
-def test_kgat_compressed_and_fp32_runs_draw_the_same_global_random_numbers():
-    # KGAT has message dropout: with compression on it must draw F.dropout's masks, or the streams part.
-    from tinykg.train.topk import train_topk
-
-    dataset = make_synthetic(SyntheticConfig.toy(), seed=0)
-    states = {}
-    for bits in (32, 2):
-        train_topk("kgat", dataset, bits=bits, seed=0, overrides={"epochs": 1}, log=lambda *_: None)
-        states[bits] = torch.get_rng_state()
-    assert torch.equal(states[32], states[2])
-
-
 def test_quantizer_generators_are_per_thread():
     import threading
 

@@ -20,7 +20,7 @@ generator (so ``torch.manual_seed`` alone makes compression reproducible). tinyk
 quantizer's own: drawn from the global generator, a compressed run would consume random numbers that the
 fp32 run of the same seed does not, and every later dropout mask and sampled negative drawn from it would
 differ between the two runs, so their paired comparison would measure those draws as well. (Compressed
-dropout draws F.dropout's masks on CPU for the same reason: `tinykg.nn.compressed_dropout`.) The setting
+dropout does draw other masks than F.dropout, for speed: `tinykg.nn.compressed_dropout`.) The setting
 is a context variable: each thread has its own, and a new thread starts from the global generator.
 """
 

@@ -158,8 +158,8 @@ def results_payload(
 
 def seed_everything(seed: int) -> None:
     """Seed Python, numpy and torch (CPU and CUDA) global generators, and the quantizer's own
-    (`tinykg.compress.seed_quantizer`: on CPU a compressed run then draws from the global generators exactly
-    what the fp32 run of the same seed draws)."""
+    (`tinykg.compress.seed_quantizer`: quantizing then draws nothing from the global generators, so a
+    compressed run of a model without dropout draws exactly what the fp32 run of the same seed draws)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
