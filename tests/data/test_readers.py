@@ -400,3 +400,11 @@ def test_rating_threshold_for_other_scales(tmp_path):
     with pytest.raises(DataError, match=r"no interaction has rating >= 4 \(--rating-threshold sets it\)"):
         load_dataset(directory)
     assert load_dataset(directory, rating_threshold=0.5).interactions.num_positives == 2
+
+
+def test_read_kgcn_names_a_broken_ratings_link_with_or_without_detection(tmp_path):
+    directory = make_dir(tmp_path, {"kg_final.txt": KG_FINAL})
+    (directory / "ratings_final.txt").symlink_to(tmp_path / "gone.txt")
+    for fmt in (None, "kgcn"):
+        with pytest.raises(DataError, match="ratings_final.txt: broken symbolic link"):
+            load_dataset(directory, format=fmt)

@@ -341,10 +341,13 @@ def read_kgcn(directory: str | os.PathLike) -> Dataset:
     """
     directory = Path(directory)
     ratings_path = directory / "ratings_final.npy"
-    if not ratings_path.exists():
+    if not (ratings_path.exists() or ratings_path.is_symlink()):
         ratings_path = directory / "ratings_final.txt"
-    if not ratings_path.exists():
+    reason = _missing_file_reason(ratings_path)
+    if reason == "file not found":
         raise DataError("file not found (nor ratings_final.npy)", ratings_path)
+    if reason:  # a broken link or a directory says more than "not found"
+        raise DataError(reason, ratings_path)
     kg_path = directory / "kg_final.txt"
     kg = _read_kg_final(kg_path)
     table, line_numbers = _read_ratings(ratings_path)
