@@ -97,3 +97,14 @@ def test_training_entry_points_leave_the_callers_quantizer_setting_as_they_found
         train_ctr("kgcn", dataset, bits=2, seed=0, overrides={"epochs": 1}, log=lambda *_: None)
         assert quantizer_generator() is mine
     assert quantizer_generator() is None
+
+
+def test_restoring_a_checkpoint_state_restores_the_quantizer_stream_even_when_none_is_set():
+    from tinykg.train.checkpoint import rng_state, set_rng_state
+
+    seed_quantizer(5)
+    state = rng_state()
+    expected = [draw_seed() for _ in range(3)]
+    seed_quantizer(None)  # a process that resumes without having seeded the quantizer
+    set_rng_state(state)
+    assert [draw_seed() for _ in range(3)] == expected

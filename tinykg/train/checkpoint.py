@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..compress import quantizer_generator
+from ..compress import quantizer_generator, seed_quantizer
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -47,7 +47,9 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if "quantizer" in state and quantizer_generator() is not None:
+    if "quantizer" in state:  # the run drew quantization seeds from a generator of its own: so does the resumed one
+        if quantizer_generator() is None:
+            seed_quantizer(0)  # any seed: the state below replaces it
         quantizer_generator().set_state(state["quantizer"])
 
 
