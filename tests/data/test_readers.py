@@ -306,6 +306,8 @@ def test_read_kgcn_drops_repeated_rows_with_a_note(tmp_path):
     assert dataset.interactions.num_interactions == 4
     assert dataset.interactions.label.tolist() == [1, 0, 1, 0]
     assert dataset.notes == ("ratings_final.txt: 5 repeated (user, item) rows dropped (the first of each pair is kept)",)
+    single = read_kgcn(make_dir(tmp_path / "one", kgcn_files(**{"ratings_final.txt": RATINGS_FINAL + "0\t0\t1\n"})))
+    assert single.notes == ("ratings_final.txt: 1 repeated (user, item) row dropped (the first of each pair is kept)",)
     assert read_kgcn(make_dir(tmp_path / "plain", kgcn_files())).notes == ()
 
 
@@ -321,8 +323,8 @@ def test_read_kgat_counts_repeated_items_once_and_notes_test_pairs_seen_in_train
     assert dataset.interactions.num_interactions == 3  # (0, 0), (0, 1), (1, 2)
     assert dataset.test_interactions.num_interactions == 4
     assert dataset.notes == (
-        "train.txt: 1 items listed twice for a user counted once",
-        "test.txt: 1 of 4 test pairs are also in train.txt; evaluation masks training items, so they count as misses",
+        "train.txt: 1 repeated (user, item) pair counted once",
+        "test.txt: 1 of 4 test pairs also in train.txt; evaluation masks training items, so they count as misses",
     )
 
 
@@ -345,8 +347,8 @@ def test_read_recbole_refuses_a_link_file_that_matches_no_interacted_item(tmp_pa
 def test_read_recbole_notes_unlinked_and_interaction_free_items(tmp_path):
     dataset = load_dataset(make_dir(tmp_path, recbole_files()))
     assert dataset.notes == (
-        "2 of 4 interacted items have no entity in test.link (entities without triples)",
-        "1 items of test.link have no interaction (the CTR models' negatives are drawn from them too, as in KGCN)",
+        "2 of 4 interacted items without an entity in test.link (entities without triples)",
+        "1 item of test.link without interactions (the CTR models' negatives are drawn from them too, as in KGCN)",
     )
 
 

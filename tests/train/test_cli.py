@@ -149,10 +149,10 @@ def test_cli_prints_what_the_reader_noted(tmp_path, capsys):
     data = _write(tmp_path / "d", {"kg_final.txt": "0\t0\t3\n1\t1\t3\n2\t0\t4\n",
                                    "ratings_final.txt": "0\t0\t1\n0\t1\t0\n0\t0\t1\n1\t1\t1\n1\t2\t0\n"})
     assert main(["data", "info", str(data)]) == 0
-    assert "note: ratings_final.txt: 1 repeated (user, item) rows dropped" in capsys.readouterr().out
+    assert "note: ratings_final.txt: 1 repeated (user, item) row dropped" in capsys.readouterr().out
     assert main(["data", "info", str(data), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["notes"] == [
-        "ratings_final.txt: 1 repeated (user, item) rows dropped (the first of each pair is kept)"]
+        "ratings_final.txt: 1 repeated (user, item) row dropped (the first of each pair is kept)"]
 
 
 def test_cli_ctr_model_on_positives_only_is_a_clear_error(tmp_path, capsys):

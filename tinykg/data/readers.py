@@ -71,6 +71,11 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")
 # --------------------------------------------------------------------------------------------
 
 
+def _count(n: int, noun: str) -> str:
+    """``"1 item"``, ``"2 items"``, ``"1,024 items"``."""
+    return f"{n:,} {noun}" if n == 1 else f"{n:,} {noun}s"
+
+
 def _show(token: str) -> str:
     """A short printable rendering of a token for an error message."""
     return repr(token if len(token) <= 30 else token[:30] + "...")
@@ -326,7 +331,7 @@ def _drop_repeated_rows(path: Path, table: np.ndarray, line_numbers: np.ndarray 
         user, item = table[row, 0], table[row, 1]
         raise _at(path, line_numbers, row, f"user {user}, item {item} is given both labels 0 and 1")
     dropped = len(key) - len(first)
-    note = f"{path.name}: {dropped:,} repeated (user, item) rows dropped (the first of each pair is kept)"
+    note = f"{path.name}: {_count(dropped, 'repeated (user, item) row')} dropped (the first of each pair is kept)"
     return table[first], [note]
 
 
@@ -555,13 +560,13 @@ def read_kgat(directory: str | os.PathLike) -> Dataset:
         key = user * num_items + item
         first = first_occurrence(key)
         if len(first) < len(key):
-            notes.append(f"{name}: {len(key) - len(first):,} items listed twice for a user counted once")
+            notes.append(f"{name}: {_count(len(key) - len(first), 'repeated (user, item) pair')} counted once")
         parts[name] = (user[first], item[first])
         keys[name] = key[first]
     overlap = int(np.isin(keys["test.txt"], keys["train.txt"]).sum())
     if overlap:
         notes.append(
-            f"test.txt: {overlap:,} of {len(keys['test.txt']):,} test pairs are also in train.txt; evaluation "
+            f"test.txt: {overlap:,} of {_count(len(keys['test.txt']), 'test pair')} also in train.txt; evaluation "
             "masks training items, so they count as misses"
         )
     train, test = (
@@ -750,11 +755,11 @@ def read_recbole(
             f"e.g. {_show(inter['item_id'][0])} in {inter_path.name})", link_path)
     notes = []
     if linked_interacted < len(interacted):
-        notes.append(f"{len(interacted) - linked_interacted:,} of {len(interacted):,} interacted items have no "
-                     f"entity in {link_path.name} (entities without triples)")
+        notes.append(f"{len(interacted) - linked_interacted:,} of {_count(len(interacted), 'interacted item')} without "
+                     f"an entity in {link_path.name} (entities without triples)")
     if len(linked_items) > linked_interacted:
-        notes.append(f"{len(linked_items) - linked_interacted:,} items of {link_path.name} have no interaction "
-                     "(the CTR models' negatives are drawn from them too, as in KGCN)")
+        notes.append(f"{_count(len(linked_items) - linked_interacted, 'item')} of {link_path.name} without "
+                     "interactions (the CTR models' negatives are drawn from them too, as in KGCN)")
 
     relation_index_of: dict[str, int] = {}
     next_entity = num_items
