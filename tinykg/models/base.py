@@ -69,8 +69,8 @@ def check_batch(names: tuple[str, ...], *columns: torch.Tensor, sizes: tuple[int
             raise ValueError(f"{name} must be 1-D (one value per pair), got shape {tuple(column.shape)}")
         lengths.append(column.shape[0])
     if len(set(lengths)) > 1:
-        sizes = ", ".join(f"{name} {length}" for name, length in zip(names, lengths))
-        raise ValueError(f"a batch's columns must have one length, got {sizes}")
+        shown = ", ".join(f"{name} {length}" for name, length in zip(names, lengths))
+        raise ValueError(f"a batch's columns must have one length, got {shown}")
     if lengths[0] == 0:
         raise ValueError(f"empty batch: the loss needs at least one row ({', '.join(names)} are empty)")
     if sizes is not None:
