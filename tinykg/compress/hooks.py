@@ -96,6 +96,13 @@ SIGN, EXACT, SQUARE, CENTRED_SQUARE = "sign", "exact", "square", "centred_square
 # From this width on the squares' policies keep the output itself (one copy, deduplicated with the next
 # layer's): the bias is at most Var <= (range / 255)**2 / 4 (bench_hooks: z 1.0 at 8 bits either way).
 SQUARE_BELOW_BITS = 8
+# The centre c of the square each policy keeps: tanh reads y**2, sigmoid y (1 - y) = 1/4 - (y - 1/2)**2.
+SQUARE_CENTRES = {SQUARE: 0.0, CENTRED_SQUARE: 0.5}
+
+
+def centred_square(y: torch.Tensor, centre: float) -> torch.Tensor:
+    """(y - centre)**2 as a new tensor (one pass when centre is 0): what tanh and sigmoid keep below 8 bits."""
+    return (y - centre).square_() if centre else y.square()
 _save_policy: contextvars.ContextVar[str | None] = contextvars.ContextVar("tinykg_save_policy", default=None)
 
 
@@ -192,9 +199,7 @@ class _SquareActivation:
     __slots__ = ("packed", "centre")
 
     def __init__(self, t: torch.Tensor, config: CompressionConfig, centre: float) -> None:
-        v = t.detach()
-        v = (v - centre).square_() if centre else v.square()
-        self.packed = quantize(v, config)
+        self.packed = quantize(centred_square(t.detach(), centre), config)
         self.centre = centre
 
     def restore(self) -> torch.Tensor:
@@ -272,7 +277,7 @@ class _SavedTensorHooks:
             _notify(stored, t)
             return _Kept(stored, stored._version)
         if policy in (SQUARE, CENTRED_SQUARE) and self.config.bits < SQUARE_BELOW_BITS:
-            square = _SquareActivation(t, self.config, 0.5 if policy == CENTRED_SQUARE else 0.0)
+            square = _SquareActivation(t, self.config, SQUARE_CENTRES[policy])
             for part in square.packed.tensors():
                 _notify(part, t)
             return square

@@ -73,6 +73,7 @@ def uniform_noise(numel: int, seed: int, device: torch.device | str = "cpu") -> 
 
 
 _seed_buffers = threading.local()
+_QUANTIZER_STREAM = 0x71_6B67  # "qkg": separates the quantizer's stream from other uses of a run's seed
 # A context variable, not a global: two training runs in two threads each keep their own generator.
 _quantizer_generator: contextvars.ContextVar[torch.Generator | None] = contextvars.ContextVar(
     "tinykg_quantizer_generator", default=None)
@@ -105,9 +106,6 @@ def quantizer_generator() -> torch.Generator | None:
     """The generator `seed_quantizer` set (None: seeds come from the global CPU generator), e.g. to save
     and restore its state with a training checkpoint."""
     return _quantizer_generator.get()
-
-
-_QUANTIZER_STREAM = 0x71_6B67  # "qkg": separates the quantizer's stream from other uses of a run's seed
 
 
 def draw_seed(generator: torch.Generator | None = None) -> int:

@@ -75,8 +75,10 @@ def check_batch(names: tuple[str, ...], *columns: torch.Tensor, sizes: tuple[int
         raise ValueError(f"empty batch: the loss needs at least one row ({', '.join(names)} are empty)")
     if sizes is not None:
         for name, column, size in zip(names, columns, sizes):
-            if column.device.type == "cpu" and (int(column.min()) < 0 or int(column.max()) >= size):
-                raise ValueError(f"{name} holds ids outside [0, {size}): min {int(column.min())}, max {int(column.max())}")
+            if column.device.type == "cpu":
+                low, high = (int(v) for v in torch.aminmax(column))  # one pass over the column
+                if low < 0 or high >= size:
+                    raise ValueError(f"{name} holds ids outside [0, {size}): min {low}, max {high}")
     return lengths[0]
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ..compress.hooks import SQUARE_BELOW_BITS
+from ..compress.hooks import CENTRED_SQUARE, SQUARE, SQUARE_BELOW_BITS, SQUARE_CENTRES, centred_square
 from ._saved import BitMask, compression_active, first_order, load, maybe_quantize, save
 
 
@@ -123,21 +123,19 @@ OUTPUT_GRADS = {
 
 
 # tanh and sigmoid below 8 bits keep v = (y - centre)**2; their derivative is its value at the centre minus v.
-_SQUARE_CENTRE = {"tanh": 0.0, "sigmoid": 0.5}
+_SQUARE_CENTRE = {"tanh": SQUARE_CENTRES[SQUARE], "sigmoid": SQUARE_CENTRES[CENTRED_SQUARE]}
 _DERIVATIVE_AT_CENTRE = {"tanh": 1.0, "sigmoid": 0.25}
 
 
-def output_activation_saved(y: torch.Tensor, kind: str, config: CompressionConfig | None, share_output: bool = False):
+def output_activation_saved(y: torch.Tensor, kind: str, config: CompressionConfig, share_output: bool = False):
     """What tanh / sigmoid (``kind``) keep of their output ``y`` for backward, and whether it is the square
     (module docstring): below 8 bits v = (y - c)**2 quantized, else y itself (`maybe_quantize`, shared with
     a next op that keeps y at the same config). ``share_output``: y itself at every width, for a caller
     that knows a later op keeps y and prefers one shared copy to the unbiased square. Hand both results
     to `output_activation_grad`."""
-    if share_output or config is None or config.bits >= SQUARE_BELOW_BITS:
+    if share_output or config.bits >= SQUARE_BELOW_BITS:
         return maybe_quantize(y, config, is_output=True), False
-    centre = _SQUARE_CENTRE[kind]
-    square = (y - centre).square_() if centre else y.square()
-    return maybe_quantize(square, config), True
+    return maybe_quantize(centred_square(y, _SQUARE_CENTRE[kind]), config), True
 
 
 def output_activation_grad(saved: torch.Tensor, grad_out: torch.Tensor, kind: str, is_square: bool) -> torch.Tensor:
