@@ -20,9 +20,11 @@ Memory layout (what autograd keeps with a `CompressionConfig`): mean_d(u * r) is
 quantized u, the per-neighbour relation index narrowed to the relation count (uint8) and the quantized
 weights, never the (B, K, d) relation vectors or the logits. The attention of hop h depends only on the
 user and the relations, so it is computed once and shared by all iterations (the TF code recomputes
-identical values). Each aggregator's linear map and activation are one fused op. Neighbours of iteration 1 are gathered straight from the entity table
-(`gather_aggregate`: narrowed index + quantized weights saved, table by reference); with the sum aggregator
-iteration 1 is one op from the table to the activation (`_SumAggregateFunction`, the same saved state).
+identical values). Each aggregator's linear map and activation are one fused op. Neighbours of iteration
+1 are gathered straight from the entity table (`gather_aggregate`: narrowed index + quantized weights saved,
+table by reference); with the sum aggregator iteration 1 is one op from the table to the activation
+(`_SumAggregateFunction`, the same saved state and no copy of the linear map's input, which its backward
+rebuilds from them).
 
 Legend: B batch, K neighbours per entity, H iterations (hops), d embedding dim, E entities,
 N_r relations, n = K^h nodes of hop h per batch row.
@@ -38,8 +40,8 @@ from ..compress import CompressionConfig
 from ..nn import compressed_dot, compressed_embedding, compressed_linear, gather_aggregate, indexed_attention, weighted_sum
 from ..nn._saved import BitMask, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 from ..nn.activation import OUTPUT_GRADS, mask_grad
-from ..nn.aggregate import add_gather_grad, gather_weights_grad
-from .base import CTRModel, check_choice, check_count, index_buffer, op_index, tf_l2
+from ..nn.aggregate import add_gather_grad
+from .base import CTRModel, batch_rows, check_choice, check_count, index_buffer, op_index, tf_l2
 
 AGGREGATORS = ("sum", "concat", "neighbor")
 
@@ -47,15 +49,20 @@ AGGREGATORS = ("sum", "concat", "neighbor")
 class _SumAggregateFunction(torch.autograd.Function):
     """Iteration 1 of the sum aggregator on one hop, read straight from the entity table, as one op:
 
-        out = act(W (e[self] + (1/K) sum_k w_k e[neighbor_k]) + b)
+        out = act(W x + b),    x = e[self] + (1/K) sum_k w_k e[neighbor_k]
 
-    What it keeps is what the three ops it replaces (`compressed_embedding`, `gather_aggregate`,
-    `compressed_linear`) keep: both indices narrowed, the attention weights quantized (the copy the
-    attention already made), the quantized input of the linear map, and the activation's mask or quantized
-    output. Fusing saves two autograd nodes, their save/load bookkeeping and the add, and the table's
+    It keeps both indices narrowed, the attention weights quantized (the copy the attention already made),
+    the table by reference (a parameter) and the activation's mask or quantized output; not x. The
+    gradient of W needs x, and backward rebuilds it as x~ = e[self] + (1/K) sum_k w~_k e[neighbor_k] from
+    the quantized weights w~ and the neighbour rows it gathers anyway for the weights' gradient. x~ is
+    linear in w~, so E[x~] = x, and its noise is independent of the other factor's (grad_pre, from the
+    activation's own copy): the gradient of W stays unbiased. Its noise is that of the weights, which
+    are near 1/K and tightly grouped, instead of a 2-bit copy of x spanning the values' range: lower
+    variance, one quantize and one dequantize fewer per step (~10% of the compressed step's overhead at
+    KGCN's batch of 128 on Last.FM) and 544 B fewer per step there.
+    Fusing also saves two autograd nodes, their save/load bookkeeping and the add, and the table's
     gradient is one zero-filled (E, d) tensor with both scatters into it instead of two that autograd
-    then adds: ~20% of the compressed step's overhead over fp32 at KGCN's batch of 128 on Last.FM.
-    The forward computes the same numbers as the unfused ops.
+    then adds. The forward computes the same numbers as the unfused ops.
     """
 
     @staticmethod
@@ -67,8 +74,8 @@ class _SumAggregateFunction(torch.autograd.Function):
         x = F.embedding(gather_index(self_index), table) + (gathered * weights.unsqueeze(-1)).sum(-2) * (1.0 / k)
         del gathered
         ctx.num_rows, ctx.scale, ctx.activation = num_rows, 1.0 / k, activation
-        x_saved = maybe_quantize(x, config, is_output=True) if weight.requires_grad else None
         out = F.linear(x, weight, bias)
+        del x
         if activation == "relu":
             act_saved = BitMask.pack(out > 0)
             out = out.relu_()
@@ -79,12 +86,13 @@ class _SumAggregateFunction(torch.autograd.Function):
             # gradient cost 9% more bytes per step and changed no AUC on Last.FM at 2 bits (5 seeds: KGCN
             # -0.03% vs +0.03%, KGNN-LS -0.10% vs -0.10% against fp32; session 11).
             act_saved = maybe_quantize(out, output_config, is_output=True)
+        # The weights serve the table's gradient and the rebuilt x (W's gradient).
+        keep_weights = table.requires_grad or weight.requires_grad
         save(
             ctx,
             narrow_index(self_index, num_rows),
             narrow_index(neighbor_index, num_rows),
-            maybe_quantize(weights, config) if table.requires_grad else None,
-            x_saved,
+            maybe_quantize(weights, config) if keep_weights else None,
             table,
             weight,
             act_saved,
@@ -94,26 +102,32 @@ class _SumAggregateFunction(torch.autograd.Function):
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
-        self_index, neighbor_index, weights, x_hat, table, weight, act = load(ctx)
+        self_index, neighbor_index, weights, table, weight, act = load(ctx)
         if ctx.activation == "relu":
             grad_pre = mask_grad(act, grad_out, 0.0)
         else:
             grad_pre = OUTPUT_GRADS["tanh"](act.to(grad_out.dtype), grad_out)  # (B, n, d')
         need = ctx.needs_input_grad
-        grad_pre2 = grad_pre.reshape(-1, grad_pre.shape[-1])  # (B n, d')
-        grad_weight = grad_pre2.t() @ x_hat.reshape(-1, x_hat.shape[-1]).to(grad_pre.dtype) if need[4] else None
-        grad_bias = grad_pre2.sum(0) if need[5] else None
-        grad_x = grad_pre @ weight.to(grad_pre.dtype)  # (B, n, d)
+        dtype, d = grad_pre.dtype, table.shape[-1]
+        grad_x = grad_pre @ weight.to(dtype)  # (B, n, d)
         g = grad_x * ctx.scale  # gradient of the neighbours' weighted sum
-        neighbor_index = neighbor_index.long()  # widened once for both uses below
-        grad_table = grad_weights = None
+        neighbor_index = neighbor_index.long()  # widened once for the uses below
+        neighbors = None
+        if need[3] or need[4]:
+            neighbors = F.embedding(neighbor_index, table.to(dtype))  # (B, n, K, d), freed on return
+        grad_table = grad_weights = grad_weight = None
+        if need[4]:
+            # x~ (class docstring): the input of the linear map, rebuilt from the quantized weights.
+            x_hat = F.embedding(self_index.long(), table.to(dtype))
+            x_hat += (neighbors * weights.to(dtype).unsqueeze(-1)).sum(-2) * ctx.scale  # (B, n, d)
+            grad_weight = grad_pre.reshape(-1, grad_pre.shape[-1]).t() @ x_hat.reshape(-1, d)
+        grad_bias = grad_pre.reshape(-1, grad_pre.shape[-1]).sum(0) if need[5] else None
         if need[0]:  # one buffer for the self rows and the neighbour rows
-            d = grad_x.shape[-1]
             grad_table = grad_x.new_zeros(ctx.num_rows, d)
             grad_table.index_add_(0, self_index.reshape(-1).long(), grad_x.reshape(-1, d))
             add_gather_grad(grad_table, g, neighbor_index, weights)
         if need[3]:
-            grad_weights = gather_weights_grad(g, neighbor_index, table)
+            grad_weights = (neighbors * g.unsqueeze(-2)).sum(-1)  # <e[neighbor_k], g>: (B, n, K)
         return grad_table, None, None, grad_weights, grad_weight, grad_bias, None, None, None
 
 
@@ -186,20 +200,26 @@ class KGCN(CTRModel):
 
     # -- receptive field ------------------------------------------------------------------------
 
-    def receptive_field(self, item_index: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Hop-h entities [(B, K^h) for h = 0..H] and relations [(B, K^(h+1)) for h = 0..H-1], int32.
+    def receptive_field(
+        self, item_index: torch.Tensor, narrow: bool = False
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Hop-h entities [(B, K^h) for h = 0..H] and relations [(B, K^(h+1)) for h = 0..H-1].
 
-        int32 once, here: the plain (fp32) ops then save views of these very tensors (the gather of hop h
-        and the self embedding of hop h share one), where indices kept narrow would be widened into
-        separate copies by each op (measured: +8 KB per step for KGCN on the synthetic default). The
-        compressed ops narrow what they keep themselves.
+        ``narrow=False`` (the plain fp32 ops): int32 once, here: the plain ops then save views of these very
+        tensors (the gather of hop h and the self embedding of hop h share one), where indices kept narrow
+        would be widened into separate copies by each op (measured: +8 KB per step for KGCN on the synthetic
+        default). ``narrow=True`` (the compressed ops, which keep indices narrow): hops 1..H in the
+        adjacency's own narrow dtypes, hop 0 the item column as given, so that the ops save them with no
+        conversion (five fewer per step at H = 1, each a few microseconds of a small step).
         """
         batch = item_index.shape[0]
-        entities = [op_index(item_index).view(batch, 1)]
+        as_op = (lambda index: index) if narrow else op_index
+        entities = [as_op(item_index).view(batch, 1)]
         relations = []
         for hop in range(self.num_layers):
-            entities.append(op_index(self.adj_entity[entities[hop]].view(batch, -1)))
-            relations.append(op_index(self.adj_relation[entities[hop]].view(batch, -1)))
+            rows = gather_index(entities[hop])  # int16 cannot index a tensor and uint8 would be a mask
+            entities.append(as_op(self.adj_entity[rows].view(batch, -1)))
+            relations.append(as_op(self.adj_relation[rows].view(batch, -1)))
         return entities, relations
 
     def attention(self, user_vectors: torch.Tensor, relations: list[torch.Tensor], config) -> list[torch.Tensor]:
@@ -234,8 +254,8 @@ class KGCN(CTRModel):
         """User vectors (B, d), item vectors (B, d) and the receptive field with its attention."""
         config = self.active_config
         batch, d, k = item_index.shape[0], self.embedding_dim, self.num_neighbors
-        user_vectors = compressed_embedding(op_index(user_index), self.user_embedding, config)  # (B, d)
-        entities, relations = self.receptive_field(item_index)
+        user_vectors = batch_rows(user_index, self.user_embedding)  # (B, d)
+        entities, relations = self.receptive_field(item_index, narrow=config is not None)
         weights = self.attention(user_vectors, relations, config)
 
         # Iteration 1 reads raw embeddings: neighbours are gathered from the table directly.
