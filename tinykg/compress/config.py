@@ -10,6 +10,8 @@ import torch
 
 ALLOWED_BITS = (1, 2, 4, 8)
 METADATA_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# Bits of one group's metadata (a scale and a zero-point), read for every saved tensor: a table, not finfo.
+_METADATA_BITS = {name: 2 * torch.finfo(dtype).bits for name, dtype in METADATA_DTYPES.items()}
 ROW = "row"
 
 
@@ -94,7 +96,7 @@ class CompressionConfig:
     @property
     def metadata_bits(self) -> int:
         """Bits of metadata per group: one scale and one zero-point."""
-        return 2 * torch.finfo(self.torch_metadata_dtype).bits
+        return _METADATA_BITS[self.metadata_dtype]
 
     def ideal_ratio(self, row_size: int | None = None) -> float:
         """fp32 bits over stored bits per element: 32 / (bits + metadata_bits / group_size)."""

@@ -26,6 +26,7 @@ from torch import nn
 from ..compress import CompressionConfig
 from ..compress.config import ALLOWED_BITS
 from ..compress.packed import narrowest_int_dtype
+from ..nn._saved import as_dtype
 
 
 def index_buffer(values, num_rows: int) -> torch.Tensor:
@@ -181,4 +182,4 @@ class CTRModel(CompressedModel):
 
 def bce(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy on logits (B,) against 0/1 labels (B,)."""
-    return F.binary_cross_entropy_with_logits(logits, label.to(logits.dtype))
+    return F.binary_cross_entropy_with_logits(logits, as_dtype(label, logits.dtype))

@@ -60,7 +60,7 @@ from ..nn import (
     compressed_mul,
     compressed_normalize,
 )
-from ..nn._saved import BitMask, compression_active, first_order, load, maybe_quantize, narrow_index, save
+from ..nn._saved import BitMask, as_dtype, compression_active, first_order, load, maybe_quantize, narrow_index, save
 from ..nn.activation import mask_grad
 from .base import BPR_COLUMNS, check_batch, check_count, index_buffer, op_index
 from .bprmf import TopKModel, bpr_loss
@@ -129,7 +129,7 @@ class _BiInteractionFunction(torch.autograd.Function):
     @first_order
     def backward(ctx, grad_out):
         x, side, w1, w2, positive1, positive2 = load(ctx)
-        x, side = x.to(grad_out.dtype), side.to(grad_out.dtype)
+        x, side = as_dtype(x, grad_out.dtype), as_dtype(side, grad_out.dtype)
         need = ctx.needs_input_grad
         # Every (N, d) temporary is dropped as soon as it has been used, and the last one is updated in
         # place: this backward sets the peak memory of a large KGAT step (1.3 GB per tensor at 10M triples).

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ..nn import compressed_dot, compressed_embedding, compressed_linear, gather_aggregate, indexed_attention, weighted_sum
-from ..nn._saved import BitMask, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
+from ..nn._saved import BitMask, as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 from ..nn.activation import OUTPUT_GRADS, mask_grad
 from ..nn.aggregate import add_gather_grad
 from .base import CTRModel, batch_rows, check_choice, check_count, index_buffer, op_index, tf_l2
@@ -106,20 +106,21 @@ class _SumAggregateFunction(torch.autograd.Function):
         if ctx.activation == "relu":
             grad_pre = mask_grad(act, grad_out, 0.0)
         else:
-            grad_pre = OUTPUT_GRADS["tanh"](act.to(grad_out.dtype), grad_out)  # (B, n, d')
+            grad_pre = OUTPUT_GRADS["tanh"](as_dtype(act, grad_out.dtype), grad_out)  # (B, n, d')
         need = ctx.needs_input_grad
         dtype, d = grad_pre.dtype, table.shape[-1]
-        grad_x = grad_pre @ weight.to(dtype)  # (B, n, d)
+        grad_x = grad_pre @ as_dtype(weight, dtype)  # (B, n, d)
         g = grad_x * ctx.scale  # gradient of the neighbours' weighted sum
         neighbor_index = neighbor_index.long()  # widened once for the uses below
+        table = as_dtype(table, dtype)
         neighbors = None
         if need[3] or need[4]:
-            neighbors = F.embedding(neighbor_index, table.to(dtype))  # (B, n, K, d), freed on return
+            neighbors = F.embedding(neighbor_index, table)  # (B, n, K, d), freed on return
         grad_table = grad_weights = grad_weight = None
         if need[4]:
             # x~ (class docstring): the input of the linear map, rebuilt from the quantized weights.
-            x_hat = F.embedding(self_index.long(), table.to(dtype))
-            x_hat += (neighbors * weights.to(dtype).unsqueeze(-1)).sum(-2) * ctx.scale  # (B, n, d)
+            x_hat = F.embedding(self_index.long(), table)
+            x_hat += (neighbors * as_dtype(weights, dtype).unsqueeze(-1)).sum(-2) * ctx.scale  # (B, n, d)
             grad_weight = grad_pre.reshape(-1, grad_pre.shape[-1]).t() @ x_hat.reshape(-1, d)
         grad_bias = grad_pre.reshape(-1, grad_pre.shape[-1]).sum(0) if need[5] else None
         if need[0]:  # one buffer for the self rows and the neighbour rows

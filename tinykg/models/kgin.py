@@ -49,7 +49,7 @@ from ..nn import (
     compressed_softmax,
     edge_aggregate,
 )
-from ..nn._saved import compression_active, first_order, load, maybe_quantize, save
+from ..nn._saved import as_dtype, compression_active, first_order, load, maybe_quantize, save
 from .base import BPR_COLUMNS, check_batch, check_choice, check_count, index_buffer, op_index
 from .bprmf import TopKModel, bpr_loss
 
@@ -103,10 +103,10 @@ class _RelationalMeanFunction(torch.autograd.Function):
         g_edges = (grad_out / count.unsqueeze(1)).index_select(0, head)  # (E, d)
         grad_x = grad_relation = None
         if ctx.needs_input_grad[3]:
-            per_edge = g_edges * relation.to(g_edges.dtype).index_select(0, rel_type)
+            per_edge = g_edges * as_dtype(relation, g_edges.dtype).index_select(0, rel_type)
             grad_x = grad_out.new_zeros(ctx.num_sources, grad_out.shape[1]).index_add_(0, tail, per_edge)
         if ctx.needs_input_grad[4]:
-            per_edge = g_edges * x.to(g_edges.dtype).index_select(0, tail)
+            per_edge = g_edges * as_dtype(x, g_edges.dtype).index_select(0, tail)
             grad_relation = grad_out.new_zeros(ctx.num_relations, grad_out.shape[1]).index_add_(0, rel_type, per_edge)
         return None, None, None, grad_x, grad_relation, None, None
 

@@ -18,7 +18,7 @@ from ..compress import (
     saving_packed,
 )
 from ..compress.masks import pack_mask, unpack_mask
-from ..compress.packed import narrowest_int_dtype, no_exact_groups
+from ..compress.packed import narrowest_int_dtype
 from ..compress.reference import compact, packing_saves_memory
 
 
@@ -44,6 +44,13 @@ def narrow_index(index: torch.Tensor, num_rows: int) -> torch.Tensor:
     """
     dtype = narrowest_int_dtype(max(num_rows - 1, 0))
     return index if index.dtype == dtype else index.to(dtype)
+
+
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``: itself when it already is. A no-op ``.to`` still costs ~1 us of dispatch, and
+    the hand-written backwards cast a dozen loaded tensors per step to the gradient's dtype (mixed
+    precision) where almost all of them already have it."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def gather_index(index: torch.Tensor) -> torch.Tensor:
@@ -78,7 +85,7 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     # Intermediates are created anew by every forward pass, so no noise is reused across steps.
     owner = _cache_owner(x)
     cached = getattr(owner, "_tinykg_packed", None)
-    if cached is not None and cached[0] == config and cached[1] == x._version:
+    if cached is not None and (cached[0] is config or cached[0] == config) and cached[1] == x._version:
         packed = cached[2]
         if packed.shape == x.shape:
             return packed
@@ -123,8 +130,8 @@ def save(ctx, *items: Item) -> None:
             if item.exact_index.numel():
                 layout.append(("packed", item.meta))
                 tensors.extend(item.tensors())
-            else:  # the usual case: the two empty exact-group tensors are not saved (each costs ~0.3 us)
-                layout.append(("packed_dense", item.meta, item.exact_index.dtype))
+            else:  # the usual case: the two empty exact-group tensors ride on the layout (no bytes), unsaved
+                layout.append(("packed_dense", item.meta, item.exact_index, item.exact_values))
                 tensors.extend((item.codes, item.scale, item.zero_point))
             if item.meta.numel < _SHARE_BELOW:
                 item.codes._tinykg_uses = getattr(item.codes, "_tinykg_uses", 0) + 1
@@ -157,10 +164,7 @@ def load(ctx) -> list:
             out.append(_load_packed(tensors[pos : pos + _PACKED_PARTS], entry[1]))
             pos += _PACKED_PARTS
         elif kind == "packed_dense":
-            meta = entry[1]
-            codes = tensors[pos]
-            empty = no_exact_groups(codes.device, entry[2], meta.dtype, meta.group_size)
-            out.append(_load_packed([*tensors[pos : pos + 3], *empty], meta))
+            out.append(_load_packed([*tensors[pos : pos + 3], entry[2], entry[3]], entry[1]))
             pos += 3
         elif kind == "mask":
             out.append(BitMask(tensors[pos], entry[1]).unpack())

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
+from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 
 REDUCES = ("sum", "mean")
 
@@ -83,9 +83,9 @@ class _WeightedSumFunction(torch.autograd.Function):
         g = grad_out.unsqueeze(-2) * ctx.scale  # (*, 1, D)
         grad_v = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_v = g * weights.to(g.dtype).unsqueeze(-1)
+            grad_v = g * as_dtype(weights, g.dtype).unsqueeze(-1)
         if ctx.needs_input_grad[1]:
-            grad_w = (g * values.to(g.dtype)).sum(-1)
+            grad_w = (g * as_dtype(values, g.dtype)).sum(-1)
         return grad_v, grad_w, None, None
 
 
@@ -146,14 +146,14 @@ def add_gather_grad(grad_source: torch.Tensor, g: torch.Tensor, index: torch.Ten
     index: (*, K) int64; weights: (*, K) or None (all ones); grad_source: (N, D)."""
     per_edge = g.unsqueeze(-2).expand(*index.shape, g.shape[-1])  # (*, K, D)
     if weights is not None:
-        per_edge = per_edge * weights.to(g.dtype).unsqueeze(-1)
+        per_edge = per_edge * as_dtype(weights, g.dtype).unsqueeze(-1)
     grad_source.index_add_(0, index.reshape(-1), per_edge.reshape(-1, g.shape[-1]))
 
 
 def gather_weights_grad(g: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """The weights' gradient of ``sum_k weights[..., k] * source[index[..., k]]`` given ``g`` (*, D):
     ``<source[index[..., k]], g>``, (*, K). index: int64 (or int32)."""
-    return (F.embedding(index, source.to(g.dtype)) * g.unsqueeze(-2)).sum(-1)
+    return (F.embedding(index, as_dtype(source, g.dtype)) * g.unsqueeze(-2)).sum(-1)
 
 
 def gather_aggregate(

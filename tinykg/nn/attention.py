@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
+from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 
 
 def _check_shapes(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor) -> None:
@@ -55,7 +55,7 @@ class _IndexedAttentionFunction(torch.autograd.Function):
     @first_order
     def backward(ctx, grad_w):
         query, keys, index, weights = load(ctx)
-        weights = weights.to(grad_w.dtype)
+        weights = as_dtype(weights, grad_w.dtype)
         batch = grad_w.shape[0]
         grad_logits = weights * (grad_w - (grad_w * weights).sum(-1, keepdim=True))  # (B, M, K)
         # Logits that picked the same key add up into its score: (B, N).
@@ -64,9 +64,9 @@ class _IndexedAttentionFunction(torch.autograd.Function):
         grad_scores.mul_(ctx.scale)
         grad_q = grad_k = None
         if ctx.needs_input_grad[0]:
-            grad_q = grad_scores @ keys.to(grad_scores.dtype)  # (B, d)
+            grad_q = grad_scores @ as_dtype(keys, grad_scores.dtype)  # (B, d)
         if ctx.needs_input_grad[1]:
-            grad_k = grad_scores.t() @ query.to(grad_scores.dtype)  # (N, d)
+            grad_k = grad_scores.t() @ as_dtype(query, grad_scores.dtype)  # (N, d)
         return grad_q, grad_k, None, None, None, None
 
 

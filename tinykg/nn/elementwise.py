@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import compression_active, first_order, load, maybe_quantize, save
+from ._saved import as_dtype, compression_active, first_order, load, maybe_quantize, save
 
 
 class _CompressedMulFunction(torch.autograd.Function):
@@ -37,9 +37,9 @@ class _CompressedMulFunction(torch.autograd.Function):
             grad_out = grad_out.unsqueeze(-1).expand(shape_product)
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_a = (grad_out * b_hat.to(grad_out.dtype)).sum_to_size(shape_a)
+            grad_a = (grad_out * as_dtype(b_hat, grad_out.dtype)).sum_to_size(shape_a)
         if ctx.needs_input_grad[1]:
-            grad_b = (grad_out * a_hat.to(grad_out.dtype)).sum_to_size(shape_b)
+            grad_b = (grad_out * as_dtype(a_hat, grad_out.dtype)).sum_to_size(shape_b)
         return grad_a, grad_b, None, None
 
 
@@ -102,7 +102,7 @@ class _CompressedNormalizeFunction(torch.autograd.Function):
     @first_order
     def backward(ctx, grad_out):
         y, denom = load(ctx)
-        y = y.to(grad_out.dtype)
+        y = as_dtype(y, grad_out.dtype)
         # d(x/|x|) = (g - y <g, y>) / |x|; where the norm was clamped to eps, y = x / eps is linear in x.
         projected = grad_out - y * (grad_out * y).sum(ctx.dim, keepdim=True)
         grad = torch.where(denom > ctx.eps, projected, grad_out) / denom

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import BitMask, compression_active, first_order, load, maybe_quantize, save
+from ._saved import BitMask, as_dtype, compression_active, first_order, load, maybe_quantize, save
 from .activation import mask_grad, output_activation_grad, output_activation_saved
 
 ACTIVATIONS = (None, "relu", "leaky_relu", "tanh", "sigmoid")
@@ -66,7 +66,7 @@ class _CompressedLinearFunction(torch.autograd.Function):
             grad_out = output_activation_grad(act, grad_out, ctx.activation, ctx.is_square)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_out @ weight.to(grad_out.dtype)
+            grad_x = grad_out @ as_dtype(weight, grad_out.dtype)
         if ctx.needs_input_grad[1]:
             g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
             grad_w = g2.t() @ x_hat.reshape(-1, x_hat.shape[-1]).to(g2.dtype)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
+from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 
 
 class _SparseMatmulFunction(torch.autograd.Function):
@@ -69,10 +69,10 @@ class _EdgeAggregateFunction(torch.autograd.Function):
         grad_w = grad_x = None
         g_edges = grad_out.index_select(0, target_index)  # (E, D)
         if ctx.has_weight and ctx.needs_input_grad[2]:
-            grad_w = (g_edges * x.to(g_edges.dtype).index_select(0, source_index)).sum(1)
+            grad_w = (g_edges * as_dtype(x, g_edges.dtype).index_select(0, source_index)).sum(1)
         if ctx.needs_input_grad[3]:
             if edge_weight is not None:
-                g_edges = g_edges * edge_weight.to(g_edges.dtype).unsqueeze(1)
+                g_edges = g_edges * as_dtype(edge_weight, g_edges.dtype).unsqueeze(1)
             grad_x = grad_out.new_zeros(ctx.num_sources, grad_out.shape[1]).index_add_(0, source_index, g_edges)
         return None, None, grad_w, grad_x, None, None
 
