@@ -6,7 +6,8 @@
     python benchmarks/bench_step.py --smoke
 
 For each model: the same weights, the same batch; one step = forward, loss, backward, Adam update (the
-BCE step for the CTR models, the BPR step on (user, positive, negative) for kgat / kgin / bprmf).
+BCE step for the CTR models, the BPR step on (user, positive, negative) for kgat / kgin / bprmf), with
+quantization seeds drawn from the quantizer's own stream as in the training loops (`seed_quantizer`).
 Reported: median step time of each (interleaved runs, after warm-up) and the ratio; the exact bytes held
 for backward (ActivationTracker); on CUDA, the allocator peak of one step (torch.cuda.max_memory_allocated).
 """
@@ -19,6 +20,7 @@ import sys
 
 import torch
 
+from tinykg.compress import restoring_quantizer_seed, seed_quantizer
 from tinykg.data import ctr_split
 from tinykg.models import TOPK_MODELS
 from tinykg.profile import time_ratio
@@ -85,7 +87,9 @@ def measure(model_name: str, dataset, bits: int, batch_size: int | None, device:
     for name, model in (("fp32", fp32), ("packed", packed)):
         model.train()
         steps[name] = _step_fn(model, torch.optim.Adam(model.parameters(), lr=1e-4), batch)
-    ratio, t_packed, t_fp32 = time_ratio(steps["packed"], steps["fp32"], repeats=repeats, warmup=2, device=device)
+    with restoring_quantizer_seed():
+        seed_quantizer(0)
+        ratio, t_packed, t_fp32 = time_ratio(steps["packed"], steps["fp32"], repeats=repeats, warmup=2, device=device)
     return {
         "model": model_name,
         "dataset": dataset.name,

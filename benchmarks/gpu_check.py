@@ -43,7 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from tinykg.compress import CompressionConfig, dequantize_ref, quantize_ref  # noqa: E402
+from tinykg.compress import (  # noqa: E402
+    CompressionConfig, dequantize_ref, quantize_ref, restoring_quantizer_seed, seed_quantizer,
+)
 from tinykg.compress import triton_kernels  # noqa: E402
 from tinykg.profile.timing import time_ratio  # noqa: E402
 
@@ -539,12 +541,16 @@ def _no_wait(signal) -> bool:
     return False
 
 
+@restoring_quantizer_seed()
 def measure_step_overhead(name: str, make_step: MakeStep, *, bits: int = 2, repeats: int = 20,
                           warmup: int = 3, device: torch.device | str = "cuda", sync_diagnostic: bool = True) -> dict:
     """Step time of the compressed model over the fp32 one (same run, interleaved), peak memory of each, the
     exact bytes each holds for backward, host CPU time per step, and (``sync_diagnostic``) the compressed
-    step's time when the host never waits for the exact-group answer."""
+    step's time when the host never waits for the exact-group answer. Quantization seeds come from the
+    quantizer's own stream, as in the training loops."""
     from tinykg.train.loop import measure_step_activation
+
+    seed_quantizer(0)
 
     config = CompressionConfig(bits=bits, backend="triton")
     plain, compressed = make_step(None), make_step(config)

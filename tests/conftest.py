@@ -39,7 +39,7 @@ def lastfm_dir(data_dir: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def _quantizer_seed_per_test():
-    """Tests that call `seed_everything` seed the quantizer's own generator, a process-wide setting: each
+    """Tests that call `seed_everything` seed the quantizer's own stream, a process-wide setting: each
     test starts from the default (seeds drawn from torch's global generator), whatever ran before it."""
     from tinykg.compress import restoring_quantizer_seed, seed_quantizer
 

@@ -3,6 +3,7 @@ with it: a compressed run draws from the global generators exactly what the fp32
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tinykg.compress import (
@@ -108,3 +109,17 @@ def test_restoring_a_checkpoint_state_restores_the_quantizer_stream_even_when_no
     seed_quantizer(None)  # a process that resumes without having seeded the quantizer
     set_rng_state(state)
     assert [draw_seed() for _ in range(3)] == expected
+
+
+def test_quantizer_stream_state_round_trips_and_refuses_a_generator_state():
+    from tinykg.compress.rng import QuantizerStream
+
+    stream = QuantizerStream(2**64 - 3)  # a key past int64's range travels as a negative int64
+    stream.draw()
+    copy = QuantizerStream(0)
+    copy.set_state(stream.get_state())
+    assert [copy.draw() for _ in range(3)] == [stream.draw() for _ in range(3)]
+    assert all(0 <= stream.draw() < 2**32 for _ in range(100))
+    # a checkpoint written when the quantizer kept a torch.Generator: a clear error, not a wrong stream
+    with pytest.raises(ValueError, match="torch.Generator"):
+        copy.set_state(torch.Generator().get_state())

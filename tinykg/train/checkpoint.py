@@ -47,7 +47,7 @@ def set_rng_state(state: dict) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    if "quantizer" in state:  # the run drew quantization seeds from a generator of its own: so does the resumed one
+    if "quantizer" in state:  # the run drew quantization seeds from a stream of its own: so does the resumed one
         if quantizer_generator() is None:
             seed_quantizer(0)  # any seed: the state below replaces it
         quantizer_generator().set_state(state["quantizer"])
