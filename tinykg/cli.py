@@ -25,6 +25,7 @@ BENCH_SCRIPTS = {
     "one-bit": "bench_one_bit.py",
     "kgat-pretrain": "bench_kgat_pretrain.py",
     "hooks": "bench_hooks.py",
+    "grad-noise": "bench_grad_noise.py",
     "plots": "plots.py",
 }
 
