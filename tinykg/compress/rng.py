@@ -107,9 +107,10 @@ class QuantizerStream:
     def set_state(self, state: torch.Tensor) -> None:
         if state.dtype != torch.int64 or tuple(state.shape) != (2,):
             raise ValueError(
-                "tinykg: this quantizer state is not a QuantizerStream's (2 int64 values); a checkpoint written "
-                f"before tinykg kept the quantizer's seeds in a stream of its own holds a torch.Generator's "
-                f"({state.dtype}, {tuple(state.shape)}): resume it with that version")
+                "tinykg: this quantizer state is not a QuantizerStream's (2 int64 values) but "
+                f"{state.dtype} x {tuple(state.shape)}: a checkpoint written while the quantizer drew its seeds "
+                "from a torch.Generator (tinykg before QuantizerStream) holds that generator's state; resume it "
+                "with the tinykg that wrote it")
         key, counter = (int(v) for v in state)
         self.key, self.counter = key & MASK64, counter
 
