@@ -128,3 +128,41 @@ def _unfused_plain(table, self_index, neighbor_index, weights, weight, bias):
     """The iteration in plain PyTorch (autograd keeps everything exactly)."""
     x = table[self_index.long()] + (table[neighbor_index.long()] * weights.unsqueeze(-1)).mean(-2)
     return torch.relu(x @ weight.t() + bias)
+
+
+@pytest.mark.parametrize("name", ["kgcn", "kgnn-ls"])
+def test_score_fused_into_the_one_iteration_matches_the_separate_dot(name):
+    """With H = 1 KGCN's forward takes the score inside the fused iteration: given the same seeds (the dot's
+    copies are the ones the attention and the iteration made anyway), the logits and every parameter's
+    gradient equal those of the iteration followed by `compressed_dot` to the bit."""
+    from tinykg.compress import seed_quantizer
+
+    from .factories import LASTFM, batch, make_model
+
+    model = make_model(name, CompressionConfig(bits=2), sizes=LASTFM, embedding_dim=16, num_layers=1, num_neighbors=8)
+    user, item, _ = batch(LASTFM["num_users"], LASTFM["num_items"], 64)
+    grad_logits = torch.randn(64, generator=torch.Generator().manual_seed(6))
+    results = []
+    for fuse in (True, False):
+        seed_quantizer(0)
+        encoded = model.encode(user, item, fuse_score=fuse)
+        logits = encoded["logits"] if fuse else model.score(encoded["user"], encoded["item"])
+        assert ("logits" in encoded) == fuse and (encoded["item"] is None) == fuse
+        model.zero_grad(set_to_none=True)
+        logits.backward(grad_logits)
+        results.append((logits.detach(), [p.grad for p in model.parameters()]))
+    (fused_logits, fused_grads), (logits, grads) = results
+    assert torch.equal(fused_logits, logits)
+    assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(fused_grads, grads))
+    seed_quantizer(0)
+    logits = model(user, item)  # forward() takes the fused path: its logits come straight out of the op
+    assert type(logits.grad_fn).__name__ == "_SumAggregateFunctionBackward"
+    assert torch.equal(logits.detach(), fused_logits)
+
+
+def test_score_fused_needs_the_tanh_iteration():
+    inputs = _inputs(torch.float32)
+    query = torch.randn(B, D)
+    weights = torch.softmax(inputs[3], -1)
+    with pytest.raises(ValueError, match="last iteration"):
+        _SumAggregateFunction.apply(*inputs[:3], weights, *inputs[4:], CFG, "relu", CFG, query)

@@ -64,12 +64,21 @@ class _SumAggregateFunction(torch.autograd.Function):
     Fusing also saves two autograd nodes, their save/load bookkeeping and the add, and the table's
     gradient is one zero-filled (E, d) tensor with both scatters into it instead of two that autograd
     then adds. The forward computes the same numbers as the unfused ops.
+
+    ``score_query`` (B, d'): with one iteration (H = 1) the output is the item vector, and the op also takes
+    the score u . v (`KGCN.score`) and returns the logits (B,): the same arithmetic and the same saved
+    copies as `compressed_dot` after this op (both operands' packed copies exist already: the attention's
+    of u, this op's of its output), without the dot's autograd node and its save/load bookkeeping. Given
+    the same seeds, logits and gradients equal the unfused pair's to the bit.
     """
 
     @staticmethod
-    def forward(ctx, table, self_index, neighbor_index, weights, weight, bias, config, activation, output_config):
+    def forward(ctx, table, self_index, neighbor_index, weights, weight, bias, config, activation, output_config,
+                score_query=None):
         # table (E, d), self_index (B, n), neighbor_index (B, n, K), weights (B, n, K), weight (d', d),
-        # bias (d',) -> (B, n, d')
+        # bias (d',) -> (B, n, d'); with score_query (B, d') and n = 1 -> logits (B,)
+        if score_query is not None and activation != "tanh":
+            raise ValueError("the score can be fused only into the last iteration (tanh), whose output is the item vector")
         num_rows, k = table.shape[0], neighbor_index.shape[-1]
         gathered = F.embedding(gather_index(neighbor_index), table)  # (B, n, K, d), freed after forward
         x = F.embedding(gather_index(self_index), table) + (gathered * weights.unsqueeze(-1)).sum(-2) * (1.0 / k)
@@ -89,6 +98,11 @@ class _SumAggregateFunction(torch.autograd.Function):
             act_saved = maybe_quantize(out, output_config, is_output=True)
         # The weights serve the table's gradient and the rebuilt x (W's gradient).
         keep_weights = table.requires_grad or weight.requires_grad
+        ctx.scored = score_query is not None
+        query_saved = logits = None
+        if ctx.scored:
+            logits = (score_query * out.view(score_query.shape)).sum(-1)  # (B,), as compressed_dot computes it
+            query_saved = maybe_quantize(score_query, output_config)
         save(
             ctx,
             narrow_index(self_index, num_rows),
@@ -97,18 +111,25 @@ class _SumAggregateFunction(torch.autograd.Function):
             table,
             weight,
             act_saved,
+            query_saved,
         )
-        return out
+        return logits if ctx.scored else out
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
-        self_index, neighbor_index, weights, table, weight, act = load(ctx)
+        self_index, neighbor_index, weights, table, weight, act, query = load(ctx)
+        need = ctx.needs_input_grad
+        grad_query = None
+        if ctx.scored:  # grad_out: the logits' (B,); the products' gradients as compressed_dot forms them
+            grad_products = grad_out.unsqueeze(-1)  # (B, 1)
+            if need[9]:
+                grad_query = grad_products * as_dtype(act, grad_out.dtype).view(query.shape)  # (B, d')
+            grad_out = (grad_products * as_dtype(query, grad_out.dtype)).view(act.shape)  # (B, 1, d')
         if ctx.activation == "relu":
             grad_pre = mask_grad(act, grad_out, 0.0)
         else:
             grad_pre = OUTPUT_GRADS["tanh"](as_dtype(act, grad_out.dtype), grad_out)  # (B, n, d')
-        need = ctx.needs_input_grad
         dtype, d = grad_pre.dtype, table.shape[-1]
         grad_x = grad_pre @ as_dtype(weight, dtype)  # (B, n, d)
         g = grad_x * ctx.scale  # gradient of the neighbours' weighted sum
@@ -130,7 +151,7 @@ class _SumAggregateFunction(torch.autograd.Function):
             add_gather_grad(grad_table, g, neighbor_index, weights)
         if need[3]:
             grad_weights = (neighbors * g.unsqueeze(-2)).sum(-1)  # <e[neighbor_k], g>: (B, n, K)
-        return grad_table, None, None, grad_weights, grad_weight, grad_bias, None, None, None
+        return grad_table, None, None, grad_weights, grad_weight, grad_bias, None, None, None, grad_query
 
 
 class KGCN(CTRModel):
@@ -252,8 +273,12 @@ class KGCN(CTRModel):
             "tanh" if last else "relu", output_config=self.active_head_config if last else None, share_output=True,
         )
 
-    def encode(self, user_index: torch.Tensor, item_index: torch.Tensor) -> dict[str, object]:
-        """User vectors (B, d), item vectors (B, d) and the receptive field with its attention."""
+    def encode(self, user_index: torch.Tensor, item_index: torch.Tensor, fuse_score: bool = False) -> dict[str, object]:
+        """User vectors (B, d), item vectors (B, d) and the receptive field with its attention.
+
+        ``fuse_score``: where the fused first iteration is the last one (H = 1, sum aggregator, compressed
+        training), it also takes the score (`_SumAggregateFunction`): the result then has the logits (B,)
+        under ``"logits"`` and no item vectors (``"item"`` is None)."""
         config = self.active_config
         batch, d, k = item_index.shape[0], self.embedding_dim, self.num_neighbors
         user_vectors = batch_rows(user_index, self.user_embedding)  # (B, d)
@@ -267,10 +292,14 @@ class KGCN(CTRModel):
             weight, bias = self.aggregator_weights[0], self.aggregator_biases[0]
             if self.aggregator == "sum" and compression_active(config, self.entity_embedding, weights[hop], weight, bias):
                 last = self.num_layers == 1
-                vectors.append(_SumAggregateFunction.apply(
+                query = user_vectors if fuse_score and last else None
+                out = _SumAggregateFunction.apply(
                     self.entity_embedding, entities[hop].view(batch, -1), neighbor_index, weights[hop], weight, bias,
-                    config, "tanh" if last else "relu", self.active_head_config if last else config,
-                ))
+                    config, "tanh" if last else "relu", self.active_head_config if last else config, query,
+                )
+                if query is not None:  # H = 1: the one hop, scored inside the op
+                    return {"user": user_vectors, "item": None, "logits": out, "entities": entities, "weights": weights}
+                vectors.append(out)
                 continue
             self_vectors = None
             if self.aggregator != "neighbor":
@@ -299,11 +328,16 @@ class KGCN(CTRModel):
         """Logits u . v (B,)."""
         return compressed_dot(user_vectors, item_vectors, self.active_head_config)
 
+    def logits(self, encoded: dict[str, object]) -> torch.Tensor:
+        """Logits (B,) of an `encode` result: the ones the fused iteration took, else `score`'s."""
+        if "logits" in encoded:
+            return encoded["logits"]
+        return self.score(encoded["user"], encoded["item"])
+
     def forward(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
         if item_index.shape[0] == 0:  # nothing to score (the receptive field's reshapes need a row)
             return self.user_embedding.new_zeros(0)
-        encoded = self.encode(user_index, item_index)
-        return self.score(encoded["user"], encoded["item"])
+        return self.logits(self.encode(user_index, item_index, fuse_score=True))
 
     def regularization(self) -> torch.Tensor:
         l2 = tf_l2(self.user_embedding, self.entity_embedding, self.relation_embedding, *self.aggregator_weights)

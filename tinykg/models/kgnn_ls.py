@@ -127,7 +127,7 @@ class KGNNLS(KGCN):
 
     def loss(self, user_index: torch.Tensor, item_index: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         check_batch(CTR_COLUMNS, user_index, item_index, label)
-        encoded = self.encode(user_index, item_index)
-        logits = self.score(encoded["user"], encoded["item"])
+        encoded = self.encode(user_index, item_index, fuse_score=True)  # label propagation needs no item vectors
+        logits = self.logits(encoded)
         predicted_labels = self.propagate_labels(op_index(user_index), encoded)
         return bce(logits, label) + self.regularization() + self.ls_weight * bce(predicted_labels, label)
