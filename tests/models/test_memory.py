@@ -3,8 +3,8 @@ for backward between forward and backward of one training-mode ``loss``).
 
 Measured ratios fp32 / 2-bit (group_size 256, fp16 metadata) at the Last.FM shapes of each model's
 defaults (1,872 users, 3,846 items, 9,366 entities, 60 relations):
-    KGCN       B=128,  d=16, K=8, H=1            17.3x   (project target: >= 8x)
-    KGNN-LS    B=128,  d=16, K=8, H=1            16.0x
+    KGCN       B=128,  d=16, K=8, H=1            19.9x   (project target: >= 8x)
+    KGNN-LS    B=128,  d=16, K=8, H=1            18.1x
     RippleNet  B=1024, d=16, H=2, M=32           22.1x   (22.8x at B <= 512: the per-batch relation
                                                           index needs int32 above 32,767 rows)
     CKAN       B=2048, d=64, L=3, S_u=8, S_i=64  14.5x
