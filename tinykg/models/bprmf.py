@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ..nn import compressed_dot, compressed_mul
-from .base import BPR_COLUMNS, CompressedModel, batch_rows, check_batch, check_count
+from ..nn import compressed_dot, compressed_embedding, compressed_mul
+from .base import BPR_COLUMNS, CompressedModel, check_batch, check_count, op_index
 
 
 class TopKModel(CompressedModel):
@@ -93,7 +93,7 @@ class BPRMF(TopKModel):
     def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
         check_batch(BPR_COLUMNS, user_index, pos_index, neg_index)
         config = self.active_config
-        user = batch_rows(user_index, self.user_embedding)  # (B, D)
-        pos = batch_rows(pos_index, self.item_embedding)  # (B, D)
-        neg = batch_rows(neg_index, self.item_embedding)  # (B, D)
+        user = compressed_embedding(op_index(user_index), self.user_embedding, config)  # (B, D)
+        pos = compressed_embedding(op_index(pos_index), self.item_embedding, config)  # (B, D)
+        neg = compressed_embedding(op_index(neg_index), self.item_embedding, config)  # (B, D)
         return bpr_loss(user, pos, neg, self.l2_weight, config)

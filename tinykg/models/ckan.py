@@ -36,7 +36,7 @@ from ..nn import (
     compressed_softmax,
     gather_aggregate,
 )
-from .base import CTRModel, batch_rows, check_choice, check_count, index_buffer, op_index, user_mask_buffer
+from .base import CTRModel, check_choice, check_count, index_buffer, op_index, user_mask_buffer
 
 AGGREGATORS = ("concat", "sum", "pool")
 
@@ -152,18 +152,18 @@ class CKAN(CTRModel):
 
     def forward(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
         config = self.active_config
-        user_rows, item_rows = op_index(user_index), op_index(item_index)  # a uint8 index would be a bool mask
-        user_heads = op_index(self.user_heads[user_rows])  # (B, L, S_u)
-        user_relations = op_index(self.user_relations[user_rows])
-        user_tails = op_index(self.user_tails[user_rows])
-        item_heads = op_index(self.item_heads[item_rows])  # (B, L, S_i)
-        item_relations = op_index(self.item_relations[item_rows])
-        item_tails = op_index(self.item_tails[item_rows])
+        user_index, item_index = op_index(user_index), op_index(item_index)  # a uint8 index would be a bool mask
+        user_heads = op_index(self.user_heads[user_index])  # (B, L, S_u)
+        user_relations = op_index(self.user_relations[user_index])
+        user_tails = op_index(self.user_tails[user_index])
+        item_heads = op_index(self.item_heads[item_index])  # (B, L, S_i)
+        item_relations = op_index(self.item_relations[item_index])
+        item_tails = op_index(self.item_tails[item_index])
 
         # layer 0: mean of the heads of the first layer (B, d)
         user_vectors = [gather_aggregate(self.entity_embedding, user_heads[:, 0], reduce="mean", config=config)]
         user_vectors += self._layers(user_heads, user_relations, user_tails, config)
-        item_vectors = [batch_rows(item_index, self.entity_embedding)]  # (B, d)
+        item_vectors = [compressed_embedding(op_index(item_index), self.entity_embedding, config)]  # (B, d)
         item_vectors += self._layers(item_heads, item_relations, item_tails, config)
         if self.aggregator != "concat":
             item_vectors.append(gather_aggregate(self.entity_embedding, item_heads[:, 0], reduce="mean", config=config))

@@ -50,7 +50,7 @@ from ..nn import (
     edge_aggregate,
 )
 from ..nn._saved import as_dtype, compression_active, first_order, load, maybe_quantize, save
-from .base import BPR_COLUMNS, batch_rows, check_batch, check_choice, check_count, index_buffer, op_index
+from .base import BPR_COLUMNS, check_batch, check_choice, check_count, index_buffer, op_index
 from .bprmf import TopKModel, bpr_loss
 
 INDEPENDENCE = ("distance", "cosine")
@@ -361,7 +361,7 @@ class KGIN(TopKModel):
         check_batch(BPR_COLUMNS, user_index, pos_index, neg_index, sizes=(self.num_users, self.num_items, self.num_items))
         config = self.active_config
         users, entities = self.propagate()
-        user = batch_rows(user_index, users)  # (B, d)
+        user = compressed_embedding(op_index(user_index), users, config)  # (B, d)
         # Positives and negatives in one gather: backward builds one entity-sized gradient, not two.
         items = compressed_embedding(op_index(torch.cat([pos_index, neg_index])), entities, config)  # (2B, d)
         pos, neg = items.split(user_index.shape[0])  # (B, d) each

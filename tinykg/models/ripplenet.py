@@ -44,7 +44,7 @@ from ..nn import (
     compressed_softmax,
     gather_aggregate,
 )
-from .base import CTR_COLUMNS, CTRModel, batch_rows, bce, check_batch, check_count, index_buffer, op_index, user_mask_buffer
+from .base import CTR_COLUMNS, CTRModel, bce, check_batch, check_count, index_buffer, op_index, user_mask_buffer
 
 
 class RippleNet(CTRModel):
@@ -127,7 +127,7 @@ class RippleNet(CTRModel):
         tails = op_index(self.memories_t[rows])  # (B, H, M)
         row_offset = torch.arange(batch, device=item_index.device, dtype=torch.int32).view(batch, 1) * num_rel
 
-        item_vectors = batch_rows(item_index, self.entity_embedding)  # (B, d)
+        item_vectors = compressed_embedding(op_index(item_index), self.entity_embedding, config)  # (B, d)
         responses, hops = [], []
         for hop in range(self.num_hops):
             h_idx, r_idx, t_idx = heads[:, hop], rels[:, hop], tails[:, hop]  # (B, M)
