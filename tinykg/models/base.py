@@ -55,18 +55,6 @@ def op_index(index: torch.Tensor) -> torch.Tensor:
     return index if index.dtype == torch.int32 else index.to(torch.int32)
 
 
-def batch_rows(column: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``table[column]`` (B, d) for one of a loss's own index columns (B,), e.g. the batch's users.
-
-    A plain lookup on the column as it is (int64 or int32): its backward keeps a reference to the column,
-    which the caller holds through the step anyway, so the lookup keeps no bytes of its own. A narrowed
-    copy (`tinykg.nn.compressed_embedding`) would be a new tensor made by two conversions, under a custom
-    autograd node: ~50 us of KGCN's ~2.3 ms compressed step at batch 128 on CPU. Other integer dtypes are
-    converted first (PyTorch rejects them as indices, and reads uint8 as a mask); the lookup keeps that copy.
-    """
-    return F.embedding(column if column.dtype in (torch.int64, torch.int32) else op_index(column), table)
-
-
 def check_batch(names: tuple[str, ...], *columns: torch.Tensor, sizes: tuple[int, ...] | None = None) -> int:
     """Batch size of a loss's index / label columns: 1-D, equal lengths, at least one row.
 

@@ -41,7 +41,7 @@ from ..nn import compressed_dot, compressed_embedding, compressed_linear, gather
 from ..nn._saved import BitMask, as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 from ..nn.activation import OUTPUT_GRADS, mask_grad
 from ..nn.aggregate import add_gather_grad
-from .base import CTRModel, batch_rows, check_choice, check_count, index_buffer, op_index, tf_l2
+from .base import CTRModel, check_choice, check_count, index_buffer, op_index, tf_l2
 
 AGGREGATORS = ("sum", "concat", "neighbor")
 
@@ -56,11 +56,12 @@ class _SumAggregateFunction(torch.autograd.Function):
     gradient of W needs x, and backward rebuilds it as x~ = e[self] + (1/K) sum_k w~_k e[neighbor_k] from
     the quantized weights w~ and the neighbour rows it gathers anyway for the weights' gradient. x~ is
     linear in w~, so E[x~] = x, and its noise is independent of the other factor's (grad_pre, from the
-    activation's own copy): the gradient of W stays unbiased. Its noise is that of the weights, which
-    are near 1/K and tightly grouped, not that of a 2-bit copy of x spanning the values' range: on
-    Last.FM W's gradient is 2.5x less noisy (relative rms error 0.45 -> 0.28,
-    `benchmarks/bench_grad_noise.py`), and the step makes one quantize and one dequantize fewer and keeps
-    544 B fewer (of 5,744) at KGCN's batch of 128.
+    activation's own copy and the output's gradient): the gradient of W stays unbiased as long as that
+    output gradient carries no noise of the same w~, as in KGCN and KGNN-LS, whose later ops keep their
+    own copies. Its noise is that of the weights, which are near 1/K and tightly grouped, not that of a
+    2-bit copy of x spanning the values' range: on Last.FM W's gradient has 2.5x less variance (relative
+    rms error 0.45 -> 0.28, `benchmarks/bench_grad_noise.py`), and the step makes one quantize and one
+    dequantize fewer and keeps 544 B fewer (of 6,000) at KGCN's batch of 128.
     Fusing also saves two autograd nodes, their save/load bookkeeping and the add, and the table's
     gradient is one zero-filled (E, d) tensor with both scatters into it instead of two that autograd
     then adds. The forward computes the same numbers as the unfused ops.
@@ -281,7 +282,7 @@ class KGCN(CTRModel):
         under ``"logits"`` and no item vectors (``"item"`` is None)."""
         config = self.active_config
         batch, d, k = item_index.shape[0], self.embedding_dim, self.num_neighbors
-        user_vectors = batch_rows(user_index, self.user_embedding)  # (B, d)
+        user_vectors = compressed_embedding(op_index(user_index), self.user_embedding, config)  # (B, d)
         entities, relations = self.receptive_field(item_index, narrow=config is not None)
         weights = self.attention(user_vectors, relations, config)
 
