@@ -123,3 +123,24 @@ def test_quantizer_stream_state_round_trips_and_refuses_a_generator_state():
     # a checkpoint written when the quantizer kept a torch.Generator: a clear error, not a wrong stream
     with pytest.raises(ValueError, match="torch.Generator"):
         copy.set_state(torch.Generator().get_state())
+
+
+def test_a_checkpoint_with_a_generator_quantizer_state_is_refused_before_anything_changes(tmp_path):
+    """A checkpoint written when the quantizer kept a torch.Generator: refused on load (before the caller
+    loads a model from it) and by set_rng_state before it replaces any global generator."""
+    from tinykg.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+    seed_quantizer(5)
+    save_checkpoint(tmp_path, {"epoch": 1})
+    state = rng_state()
+    state["quantizer"] = torch.Generator().get_state()  # the old format
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    payload["rng"] = state
+    torch.save(payload, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="torch.Generator"):
+        load_checkpoint(tmp_path)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    with pytest.raises(ValueError, match="torch.Generator"):
+        set_rng_state(state)
+    assert torch.equal(torch.get_rng_state(), before)

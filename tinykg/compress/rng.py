@@ -88,14 +88,19 @@ class QuantizerStream:
     tensor and back (every compressed tensor draws one; a small step draws a few).
     """
 
-    __slots__ = ("key", "counter")
+    __slots__ = ("key", "counter", "_lock")
 
     def __init__(self, key: int, counter: int = 0) -> None:
         self.key, self.counter = key & MASK64, counter
+        # Two threads share a stream only through a copied context; the lock keeps their draws distinct
+        # (a torch.Generator's draws are serialised the same way).
+        self._lock = threading.Lock()
 
     def draw(self) -> int:
-        self.counter += 1
-        z = (self.key + self.counter * _GOLDEN64) & MASK64
+        with self._lock:
+            self.counter += 1
+            counter = self.counter
+        z = (self.key + counter * _GOLDEN64) & MASK64
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
         return (z ^ (z >> 31)) >> 32
@@ -105,14 +110,22 @@ class QuantizerStream:
         return torch.tensor([key, self.counter], dtype=torch.int64)
 
     def set_state(self, state: torch.Tensor) -> None:
-        if state.dtype != torch.int64 or tuple(state.shape) != (2,):
+        self.check_state(state)
+        key, counter = (int(v) for v in state)
+        with self._lock:
+            self.key, self.counter = key & MASK64, counter
+
+    @staticmethod
+    def check_state(state: torch.Tensor) -> None:
+        """Raise ValueError unless ``state`` is a `get_state` result (a checkpoint loader calls this before
+        it changes any global state)."""
+        if not isinstance(state, torch.Tensor) or state.dtype != torch.int64 or tuple(state.shape) != (2,):
             raise ValueError(
                 "tinykg: this quantizer state is not a QuantizerStream's (2 int64 values) but "
-                f"{state.dtype} x {tuple(state.shape)}: a checkpoint written while the quantizer drew its seeds "
+                f"{getattr(state, 'dtype', type(state).__name__)} x {tuple(getattr(state, 'shape', ()))}: a "
+                "checkpoint written while the quantizer drew its seeds "
                 "from a torch.Generator (tinykg before QuantizerStream) holds that generator's state; resume it "
                 "with the tinykg that wrote it")
-        key, counter = (int(v) for v in state)
-        self.key, self.counter = key & MASK64, counter
 
 
 # A context variable, not a global: two training runs in two threads each keep their own stream.

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..compress import quantizer_generator, seed_quantizer
+from ..compress.rng import QuantizerStream
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -40,6 +41,8 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    if "quantizer" in state:  # checked before any global state changes
+        QuantizerStream.check_state(state["quantizer"])
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
@@ -82,4 +85,10 @@ def load_checkpoint(directory: str | os.PathLike) -> dict | None:
         raise ValueError(f"{path}: not a readable tinykg checkpoint ({type(err).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: not a tinykg checkpoint of format {FORMAT_VERSION}")
+    quantizer = payload.get("rng", {}).get("quantizer")
+    if quantizer is not None:  # refused here, before the caller loads the model or replaces any RNG state
+        try:
+            QuantizerStream.check_state(quantizer)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     return payload
