@@ -53,10 +53,28 @@ def test_fused_sum_aggregate_gradcheck_float64(activation):
     assert torch.autograd.gradcheck(fn, (table, logits, weight, bias))
 
 
+def test_fused_sum_aggregate_with_the_score_gradcheck_float64():
+    """The op that also takes the score u . v (N = 1: the item vector is the output)."""
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(E, D, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(D, D, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(D, generator=g, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(B, 1, K, generator=g, dtype=torch.float64, requires_grad=True)
+    query = torch.randn(B, D, generator=g, dtype=torch.float64, requires_grad=True)
+    self_index = torch.randint(0, E, (B, 1), generator=g, dtype=torch.int16)
+    neighbor_index = torch.randint(0, E, (B, 1, K), generator=g, dtype=torch.int16)
+
+    def fn(t, lg, w, b, q):
+        weights = torch.softmax(lg, -1)
+        return _SumAggregateFunction.apply(t, self_index, neighbor_index, weights, w, b, CFG, "tanh", CFG, q)
+
+    assert torch.autograd.gradcheck(fn, (table, logits, weight, bias, query))
+
+
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_fused_sum_aggregate_matches_the_unfused_ops(activation):
-    """The same output to the bit at 2 bits (same seeds, same quantized copies), and, where saving is exact
-    (float64), the same gradients up to the order in which the table's two scatters are summed: the
+    """The same output to the bit at 2 bits (the forward reads no quantized copy), and, where saving is
+    exact (float64), the same gradients up to the order in which the table's two scatters are summed: the
     fused op's backward rebuilds the linear map's input from exactly what the unfused ops compute."""
     outputs = []
     for fn in (_fused, _unfused):
