@@ -19,6 +19,8 @@ the input dtype (an fp16 group near +-65504: its levels would dequantize to +-in
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .config import ROW, CompressionConfig
@@ -36,12 +38,6 @@ def resolve_group_size(shape: torch.Size, config: CompressionConfig) -> int:
     return int(config.group_size)
 
 
-# packing_saves_memory's answers per (shape, dtype, config): every saved activation asks, a model has a
-# few dozen settings, and the look-up costs half the arithmetic.
-_SAVES_MEMORY: dict[tuple, bool] = {}
-_MAX_SAVES_MEMORY = 4096
-
-
 def packing_saves_memory(x: torch.Tensor, config: CompressionConfig) -> bool:
     """Whether the packed copy of ``x`` (codes and metadata, no exact group) is smaller than ``x`` itself.
 
@@ -49,19 +45,18 @@ def packing_saves_memory(x: torch.Tensor, config: CompressionConfig) -> bool:
     its elements are real: at 2 bits in groups of 256, an fp32 tensor below 17 elements) nor for short row
     groups (one-element rows cost more metadata than values): those are kept as they are (`compact`).
     """
-    key = (x.shape, x.dtype, config)
-    saves = _SAVES_MEMORY.get(key)
-    if saves is None:
-        numel = x.numel()
-        group_size = resolve_group_size(x.shape, config)
-        num_groups = -(-numel // group_size)
-        metadata_bytes = config.metadata_bits // 8
-        packed = -(-num_groups * group_size * config.bits // 8) + num_groups * metadata_bytes
-        saves = packed < numel * x.element_size()
-        if len(_SAVES_MEMORY) >= _MAX_SAVES_MEMORY:
-            _SAVES_MEMORY.clear()
-        _SAVES_MEMORY[key] = saves
-    return saves
+    return _packing_saves_memory(x.shape, x.dtype, config)
+
+
+# Every saved activation asks, a model has a few dozen (shape, dtype, config) settings, and the cached answer
+# costs half the arithmetic.
+@functools.lru_cache(maxsize=4096)
+def _packing_saves_memory(shape: torch.Size, dtype: torch.dtype, config: CompressionConfig) -> bool:
+    numel = shape.numel()
+    group_size = resolve_group_size(shape, config)
+    num_groups = -(-numel // group_size)
+    packed = -(-num_groups * group_size * config.bits // 8) + num_groups * (config.metadata_bits // 8)
+    return packed < numel * dtype.itemsize
 
 
 def compact(x: torch.Tensor) -> torch.Tensor:

@@ -121,17 +121,20 @@ class _SumAggregateFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         self_index, neighbor_index, weights, table, weight, act, query = load(ctx)
         need = ctx.needs_input_grad
+        if ctx.activation == "tanh":
+            act = as_dtype(act, grad_out.dtype)  # the quantized output (the item vector when scored)
         grad_query = None
         if ctx.scored:  # grad_out: the logits' (B,); the products' gradients as compressed_dot forms them
             grad_products = grad_out.unsqueeze(-1)  # (B, 1)
-            if need[9]:
-                grad_query = grad_products * as_dtype(act, grad_out.dtype).view(query.shape)  # (B, d')
+            if need[9]:  # score_query
+                grad_query = grad_products * act.view(query.shape)  # (B, d')
             grad_out = (grad_products * as_dtype(query, grad_out.dtype)).view(act.shape)  # (B, 1, d')
         if ctx.activation == "relu":
             grad_pre = mask_grad(act, grad_out, 0.0)
         else:
-            grad_pre = OUTPUT_GRADS["tanh"](as_dtype(act, grad_out.dtype), grad_out)  # (B, n, d')
+            grad_pre = OUTPUT_GRADS["tanh"](act, grad_out)  # (B, n, d')
         dtype, d = grad_pre.dtype, table.shape[-1]
+        grad_pre2 = grad_pre.reshape(-1, grad_pre.shape[-1])  # (B n, d')
         grad_x = grad_pre @ as_dtype(weight, dtype)  # (B, n, d)
         g = grad_x * ctx.scale  # gradient of the neighbours' weighted sum
         neighbor_index = neighbor_index.long()  # widened once for the uses below
@@ -144,8 +147,8 @@ class _SumAggregateFunction(torch.autograd.Function):
             # x~ (class docstring): the input of the linear map, rebuilt from the quantized weights.
             x_hat = F.embedding(self_index.long(), table)
             x_hat += (neighbors * as_dtype(weights, dtype).unsqueeze(-1)).sum(-2) * ctx.scale  # (B, n, d)
-            grad_weight = grad_pre.reshape(-1, grad_pre.shape[-1]).t() @ x_hat.reshape(-1, d)
-        grad_bias = grad_pre.reshape(-1, grad_pre.shape[-1]).sum(0) if need[5] else None
+            grad_weight = grad_pre2.t() @ x_hat.reshape(-1, d)
+        grad_bias = grad_pre2.sum(0) if need[5] else None
         if need[0]:  # one buffer for the self rows and the neighbour rows
             grad_table = grad_x.new_zeros(ctx.num_rows, d)
             grad_table.index_add_(0, self_index.reshape(-1).long(), grad_x.reshape(-1, d))
