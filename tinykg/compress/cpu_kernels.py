@@ -23,8 +23,8 @@ multiple of 8). Per group, while it sits in L1:
    reduction detects non-finite groups (the reference's ``amin``/``amax`` propagate NaN into an exact group);
 2. zero-point / scale exactly as `reference.group_metadata`: fp16 and bf16 rounding and ``nextafter`` are
    done on bit patterns (round-to-nearest-even, subnormals and overflow to inf included);
-3. t = (x - z) * (1/s), plus the counter-based noise u_i of `tinykg.compress.rng` (int64 arithmetic, exact),
-   floor, clamp, into a per-thread scratch of codes; then the scratch is packed into bytes.
+3. t = (x - z) * (1/s), plus the counter-based noise u_i of `tinykg.compress.rng` (its hash on 32-bit lanes,
+   exact), floor, clamp, into a per-thread scratch of codes; then the scratch is packed into bytes.
 
 dequantize, one pass: unpack the bytes of each group and write ``code * s + z`` in fp32.
 
@@ -52,7 +52,7 @@ import torch
 from .config import CompressionConfig
 from .packed import PackedActivation, PackedMeta, gather_exact, narrowest_int_dtype, no_exact_groups, scatter_exact
 from .reference import resolve_group_size
-from .rng import seed_key
+from .rng import HASH_MUL1, HASH_MUL2, NOISE_SCALE, NOISE_SHIFT, seed_key
 
 log = logging.getLogger("tinykg.compress")
 
@@ -158,14 +158,14 @@ def _get_kernels():
     resolves callees through module globals, and only module-level functions hit its disk cache), so
     importing tinykg does not import numba.
     """
-    global _compiled, np, f32, i64, ir, types, carray
+    global _compiled, np, f32, i32, i64, ir, types, carray
     if not _compiled:
         import numpy
         from llvmlite import ir as llvm_ir
         from numba import carray as numba_carray, njit, types as numba_types
         from numba.extending import intrinsic
 
-        np, f32, i64 = numpy, numpy.float32, numpy.int64
+        np, f32, i32, i64 = numpy, numpy.float32, numpy.int32, numpy.int64
         ir, types, carray = llvm_ir, numba_types, numba_carray
         module = globals()
         for name, how in _DECORATIONS.items():
@@ -179,8 +179,8 @@ def _get_kernels():
 # (mixing numba's uint64 with int64 would promote to float64); every fp32 operation is wrapped in f32()
 # so that nothing is silently widened to float64.
 
-# Bound by _get_kernels: numpy (and its float32 / int64 scalar types), llvmlite.ir, numba.types, numba.carray.
-np = f32 = i64 = ir = types = carray = None
+# Bound by _get_kernels: numpy (and its float32 / int32 / int64 scalar types), llvmlite.ir, numba.types, numba.carray.
+np = f32 = i32 = i64 = ir = types = carray = None
 KEY_POS_INF = 0x7F800000  # order-preserving key of +inf; NaN keys lie beyond +-inf
 KEY_NEG_INF = (0xFF800000 - 2**32) ^ 0x7FFFFFFF  # key of -inf (bits 0xFF800000 as int32)
 
@@ -311,15 +311,38 @@ def md_next(bits, kind, up):
     return bits + 1 if negative else bits - 1
 
 
+def noise_bits(typingctx, index, seed_mix):
+    """``hash32((index mod 2**32) ^ seed_mix) >> 8`` of `tinykg.compress.rng` as an int32 in [0, 2**24).
+
+    Written as LLVM IR on 32-bit integers: numba types every integer operation as 64-bit, and LLVM then
+    vectorized the hash with 64-bit multiplies over 8 lanes (``vpmullq``) instead of 32-bit ones over 16
+    (``vpmulld``); the noise was 0.37 of the 0.45 ns per element of the rounding loop on this machine's
+    AVX-512 cores, and this form brings the loop to 0.32 ns. 32-bit wrap-around is the reference's
+    ``& MASK32``, so the values are the same.
+    """
+    if index != types.int64 or seed_mix != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+
+        def const(value):
+            return ir.Constant(i32, value)
+
+        h = builder.xor(builder.trunc(args[0], i32), builder.trunc(args[1], i32))
+        h = builder.xor(h, builder.lshr(h, const(16)))
+        h = builder.mul(h, const(HASH_MUL1))
+        h = builder.xor(h, builder.lshr(h, const(15)))
+        h = builder.mul(h, const(HASH_MUL2))
+        h = builder.xor(h, builder.lshr(h, const(16)))
+        return builder.lshr(h, const(NOISE_SHIFT))
+
+    return types.int32(types.int64, types.int64), codegen
+
+
 def noise(index, seed_mix):
-    """u_i of `tinykg.compress.rng` for the padded flat index ``index`` (int64 arithmetic is exact)."""
-    h = (index & 0xFFFFFFFF) ^ seed_mix
-    h = h ^ (h >> 16)
-    h = (h * 0x7FEB352D) & 0xFFFFFFFF
-    h = h ^ (h >> 15)
-    h = (h * 0x2C1B3C6D) & 0xFFFFFFFF
-    h = h ^ (h >> 16)
-    return f32(f32(h >> 8) * f32(2.0**-24))
+    """u_i of `tinykg.compress.rng` for the padded flat index ``index``: exact, 24 bits times 2**-24."""
+    return f32(f32(noise_bits(index, seed_mix)) * f32(NOISE_SCALE))
 
 
 def code_of(v, zf, inv, offset, top):
@@ -343,16 +366,17 @@ def quantize_group(xs, ks, G, g_flat, levels_i, kind, value_max, stochastic, see
     """
     n_real = xs.shape[0]
     # 1. min / max (and non-finite detection) on order-preserving int32 keys
-    kmin = i64(0x7FFFFFFF)
-    kmax = i64(-0x80000000)
+    # (int32 throughout: with int64 keys LLVM vectorized 8 lanes instead of 16, at twice the time)
+    kmin = i32(0x7FFFFFFF)
+    kmax = i32(-0x80000000)
     for j in range(n_real):
-        k = i64(ks[j])
-        k = k ^ ((k >> 31) & 0x7FFFFFFF)
+        k = ks[j]
+        k = i32(k ^ ((k >> i32(31)) & i32(0x7FFFFFFF)))
         kmin = min(kmin, k)
         kmax = max(kmax, k)
     nonfinite = kmin <= KEY_NEG_INF or kmax >= KEY_POS_INF
-    mn = key_to_float(kmin)
-    mx = key_to_float(kmax)
+    mn = key_to_float(i64(kmin))
+    mx = key_to_float(i64(kmax))
     levels = f32(levels_i)
 
     # 2. metadata, as reference.group_metadata
@@ -565,7 +589,7 @@ def dequantize_entry(task, num_tasks, codes_addr, num_bytes, scale_addr, zp_addr
 
 _RAW = {name: globals()[name] for name in (
     "f32_to_bits", "bits_to_f32", "as_f32", "key_to_float", "f32_to_f16_bits", "f16_bits_to_f32", "md_round",
-    "md_value", "md_next", "noise", "code_of", "quantize_group", "pack_scratch", "quantize_task",
+    "md_value", "md_next", "noise_bits", "noise", "code_of", "quantize_group", "pack_scratch", "quantize_task",
     "dequantize_group", "dequantize_task", "ptr_f32", "ptr_i32", "ptr_i16", "ptr_u8", "quantize_entry",
     "dequantize_entry",
 )}
@@ -581,6 +605,7 @@ _DECORATIONS = {
     "md_round": {},
     "md_value": {},
     "md_next": {},
+    "noise_bits": "intrinsic",
     "noise": {"inline": "always"},
     "code_of": {"inline": "always"},
     "quantize_group": {"inline": "always"},
