@@ -484,9 +484,10 @@ def test_triton_mask_kernels_match_reference_layout(backend, shape):
         assert torch.equal(triton_kernels.pack_mask_triton(t), pack_mask_ref(t))
 
 
-def test_backend_many_groups_across_threads(backend):
-    # Enough elements for the CPU kernel's parallel path, split over all its tasks (with multi-group
-    # chunks for 33-long rows); small for the interpreter.
+def test_backend_many_groups_across_threads(backend, monkeypatch):
+    # The CPU kernel's parallel path (its threshold lowered to below this tensor), split over all its
+    # tasks (with multi-group chunks for 33-long rows); small for the interpreter.
+    monkeypatch.setattr(cpu_kernels, "_SERIAL_BELOW", 1 << 16)
     kind, device = backend
     rows = 6061 if kind == Backend.CPU else 120
     x = _sample((rows, 33), torch.float32, device, seed=3)
@@ -649,7 +650,8 @@ def test_cpu_quantize_follows_torch_thread_count_after_its_plan_is_cached(monkey
         return original(kernel, num_tasks, *args)
 
     monkeypatch.setattr(cpu_kernels, "run_tasks", recording)
-    x = torch.randn(1 << 18)  # above the serial threshold
+    monkeypatch.setattr(cpu_kernels, "_SERIAL_BELOW", 1 << 16)
+    x = torch.randn(1 << 18)  # above the (lowered) serial threshold
     config = CompressionConfig(bits=2, group_size=256)
     threads = torch.get_num_threads()
     try:

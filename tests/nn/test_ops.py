@@ -115,6 +115,37 @@ def test_dot_is_mul_then_sum_with_the_same_codes():
         assert torch.equal(first, second)
 
 
+def test_dropout_masks_follow_torch_seeds_not_the_quantizer_stream():
+    """One seed per mask, drawn from the generator given, else from the global generator (so
+    ``torch.manual_seed`` decides the masks, as it does F.dropout's), never from the quantizer's own stream."""
+    from tinykg.compress import quantizer_generator, restoring_quantizer_seed, seed_quantizer
+
+    x = torch.randn(64, 33, requires_grad=True)
+
+    def mask(**kwargs):
+        return compressed_dropout(x, 0.5, True, CFG, **kwargs) != 0
+
+    assert torch.equal(mask(generator=torch.Generator().manual_seed(5)), mask(generator=torch.Generator().manual_seed(5)))
+    assert not torch.equal(mask(generator=torch.Generator().manual_seed(5)), mask(generator=torch.Generator().manual_seed(6)))
+    with restoring_quantizer_seed():
+        seed_quantizer(0)
+        state = quantizer_generator().get_state()
+        torch.manual_seed(11)
+        first = mask()
+        assert torch.equal(quantizer_generator().get_state(), state)
+        seed_quantizer(1)  # another quantizer stream: the same global seed gives the same mask
+        torch.manual_seed(11)
+        assert torch.equal(mask(), first)
+
+
+def test_masks_refuse_a_tensor_of_another_shape():
+    from tinykg.nn._saved import BitMask
+
+    mask = BitMask.greater(torch.randn(4, 6))
+    with pytest.raises(ValueError, match=r"mask of shape \(4, 6\) applied to a tensor of shape \(6, 4\)"):
+        mask.scale(torch.randn(6, 4), 1.0, 0.0)
+
+
 def test_dropout_mask_matches_scaling_and_rate():
     x = torch.ones(200, 100, requires_grad=True)
     y = compressed_dropout(x, 0.25, True, CFG, generator=torch.Generator().manual_seed(0))

@@ -40,7 +40,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .config import CompressionConfig
-from .masks import pack_mask, unpack_mask
+from .masks import pack_greater, unpack_mask
 from .packed import PackedActivation
 from .quantize import dequantize, quantize
 from .reference import compact, packing_saves_memory
@@ -181,7 +181,7 @@ class _SignActivation:
     __slots__ = ("bits", "shape", "dtype")
 
     def __init__(self, t: torch.Tensor) -> None:
-        self.bits = pack_mask(t.detach() > 0)
+        self.bits = pack_greater(t.detach())
         self.shape = t.shape
         self.dtype = t.dtype
 

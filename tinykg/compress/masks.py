@@ -9,6 +9,18 @@ the reference. Three implementations write the same bytes:
   costs the host ~10 us and a sampled model's compressed step is bound by the host; the reference makes 6
   torch calls (3 of them kernel launches) to pack a mask and 7 (2 launches) to unpack it.
 - Anything else: the reference.
+
+The ops that use masks go through three fused functions, each specified by the PyTorch expression in its
+docstring (the fallback for other devices and dtypes) and run on CPU fp32 tensors by a numba kernel
+(`tinykg.compress.cpu_kernels`) that gives the same bits and values:
+
+- `pack_greater`: the mask of ``x > t`` (ReLU's sign), without the bool tensor;
+- `keep_bits`: dropout's keep-mask, ``u_i >= p`` for the counter-based noise u of `tinykg.compress.rng`
+  (a seed instead of a tensor of uniforms: ``torch.rand`` filled (11238, 64) in 2.9 ms on one thread here,
+  the kernel takes 0.14 ms);
+- `scale_by_mask`: ``g * (on where the bit is set, else off)``, i.e. the masked gradients of ReLU,
+  LeakyReLU and dropout, without unpacking (on one thread, (11238, 64): 0.18 ms, against 0.80 ms for
+  unpacking and the lerp this replaced).
 """
 
 from __future__ import annotations
@@ -18,8 +30,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from . import triton_kernels
+from . import cpu_kernels, triton_kernels
 from .packed import pack_codes, unpack_codes
+from .rng import uniform_noise
 
 PackFn = Callable[[torch.Tensor], torch.Tensor]
 UnpackFn = Callable[[torch.Tensor, torch.Size], torch.Tensor]
@@ -66,3 +79,40 @@ def pack_mask(mask: torch.Tensor) -> torch.Tensor:
 def unpack_mask(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The bool tensor of ``shape`` that `pack_mask` packed into ``bits``."""
     return _impl(bits.device)[1](bits, shape)
+
+
+def _cpu_fp32(*tensors: torch.Tensor) -> bool:
+    """Whether the numba mask kernels take these tensors: contiguous fp32 on the CPU, numba installed."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors) and (
+        cpu_kernels.available(torch.device("cpu"))
+    )
+
+
+def pack_greater(x: torch.Tensor, threshold: float = 0.0, *, or_equal: bool = False) -> torch.Tensor:
+    """``pack_mask(x >= threshold if or_equal else x > threshold)``, the comparison made in ``x``'s dtype."""
+    if _cpu_fp32(x):
+        return cpu_kernels.pack_greater_cpu(x, threshold, or_equal)
+    return pack_mask(x >= threshold if or_equal else x > threshold)
+
+
+def keep_bits(numel: int, p: float, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Dropout's keep-mask of ``numel`` elements, packed: ``pack_mask(uniform_noise(numel, seed) >= p)``.
+
+    Each element is kept with probability 1 - p (to within 2**-24: the noise is a multiple of 2**-24).
+    """
+    device = torch.device(device)
+    if device.type == "cpu" and cpu_kernels.available(device):
+        return cpu_kernels.keep_bits_cpu(numel, p, seed)
+    return pack_mask(uniform_noise(numel, seed, device) >= p)
+
+
+def scale_by_mask(
+    bits: torch.Tensor, g: torch.Tensor, on: float, off: float, *, out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``torch.where(unpack_mask(bits, g.shape), g * on, g * off)`` (``g`` itself where ``on == 1``), into
+    ``out`` if given (which may be ``g``). ``on`` and ``off`` are rounded to ``g``'s dtype, as ``g * on``
+    rounds them; ``off == 0`` gives ``g * 0``, so a NaN or infinite ``g`` stays NaN where the bit is unset."""
+    if _cpu_fp32(g) and (out is None or (_cpu_fp32(out) and out.shape == g.shape)):
+        return cpu_kernels.scale_by_mask_cpu(bits, g, on, off, torch.empty_like(g) if out is None else out)
+    mask = unpack_mask(bits, g.shape)
+    return torch.where(mask, g if on == 1.0 else g * on, g * off, out=out)

@@ -21,7 +21,8 @@ compression reproducible). tinykg's training loops set the
 quantizer's own: drawn from the global generator, a compressed run would consume random numbers that the
 fp32 run of the same seed does not, and every later dropout mask and sampled negative drawn from it would
 differ between the two runs, so their paired comparison would measure those draws as well. (Compressed
-dropout does draw other masks than F.dropout, for speed: `tinykg.nn.compressed_dropout`.) The setting
+dropout does draw other masks than F.dropout, for speed: one seed from the global generator per mask, whose
+bits come from this noise; `tinykg.nn.compressed_dropout`.) The setting
 is a context variable: each thread has its own, and a new thread starts from the global generator.
 """
 
@@ -164,15 +165,24 @@ def quantizer_generator() -> QuantizerStream | None:
 
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A fresh 32-bit seed from ``generator`` (a CPU generator), else from the quantizer's own stream
-    (`seed_quantizer`), else from the global CPU generator.
-
-    From a generator, drawn in place into a per-thread 0-d buffer: the same value as
-    ``torch.randint(0, 2**32, ())`` from the same generator state, at ~60% of its cost.
-    """
+    (`seed_quantizer`), else from the global CPU generator."""
     if generator is None:
         stream = _quantizer_generator.get()
         if stream is not None:
             return stream.draw()
+    return draw_torch_seed(generator)
+
+
+def draw_torch_seed(generator: torch.Generator | None = None) -> int:
+    """A fresh 32-bit seed from ``generator``, else from the global CPU generator, never from the
+    quantizer's stream: for randomness that ``torch.manual_seed`` governs as it governs PyTorch's own
+    (compressed dropout's masks). A generator on another device is drawn from there (a device sync).
+
+    From a CPU generator, drawn in place into a per-thread 0-d buffer: the same value as
+    ``torch.randint(0, 2**32, ())`` from the same generator state, at ~60% of its cost.
+    """
+    if generator is not None and generator.device.type != "cpu":
+        return int(torch.randint(0, 2**32, (), device=generator.device, generator=generator).item())
     buffer = getattr(_seed_buffers, "buffer", None)
     if buffer is None:
         buffer = _seed_buffers.buffer = torch.empty((), dtype=torch.int64)

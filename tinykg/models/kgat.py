@@ -120,7 +120,7 @@ class _BiInteractionFunction(torch.autograd.Function):
         x_saved, side_saved = maybe_quantize(x, config), maybe_quantize(side, config)
         summed = F.linear(x + side, w1, b1)  # (N, d')
         product = F.linear(x * side, w2, b2)  # (N, d')
-        masks = BitMask.pack(summed > 0), BitMask.pack(product > 0)
+        masks = BitMask.greater(summed), BitMask.greater(product)
         ctx.slope = slope
         save(ctx, x_saved, side_saved, w1, w2, *masks)
         return F.leaky_relu_(summed, slope) + F.leaky_relu_(product, slope)

@@ -88,7 +88,7 @@ class _SumAggregateFunction(torch.autograd.Function):
         out = F.linear(x, weight, bias)
         del x
         if activation == "relu":
-            act_saved = BitMask.pack(out > 0)
+            act_saved = BitMask.greater(out)
             out = out.relu_()
         else:
             out = out.tanh_()

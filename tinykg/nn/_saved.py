@@ -17,14 +17,17 @@ from ..compress import (
     quantize,
     saving_packed,
 )
-from ..compress.masks import pack_mask, unpack_mask
+from ..compress.masks import keep_bits, pack_greater, pack_mask, scale_by_mask, unpack_mask
 from ..compress.packed import narrowest_int_dtype
 from ..compress.reference import compact, packing_saves_memory
 
 
 @dataclass(frozen=True)
 class BitMask:
-    """A bool tensor packed 8 per byte (1-bit storage of ReLU/LeakyReLU/dropout masks)."""
+    """A bool tensor packed 8 per byte (1-bit storage of ReLU/LeakyReLU/dropout masks).
+
+    `load` hands masks back packed: backwards apply them with `scale`, which reads the bits directly.
+    """
 
     bits: torch.Tensor  # uint8 (ceil(numel / 8),)
     shape: torch.Size
@@ -33,8 +36,26 @@ class BitMask:
     def pack(cls, mask: torch.Tensor) -> "BitMask":
         return cls(pack_mask(mask), mask.shape)
 
+    @classmethod
+    def greater(cls, x: torch.Tensor, threshold: float = 0.0) -> "BitMask":
+        """The mask of ``x > threshold``, packed without forming the bool tensor."""
+        return cls(pack_greater(x, threshold), x.shape)
+
+    @classmethod
+    def keep(cls, shape: torch.Size, p: float, seed: int, device: torch.device) -> "BitMask":
+        """A dropout keep-mask: each element kept with probability 1 - p, drawn from ``seed``
+        (`tinykg.compress.masks.keep_bits`)."""
+        return cls(keep_bits(shape.numel(), p, seed, device), shape)
+
     def unpack(self) -> torch.Tensor:
         return unpack_mask(self.bits, self.shape)
+
+    def scale(self, g: torch.Tensor, on: float, off: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``g * on`` where the mask is set, ``g * off`` elsewhere (`tinykg.compress.masks.scale_by_mask`);
+        ``g`` has the mask's shape."""
+        if g.shape != self.shape:
+            raise ValueError(f"a mask of shape {tuple(self.shape)} applied to a tensor of shape {tuple(g.shape)}")
+        return scale_by_mask(self.bits, g, on, off, out=out)
 
 
 def narrow_index(index: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -147,7 +168,7 @@ def save(ctx, *items: Item) -> None:
 
 
 def load(ctx) -> list:
-    """Items saved by `save`, packed activations dequantized and masks unpacked.
+    """Items saved by `save`, packed activations dequantized; masks stay `BitMask` (apply with ``scale``).
 
     A small packed activation saved by several ops (a model's score operands, attention weights) is
     dequantized once: the loaded tensor may be shared between their backward passes, so callers never
@@ -167,7 +188,7 @@ def load(ctx) -> list:
             out.append(_load_packed([*tensors[pos : pos + 3], entry[2], entry[3]], entry[1]))
             pos += 3
         elif kind == "mask":
-            out.append(BitMask(tensors[pos], entry[1]).unpack())
+            out.append(BitMask(tensors[pos], entry[1]))
             pos += 1
         else:
             out.append(tensors[pos])

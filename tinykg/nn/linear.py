@@ -48,7 +48,7 @@ class _CompressedLinearFunction(torch.autograd.Function):
         out = F.linear(x, weight, bias)  # a fresh tensor: the activation may work in place on it
         act_saved = None
         if activation in ("relu", "leaky_relu"):
-            act_saved = BitMask.pack(out > 0)
+            act_saved = BitMask.greater(out)
             out = out.relu_() if activation == "relu" else F.leaky_relu_(out, negative_slope)
         elif activation is not None:
             out = out.tanh_() if activation == "tanh" else out.sigmoid_()
