@@ -148,8 +148,9 @@ def check_correctness(device: torch.device, smoke: bool) -> list[dict]:
 
 
 def check_mask_kernels(device: torch.device, smoke: bool) -> list[dict]:
-    """The Triton mask kernels against the reference's bytes (`masks.pack_mask_ref` on the CPU), and back."""
-    from tinykg.compress import masks
+    """The Triton mask kernels against the reference's bytes (`masks.pack_mask_ref` on the CPU), and back;
+    the fused mask ops (`masks.pack_greater`, `keep_bits`, `scale_by_mask`) against their expressions."""
+    from tinykg.compress import masks, uniform_noise
 
     rows = []
     g = torch.Generator().manual_seed(SEED)
@@ -161,6 +162,21 @@ def check_mask_kernels(device: torch.device, smoke: bool) -> list[dict]:
         rows.append({"case": f"mask {numel}", "bits": 1, "metadata": "-", "group_size": "-", "stochastic": "-",
                      "triton_equals_reference": ok, "dequantize_equal": back, "reference_gpu_equals_cpu": "-",
                      "exact_groups": 0})
+        # The fused mask ops against their PyTorch expressions computed on the CPU (values as int32 patterns).
+        x_cpu = torch.randn(numel, generator=g)
+        x_cpu[0] = float("nan")
+        x = x_cpu.to(device)
+        want_scaled = torch.where(mask_cpu, x_cpu * (1 / 0.9), x_cpu * 0.0)
+        scaled = triton_kernels.scale_by_mask_triton(bits, x, 1 / 0.9, 0.0, torch.empty_like(x)).cpu()
+        fused_ok = (
+            same(triton_kernels.pack_greater_triton(x, 0.1, False), masks.pack_mask_ref(x_cpu > 0.1))
+            and same(triton_kernels.keep_bits_triton(numel, 0.1, SEED, device),
+                     masks.pack_mask_ref(uniform_noise(numel, SEED) >= 0.1))
+            and torch.equal(scaled.view(torch.int32), want_scaled.view(torch.int32))
+        )
+        rows.append({"case": f"fused mask ops {numel}", "bits": 1, "metadata": "-", "group_size": "-",
+                     "stochastic": "-", "triton_equals_reference": fused_ok, "dequantize_equal": "-",
+                     "reference_gpu_equals_cpu": "-", "exact_groups": 0})
     return rows
 
 
@@ -503,12 +519,13 @@ def count_step_ops(name: str, make_step: MakeStep, *, bits: int = 2, device: tor
 
     device = torch.device(device)
     counter = _OpCounter()
-    real_get, real_masks = triton_kernels._get_kernels, masks._CHOSEN.get(device)
+    real_get, real_masks, real_fused = triton_kernels._get_kernels, masks._CHOSEN.get(device), masks._FUSED.get(device)
     real_order = quantize_module.AUTO_ORDER.get(device.type)
     try:
         counted = triton_kernels.Kernels(*map(counter.wrap, real_get()))
         triton_kernels._get_kernels = lambda: counted
         masks._CHOSEN[device] = (triton_kernels.pack_mask_triton, triton_kernels.unpack_mask_triton)
+        masks._FUSED[device] = "triton"
         quantize_module.AUTO_ORDER[device.type] = (Backend.TRITON,)
         quantize_module._resolved.clear()
         row = {"model": name, "bits": bits}
@@ -527,6 +544,10 @@ def count_step_ops(name: str, make_step: MakeStep, *, bits: int = 2, device: tor
             masks._CHOSEN.pop(device, None)
         else:
             masks._CHOSEN[device] = real_masks
+        if real_fused is None:
+            masks._FUSED.pop(device, None)
+        else:
+            masks._FUSED[device] = real_fused
         if real_order is None:
             quantize_module.AUTO_ORDER.pop(device.type, None)
         else:

@@ -462,6 +462,21 @@ def test_triton_host_calls_per_quantize_and_dequantize(backend, monkeypatch):
         restored = triton_kernels.unpack_mask_triton(bits, mask.shape)
     assert pack_calls == ["empty"] and calls.names == ["empty"], (pack_calls, calls.names)
     assert torch.equal(restored, mask)
+    # The fused mask ops: one allocation each besides the launch (the masked product writes into the
+    # output it is given, which `masks.scale_by_mask` allocates: one call there too).
+    for fn in (
+        lambda: triton_kernels.pack_greater_triton(x, 0.0, False),
+        lambda: triton_kernels.keep_bits_triton(x.numel(), 0.1, 5, x.device),
+    ):
+        calls.names = []
+        with calls:
+            fn()
+        assert calls.names == ["empty"], calls.names
+    out = torch.empty_like(x)
+    calls.names = []
+    with calls:
+        triton_kernels.scale_by_mask_triton(bits, x, 1.0, 0.2, out)
+    assert calls.names == [], calls.names
 
 
 @pytest.mark.parametrize("shape", [(0,), (1,), (7,), (8,), (9,), (3, 1001), (2, 4096 * 2 + 5)], ids=str)
@@ -482,6 +497,38 @@ def test_triton_mask_kernels_match_reference_layout(backend, shape):
     if mask.dim() == 2:
         t = mask.t()
         assert torch.equal(triton_kernels.pack_mask_triton(t), pack_mask_ref(t))
+
+
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (9,), (3, 1001), (2, 4096 * 2 + 5)], ids=str)
+def test_triton_fused_mask_kernels_match_their_expressions(backend, shape):
+    """`masks.pack_greater`, `keep_bits` and `scale_by_mask` on Triton: the bits and values (compared as
+    int32 patterns) of the PyTorch expressions that specify them, for sizes that end mid-byte and span
+    several programs, with NaN, infinities and signed zeros."""
+    from tinykg.compress.masks import pack_mask_ref, unpack_mask_ref
+    from tinykg.compress.rng import uniform_noise
+
+    kind, device = backend
+    if kind != Backend.TRITON:
+        pytest.skip("Triton mask kernels")
+    numel = math.prod(shape)
+    x = _sample(shape, torch.float32, "cpu", seed=numel).reshape(-1)
+    specials = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 0.1, -0.1])
+    x[: min(len(specials), numel)] = specials[:numel]
+    x = x.reshape(shape)
+    for threshold, or_equal in ((0.0, False), (0.1, True), (-0.1, False)):
+        want = pack_mask_ref(x >= threshold if or_equal else x > threshold)
+        assert torch.equal(triton_kernels.pack_greater_triton(x.to(device), threshold, or_equal).cpu(), want)
+    for p, seed in ((0.1, 0), (0.5, 2**32 - 1)):
+        want = pack_mask_ref(uniform_noise(numel, seed) >= p)
+        assert torch.equal(triton_kernels.keep_bits_triton(numel, p, seed, torch.device(device)).cpu(), want)
+    bits = pack_mask_ref(x > 0)
+    mask = unpack_mask_ref(bits, x.shape)
+    g = x.flip(0) if x.dim() else x
+    for on, off in ((1.0, 0.2), (1.0, 0.0), (1 / 0.9, 0.0)):
+        want = torch.where(mask, g if on == 1.0 else g * on, g * off)
+        g_dev = g.contiguous().to(device)
+        got = triton_kernels.scale_by_mask_triton(bits.to(device), g_dev, on, off, torch.empty_like(g_dev)).cpu()
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
 
 
 def test_backend_many_groups_across_threads(backend, monkeypatch):

@@ -11,8 +11,9 @@ the reference. Three implementations write the same bytes:
 - Anything else: the reference.
 
 The ops that use masks go through three fused functions, each specified by the PyTorch expression in its
-docstring (the fallback for other devices and dtypes) and run on CPU fp32 tensors by a numba kernel
-(`tinykg.compress.cpu_kernels`) that gives the same bits and values:
+docstring (the fallback for other dtypes and devices) and run on fp32 tensors by one kernel that gives the
+same bits and values: numba on the CPU (`tinykg.compress.cpu_kernels`), Triton on CUDA (one launch and at
+most one allocation each, where the expressions make 2 to 12 torch calls):
 
 - `pack_greater`: the mask of ``x > t`` (ReLU's sign), without the bool tensor;
 - `keep_bits`: dropout's keep-mask, ``u_i >= p`` for the counter-based noise u of `tinykg.compress.rng`
@@ -81,17 +82,35 @@ def unpack_mask(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return _impl(bits.device)[1](bits, shape)
 
 
-def _cpu_fp32(*tensors: torch.Tensor) -> bool:
-    """Whether the numba mask kernels take these tensors: contiguous fp32 on the CPU, numba installed."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors) and (
-        cpu_kernels.available(torch.device("cpu"))
-    )
+_FUSED: dict[torch.device, str | None] = {}
+
+
+def _fused_kind(device: torch.device) -> str | None:
+    """The kernels of the fused mask ops on ``device``: ``"cpu"`` (numba), ``"triton"`` (CUDA), or None
+    (the PyTorch expressions). Chosen once per device."""
+    if device not in _FUSED:
+        if device.type == "cpu":
+            _FUSED[device] = "cpu" if cpu_kernels.available(device) else None
+        else:
+            _FUSED[device] = "triton" if device.type == "cuda" and triton_kernels.available(device) else None
+    return _FUSED[device]
+
+
+def _fused(*tensors: torch.Tensor) -> str | None:
+    """`_fused_kind` for contiguous fp32 tensors on one device (what the kernels read), else None."""
+    device = tensors[0].device
+    if not all(t.device == device and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
+        return None
+    return _fused_kind(device)
 
 
 def pack_greater(x: torch.Tensor, threshold: float = 0.0, *, or_equal: bool = False) -> torch.Tensor:
     """``pack_mask(x >= threshold if or_equal else x > threshold)``, the comparison made in ``x``'s dtype."""
-    if _cpu_fp32(x):
+    fused = _fused(x)
+    if fused == "cpu":
         return cpu_kernels.pack_greater_cpu(x, threshold, or_equal)
+    if fused == "triton":
+        return triton_kernels.pack_greater_triton(x, threshold, or_equal)
     return pack_mask(x >= threshold if or_equal else x > threshold)
 
 
@@ -101,8 +120,11 @@ def keep_bits(numel: int, p: float, seed: int, device: torch.device | str = "cpu
     Each element is kept with probability 1 - p (to within 2**-24: the noise is a multiple of 2**-24).
     """
     device = torch.device(device)
-    if device.type == "cpu" and cpu_kernels.available(device):
+    fused = _fused_kind(device)
+    if fused == "cpu":
         return cpu_kernels.keep_bits_cpu(numel, p, seed)
+    if fused == "triton":
+        return triton_kernels.keep_bits_triton(numel, p, seed, device)
     return pack_mask(uniform_noise(numel, seed, device) >= p)
 
 
@@ -112,7 +134,11 @@ def scale_by_mask(
     """``torch.where(unpack_mask(bits, g.shape), g * on, g * off)`` (``g`` itself where ``on == 1``), into
     ``out`` if given (which may be ``g``). ``on`` and ``off`` are rounded to ``g``'s dtype, as ``g * on``
     rounds them; ``off == 0`` gives ``g * 0``, so a NaN or infinite ``g`` stays NaN where the bit is unset."""
-    if _cpu_fp32(g) and (out is None or (_cpu_fp32(out) and out.shape == g.shape)):
-        return cpu_kernels.scale_by_mask_cpu(bits, g, on, off, torch.empty_like(g) if out is None else out)
+    fused = _fused(g) if out is None or out.shape == g.shape else None
+    if fused is not None and (out is None or _fused(g, out) == fused):
+        out = torch.empty_like(g) if out is None else out
+        if fused == "cpu":
+            return cpu_kernels.scale_by_mask_cpu(bits, g, on, off, out)
+        return triton_kernels.scale_by_mask_triton(bits, g, on, off, out)
     mask = unpack_mask(bits, g.shape)
     return torch.where(mask, g if on == 1.0 else g * on, g * off, out=out)

@@ -135,6 +135,9 @@ class Kernels(NamedTuple):
     dequantize: object
     pack_mask: object
     unpack_mask: object
+    pack_greater: object
+    keep_bits: object
+    scale_by_mask: object
 
 
 _kernels: Kernels | None = None
@@ -155,9 +158,8 @@ def _get_kernels() -> Kernels:
         module = globals()
         for name, fn in _RAW.items():
             # The key is a run-time value: no recompilation when it happens to be 1 or divisible by 16.
-            module[name] = triton.jit(fn, do_not_specialize=["key_i32"] if name == "quantize_kernel" else ())
-        _kernels = Kernels(module["quantize_kernel"], module["dequantize_kernel"], module["pack_mask_kernel"],
-                           module["unpack_mask_kernel"])
+            module[name] = triton.jit(fn, do_not_specialize=["key_i32"] if "key_i32" in fn.__code__.co_varnames else ())
+        _kernels = Kernels(*(module[f"{field}_kernel"] for field in Kernels._fields))
     return _kernels
 
 
@@ -432,8 +434,51 @@ def unpack_mask_kernel(bits_ptr, out_ptr, numel, BLOCK: tl.constexpr, IDX64: tl.
     tl.store(out_ptr + idx, ((byte >> (idx & 7).to(tl.int32)) & 1) != 0, mask=ok)
 
 
+def mask_bytes(BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """This program's (BLOCK,) output bytes and their (BLOCK, 8) element indices (bit j of byte i: 8i + j)."""
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    lane = tl.arange(0, 8)
+    return offs, offs[:, None] * 8 + lane[None, :], lane[None, :]
+
+
+def pack_greater_kernel(x_ptr, out_ptr, numel, num_bytes, threshold, OR_EQUAL: tl.constexpr, BLOCK: tl.constexpr,
+                        IDX64: tl.constexpr):
+    """`pack_mask_kernel` of ``x > threshold`` (``>=`` when ``OR_EQUAL``) for fp32 ``x``, compared in fp32."""
+    offs, idx, lane = mask_bytes(BLOCK, IDX64)
+    ok = idx < numel
+    v = tl.load(x_ptr + idx, mask=ok, other=0.0)
+    hit = (v >= threshold) if OR_EQUAL else (v > threshold)
+    byte = tl.sum((hit & ok).to(tl.int32) << lane, axis=1)
+    tl.store(out_ptr + offs, byte.to(tl.uint8), mask=offs < num_bytes)
+
+
+def keep_bits_kernel(out_ptr, numel, num_bytes, key_i32, p, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """`pack_mask_kernel` of ``u_i >= p``, u the noise of `tinykg.compress.rng` under ``key_i32``."""
+    offs, idx, lane = mask_bytes(BLOCK, IDX64)
+    hit = (noise(idx, key_i32.to(tl.uint32)) >= p) & (idx < numel)
+    byte = tl.sum(hit.to(tl.int32) << lane, axis=1)
+    tl.store(out_ptr + offs, byte.to(tl.uint8), mask=offs < num_bytes)
+
+
+def scale_by_mask_kernel(bits_ptr, g_ptr, out_ptr, numel, on, off, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """``out_i = g_i * (on if bit i else off)`` for fp32 ``g``; ``out`` may be ``g``."""
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    idx = pid * BLOCK + tl.arange(0, BLOCK)
+    ok = idx < numel
+    byte = tl.load(bits_ptr + (idx >> 3), mask=ok, other=0).to(tl.int32)
+    g = tl.load(g_ptr + idx, mask=ok, other=0.0)
+    factor = tl.where(((byte >> (idx & 7).to(tl.int32)) & 1) != 0, on, off)
+    tl.store(out_ptr + idx, g * factor, mask=ok)
+
+
 _RAW = {fn.__name__: fn for fn in (md_round, md_value, md_store, md_load, md_next, noise, load_x, load_tile, tile_extremes, store_codes,
-                                   quantize_kernel, dequantize_kernel, pack_mask_kernel, unpack_mask_kernel)}
+                                   quantize_kernel, dequantize_kernel, pack_mask_kernel, unpack_mask_kernel, mask_bytes,
+                                   pack_greater_kernel, keep_bits_kernel, scale_by_mask_kernel)}
 
 
 def _tiling(group_size: int, lanes: int, tile: int) -> tuple[int, int, int]:
@@ -697,6 +742,38 @@ def unpack_mask_triton(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     if numel:
         unpack_mask_kernel[(-(-numel // _MASK_ELEMENTS),)](
             bits, out, numel, BLOCK=_MASK_ELEMENTS, IDX64=numel + _MASK_ELEMENTS >= 2**31)
+    return out
+
+
+def pack_greater_triton(x: torch.Tensor, threshold: float, or_equal: bool) -> torch.Tensor:
+    """`masks.pack_greater` of a contiguous fp32 tensor: one launch and one allocation."""
+    numel = x.numel()
+    num_bytes = -(-numel // 8)
+    out = torch.empty(num_bytes, dtype=torch.uint8, device=x.device)
+    if num_bytes:
+        _get_kernels().pack_greater[(-(-num_bytes // _MASK_BYTES),)](
+            x, out, numel, num_bytes, float(threshold), OR_EQUAL=bool(or_equal), BLOCK=_MASK_BYTES,
+            IDX64=numel + 8 * _MASK_BYTES >= 2**31)
+    return out
+
+
+def keep_bits_triton(numel: int, p: float, seed: int, device: torch.device) -> torch.Tensor:
+    """`masks.keep_bits`: one launch and one allocation (the reference builds the noise in ~10 torch ops)."""
+    num_bytes = -(-numel // 8)
+    out = torch.empty(num_bytes, dtype=torch.uint8, device=device)
+    if num_bytes:
+        _get_kernels().keep_bits[(-(-num_bytes // _MASK_BYTES),)](
+            out, numel, num_bytes, _as_i32(seed_key(seed)), float(p), BLOCK=_MASK_BYTES,
+            IDX64=numel + 8 * _MASK_BYTES >= 2**31)
+    return out
+
+
+def scale_by_mask_triton(bits: torch.Tensor, g: torch.Tensor, on: float, off: float, out: torch.Tensor) -> torch.Tensor:
+    """`masks.scale_by_mask` of contiguous fp32 ``g`` into ``out`` (which may be ``g``): one launch."""
+    numel = g.numel()
+    if numel:
+        _get_kernels().scale_by_mask[(-(-numel // _MASK_ELEMENTS),)](
+            bits, g, out, numel, float(on), float(off), BLOCK=_MASK_ELEMENTS, IDX64=numel + _MASK_ELEMENTS >= 2**31)
     return out
 
 
