@@ -10,6 +10,7 @@ from torch import nn
 
 from tinykg.compress import CompressionConfig, observe_saved_tensors
 from tinykg.nn import (
+    compressed_bpr_loss,
     CompressedLinear,
     compress_,
     compressed_dropout,
@@ -70,6 +71,7 @@ GRADCHECK_CASES = {
         (_d(15), _d(6, 3, seed=1)),
     ),
     "sparse_matmul": lambda: (lambda x: sparse_matmul(_adjacency(x.dtype), x, CFG), (_d(6, 3),)),
+    "bpr_loss": lambda: (lambda u, p, n: compressed_bpr_loss(u, p, n, 0.3, CFG), (_d(5, 4), _d(5, 4, seed=1), _d(5, 4, seed=2))),
 }
 
 
@@ -214,6 +216,46 @@ def test_linear_gradient_unbiased():
     step = (rows_range / 3).unsqueeze(1).expand_as(x) * 1.01  # fp16 rounding up of the scale
     bound = K_SIGMA * torch.sqrt((g.double().t() ** 2) @ (step.double() ** 2) / 4 / num_draws)
     assert ((total / num_draws - exact.double()).abs() <= bound).all()
+
+
+@pytest.mark.parametrize("l2_weight", [0.0, 0.5])
+def test_bpr_loss_same_forward_and_unbiased_gradients(l2_weight):
+    """The fused BPR loss computes the plain composition's value to the last bit, and its gradients are
+    linear in the packed copies: du = s (n - p) + c u, dp = -s u + c p, dn = s u + c n with s = g sigmoid(z) / B
+    and c = g l2 / B exact. Each entry's rounding errors are independent with variance at most step^2 / 4
+    (one 32-wide row per group), so the mean of N draws deviates by at most K * sqrt(sum coef^2 step^2 / 4 / N)."""
+    torch.manual_seed(2)
+    u0, p0, n0 = (torch.randn(16, 32) for _ in range(3))
+    config = CompressionConfig(bits=2, group_size=32)
+    leaves = [t.clone().requires_grad_() for t in (u0, p0, n0)]
+    plain = compressed_bpr_loss(*leaves, l2_weight, None)
+    plain.backward()
+    exact = [t.grad.double() for t in leaves]
+    num_draws = 300
+    totals = [torch.zeros_like(e) for e in exact]
+    for _ in range(num_draws):
+        leaves = [t.clone().requires_grad_() for t in (u0, p0, n0)]
+        loss = compressed_bpr_loss(*[t * 1 for t in leaves], l2_weight, config)  # intermediates: fresh noise
+        assert torch.equal(loss.detach(), plain.detach())
+        loss.backward()
+        for total, t in zip(totals, leaves):
+            total += t.grad.double()
+    step = [((t.amax(1) - t.amin(1)) / 3 * 1.01).double().unsqueeze(1).expand_as(t) for t in (u0, p0, n0)]
+    z = (u0 * n0).sum(-1) - (u0 * p0).sum(-1)
+    s = (torch.sigmoid(z).double() / 16).unsqueeze(1)
+    c = l2_weight / 16
+    variances = [  # of one draw's error, per entry, for du, dp, dn
+        s**2 * (step[2] ** 2 + step[1] ** 2) / 4 + c**2 * step[0] ** 2 / 4,
+        s**2 * step[0] ** 2 / 4 + c**2 * step[1] ** 2 / 4,
+        s**2 * step[0] ** 2 / 4 + c**2 * step[2] ** 2 / 4,
+    ]
+    for total, want, var in zip(totals, exact, variances):
+        assert ((total / num_draws - want).abs() <= K_SIGMA * torch.sqrt(var / num_draws)).all()
+
+
+def test_bpr_loss_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="three \\(B, D\\) tensors"):
+        compressed_bpr_loss(torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 2))
 
 
 def test_edge_aggregate_gradient_unbiased():

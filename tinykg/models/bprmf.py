@@ -18,11 +18,10 @@ Legend: B batch, U users, I items, D embedding dim.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ..nn import compressed_dot, compressed_embedding, compressed_mul
+from ..nn import compressed_bpr_loss, compressed_embedding
 from .base import BPR_COLUMNS, CompressedModel, check_batch, check_count, op_index
 
 
@@ -34,27 +33,6 @@ class TopKModel(CompressedModel):
 
     def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-
-def bpr_loss(
-    user_vectors: torch.Tensor,
-    pos_vectors: torch.Tensor,
-    neg_vectors: torch.Tensor,
-    l2_weight: float,
-    config: CompressionConfig | None,
-) -> torch.Tensor:
-    """mean softplus(neg - pos) + l2_weight * (||u||^2 + ||p||^2 + ||n||^2) / (2B) for (B, D) vectors.
-
-    Products go through `compressed_dot` / `compressed_mul` (the quantized copy of ``u`` is shared by its three uses).
-    """
-    batch = user_vectors.shape[0]
-    pos = compressed_dot(user_vectors, pos_vectors, config)  # (B,)
-    neg = compressed_dot(user_vectors, neg_vectors, config)  # (B,)
-    mf_loss = F.softplus(neg - pos).mean()
-    if not l2_weight:
-        return mf_loss
-    squares = sum(compressed_mul(v, v, config).sum() for v in (user_vectors, pos_vectors, neg_vectors))
-    return mf_loss + l2_weight * squares / (2 * batch)
 
 
 class BPRMF(TopKModel):
@@ -96,4 +74,4 @@ class BPRMF(TopKModel):
         user = compressed_embedding(op_index(user_index), self.user_embedding, config)  # (B, D)
         pos = compressed_embedding(op_index(pos_index), self.item_embedding, config)  # (B, D)
         neg = compressed_embedding(op_index(neg_index), self.item_embedding, config)  # (B, D)
-        return bpr_loss(user, pos, neg, self.l2_weight, config)
+        return compressed_bpr_loss(user, pos, neg, self.l2_weight, config)

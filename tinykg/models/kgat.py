@@ -53,6 +53,7 @@ from torch import nn
 
 from ..compress import CompressionConfig, checkpoint
 from ..nn import (
+    compressed_bpr_loss,
     compressed_dropout,
     compressed_embedding,
     compressed_linear,
@@ -63,7 +64,7 @@ from ..nn import (
 from ..nn._saved import BitMask, as_dtype, compression_active, first_order, load, maybe_quantize, narrow_index, save
 from ..nn.activation import mask_grad
 from .base import BPR_COLUMNS, check_batch, check_count, index_buffer, op_index
-from .bprmf import TopKModel, bpr_loss
+from .bprmf import TopKModel
 
 # --------------------------------------------------------------------------------------------------------
 # Private ops (candidates for tinykg.nn)
@@ -455,7 +456,7 @@ class KGAT(TopKModel):
         layers = self.propagate_layers()
         rows = torch.cat([compressed_embedding(index, layer, config) for layer in layers], dim=1)  # (3B, D')
         user, pos, neg = rows.split(batch)  # (B, D') each
-        return bpr_loss(user, pos, neg, self.l2_weight, self.active_head_config)
+        return compressed_bpr_loss(user, pos, neg, self.l2_weight, self.active_head_config)
 
     # -- phase II: TransR and the attention refresh ----------------------------------------------------
 

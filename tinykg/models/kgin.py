@@ -41,6 +41,7 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ..nn import (
+    compressed_bpr_loss,
     compressed_dropout,
     compressed_embedding,
     compressed_linear,
@@ -51,7 +52,7 @@ from ..nn import (
 )
 from ..nn._saved import as_dtype, compression_active, first_order, load, maybe_quantize, save
 from .base import BPR_COLUMNS, check_batch, check_choice, check_count, index_buffer, op_index
-from .bprmf import TopKModel, bpr_loss
+from .bprmf import TopKModel
 
 INDEPENDENCE = ("distance", "cosine")
 
@@ -365,7 +366,7 @@ class KGIN(TopKModel):
         # Positives and negatives in one gather: backward builds one entity-sized gradient, not two.
         items = compressed_embedding(op_index(torch.cat([pos_index, neg_index])), entities, config)  # (2B, d)
         pos, neg = items.split(user_index.shape[0])  # (B, d) each
-        loss = bpr_loss(user, pos, neg, self.l2_weight, self.active_head_config)
+        loss = compressed_bpr_loss(user, pos, neg, self.l2_weight, self.active_head_config)
         if self.sim_weight:
             loss = loss + self.sim_weight * self.independence_loss()
         return loss

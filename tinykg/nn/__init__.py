@@ -23,6 +23,7 @@ from .aggregate import CompressedEmbedding, GatherAggregate, compressed_embeddin
 from .convert import compress_
 from .elementwise import CompressedDot, CompressedMul, CompressedNormalize, compressed_dot, compressed_mul, compressed_normalize
 from .linear import CompressedLinear, compressed_linear
+from .loss import CompressedBPRLoss, compressed_bpr_loss
 from .sparse import EdgeAggregate, SparseMatmul, edge_aggregate, sparse_matmul
 
 __all__ = [
@@ -30,6 +31,6 @@ __all__ = [
     "CompressedTanh", "compressed_dropout", "compressed_leaky_relu", "compressed_relu", "compressed_sigmoid",
     "compressed_softmax", "compressed_tanh", "CompressedEmbedding", "GatherAggregate", "compressed_embedding",
     "gather_aggregate", "weighted_sum", "compress_", "CompressedDot", "CompressedMul", "compressed_dot", "CompressedNormalize", "compressed_mul",
-    "compressed_normalize", "CompressedLinear", "compressed_linear", "EdgeAggregate", "SparseMatmul",
+    "compressed_normalize", "CompressedLinear", "compressed_linear", "CompressedBPRLoss", "compressed_bpr_loss", "EdgeAggregate", "SparseMatmul",
     "edge_aggregate", "sparse_matmul", "IndexedAttention", "indexed_attention",
 ]
