@@ -410,38 +410,44 @@ def dequantize_kernel(codes_ptr, scale_ptr, zp_ptr, out_ptr, numel, num_groups, 
             tl.store(out_ptr + offs, bits.to(tl.int16), mask=mask)
 
 
-def pack_mask_kernel(mask_ptr, out_ptr, numel, num_bytes, BLOCK: tl.constexpr, IDX64: tl.constexpr):
-    """Byte ``i`` of the output holds bools ``8i .. 8i+7`` of the mask, element ``8i + j`` in bit ``j``."""
+def mask_bytes(BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """This program's (BLOCK,) output bytes, their (BLOCK, 8) element indices (bit j of byte i: 8i + j) and
+    the (1, 8) bit positions."""
     pid = tl.program_id(0)
     if IDX64:
         pid = pid.to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,) output bytes
-    lane = tl.arange(0, 8)
-    idx = offs[:, None] * 8 + lane[None, :]  # (BLOCK, 8): 8 contiguous bools per byte
-    v = tl.load(mask_ptr + idx, mask=idx < numel, other=0).to(tl.int32)
-    byte = tl.sum(v << lane[None, :], axis=1)  # the lanes' bits are disjoint: the sum is their or
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    lane = tl.arange(0, 8)[None, :]
+    return offs, offs[:, None] * 8 + lane, lane
+
+
+def store_bits(out_ptr, offs, hit, lane, num_bytes):
+    """Pack the (BLOCK, 8) booleans ``hit`` into the bytes ``offs``."""
+    byte = tl.sum(hit.to(tl.int32) << lane, axis=1)  # the lanes' bits are disjoint: the sum is their or
     tl.store(out_ptr + offs, byte.to(tl.uint8), mask=offs < num_bytes)
 
 
-def unpack_mask_kernel(bits_ptr, out_ptr, numel, BLOCK: tl.constexpr, IDX64: tl.constexpr):
-    """Inverse of `pack_mask_kernel`: bool ``i`` is bit ``i % 8`` of byte ``i // 8``."""
+def mask_elements(bits_ptr, numel, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """This program's (BLOCK,) element indices, which of them exist, and their bits (int32 0 / 1)."""
     pid = tl.program_id(0)
     if IDX64:
         pid = pid.to(tl.int64)
     idx = pid * BLOCK + tl.arange(0, BLOCK)
     ok = idx < numel
     byte = tl.load(bits_ptr + (idx >> 3), mask=ok, other=0).to(tl.int32)
-    tl.store(out_ptr + idx, ((byte >> (idx & 7).to(tl.int32)) & 1) != 0, mask=ok)
+    return idx, ok, (byte >> (idx & 7).to(tl.int32)) & 1
 
 
-def mask_bytes(BLOCK: tl.constexpr, IDX64: tl.constexpr):
-    """This program's (BLOCK,) output bytes and their (BLOCK, 8) element indices (bit j of byte i: 8i + j)."""
-    pid = tl.program_id(0)
-    if IDX64:
-        pid = pid.to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    lane = tl.arange(0, 8)
-    return offs, offs[:, None] * 8 + lane[None, :], lane[None, :]
+def pack_mask_kernel(mask_ptr, out_ptr, numel, num_bytes, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """Byte ``i`` of the output holds bools ``8i .. 8i+7`` of the mask, element ``8i + j`` in bit ``j``."""
+    offs, idx, lane = mask_bytes(BLOCK, IDX64)
+    store_bits(out_ptr, offs, tl.load(mask_ptr + idx, mask=idx < numel, other=0), lane, num_bytes)
+
+
+def unpack_mask_kernel(bits_ptr, out_ptr, numel, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """Inverse of `pack_mask_kernel`: bool ``i`` is bit ``i % 8`` of byte ``i // 8``."""
+    idx, ok, bit = mask_elements(bits_ptr, numel, BLOCK, IDX64)
+    tl.store(out_ptr + idx, bit != 0, mask=ok)
 
 
 def pack_greater_kernel(x_ptr, out_ptr, numel, num_bytes, threshold, OR_EQUAL: tl.constexpr, BLOCK: tl.constexpr,
@@ -451,34 +457,25 @@ def pack_greater_kernel(x_ptr, out_ptr, numel, num_bytes, threshold, OR_EQUAL: t
     ok = idx < numel
     v = tl.load(x_ptr + idx, mask=ok, other=0.0)
     hit = (v >= threshold) if OR_EQUAL else (v > threshold)
-    byte = tl.sum((hit & ok).to(tl.int32) << lane, axis=1)
-    tl.store(out_ptr + offs, byte.to(tl.uint8), mask=offs < num_bytes)
+    store_bits(out_ptr, offs, hit & ok, lane, num_bytes)
 
 
 def keep_bits_kernel(out_ptr, numel, num_bytes, key_i32, p, BLOCK: tl.constexpr, IDX64: tl.constexpr):
     """`pack_mask_kernel` of ``u_i >= p``, u the noise of `tinykg.compress.rng` under ``key_i32``."""
     offs, idx, lane = mask_bytes(BLOCK, IDX64)
-    hit = (noise(idx, key_i32.to(tl.uint32)) >= p) & (idx < numel)
-    byte = tl.sum(hit.to(tl.int32) << lane, axis=1)
-    tl.store(out_ptr + offs, byte.to(tl.uint8), mask=offs < num_bytes)
+    store_bits(out_ptr, offs, (noise(idx, key_i32.to(tl.uint32)) >= p) & (idx < numel), lane, num_bytes)
 
 
 def scale_by_mask_kernel(bits_ptr, g_ptr, out_ptr, numel, on, off, BLOCK: tl.constexpr, IDX64: tl.constexpr):
     """``out_i = g_i * (on if bit i else off)`` for fp32 ``g``; ``out`` may be ``g``."""
-    pid = tl.program_id(0)
-    if IDX64:
-        pid = pid.to(tl.int64)
-    idx = pid * BLOCK + tl.arange(0, BLOCK)
-    ok = idx < numel
-    byte = tl.load(bits_ptr + (idx >> 3), mask=ok, other=0).to(tl.int32)
+    idx, ok, bit = mask_elements(bits_ptr, numel, BLOCK, IDX64)
     g = tl.load(g_ptr + idx, mask=ok, other=0.0)
-    factor = tl.where(((byte >> (idx & 7).to(tl.int32)) & 1) != 0, on, off)
-    tl.store(out_ptr + idx, g * factor, mask=ok)
+    tl.store(out_ptr + idx, g * tl.where(bit != 0, on, off), mask=ok)
 
 
 _RAW = {fn.__name__: fn for fn in (md_round, md_value, md_store, md_load, md_next, noise, load_x, load_tile, tile_extremes, store_codes,
-                                   quantize_kernel, dequantize_kernel, pack_mask_kernel, unpack_mask_kernel, mask_bytes,
-                                   pack_greater_kernel, keep_bits_kernel, scale_by_mask_kernel)}
+                                   quantize_kernel, dequantize_kernel, mask_bytes, store_bits, mask_elements, pack_mask_kernel,
+                                   unpack_mask_kernel, pack_greater_kernel, keep_bits_kernel, scale_by_mask_kernel)}
 
 
 def _tiling(group_size: int, lanes: int, tile: int) -> tuple[int, int, int]:
