@@ -3,6 +3,7 @@
     python benchmarks/bench_step.py --models kgcn kgat --bits 2                   # synthetic default, CPU
     python benchmarks/bench_step.py --data ../shared/data/lastfm-kgcn --device cuda --batch-size 4096
     python benchmarks/bench_step.py --models kgat kgin --synthetic-triples 1000000 --repeats 3
+    python benchmarks/bench_step.py --data ../shared/data/lastfm-kgcn --models kgat --set mess_dropout=0
     python benchmarks/bench_step.py --smoke
 
 For each model: the same weights, the same batch; one step = forward, loss, backward, Adam update (the
@@ -19,6 +20,7 @@ import copy
 import sys
 
 import torch
+from bench_models import _parse_set
 
 from tinykg.compress import restoring_quantizer_seed, seed_quantizer
 from tinykg.data import ctr_split
@@ -53,12 +55,12 @@ def _cuda_peak(step, device) -> int | None:
     return torch.cuda.max_memory_allocated() - base
 
 
-def _ctr_model_and_batch(model_name: str, dataset, batch_size: int | None, device: str):
+def _ctr_model_and_batch(model_name: str, dataset, batch_size: int | None, device: str, overrides: dict | None = None):
     key = dataset_key(dataset.name)
-    batch_size = batch_size or hyperparameters(model_name, key, None)["batch_size"]
+    batch_size = batch_size or hyperparameters(model_name, key, overrides)["batch_size"]
     train, _, _ = ctr_split(dataset.interactions, seed=0)
     torch.manual_seed(0)
-    model = build_ctr_model(model_name, dataset, train, compression=None, seed=0, dataset_key=key)
+    model = build_ctr_model(model_name, dataset, train, compression=None, seed=0, overrides=overrides, dataset_key=key)
     rows = torch.arange(min(batch_size, len(train)))
     batch = (
         torch.as_tensor(train.user_index[rows], dtype=torch.long, device=device),
@@ -68,18 +70,19 @@ def _ctr_model_and_batch(model_name: str, dataset, batch_size: int | None, devic
     return model, batch
 
 
-def _topk_model_and_batch(model_name: str, dataset, batch_size: int | None, device: str):
+def _topk_model_and_batch(model_name: str, dataset, batch_size: int | None, device: str, overrides: dict | None = None):
     key = topk_dataset_key(dataset.name)
-    params = topk_hyperparameters(model_name, key)
+    params = topk_hyperparameters(model_name, key, overrides)
     train, _, _ = topk_split_for(dataset, key, seed=0)
     torch.manual_seed(0)
     model, _ = build_topk_model(model_name, dataset, train, compression=None, params=params)
     return model, first_batch(train, batch_size or params["batch_size"], seed=0, device=device)
 
 
-def measure(model_name: str, dataset, bits: int, batch_size: int | None, device: str, repeats: int, backend: str = "auto") -> dict:
+def measure(model_name: str, dataset, bits: int, batch_size: int | None, device: str, repeats: int, backend: str = "auto",
+            overrides: dict | None = None) -> dict:
     build = _topk_model_and_batch if model_name in TOPK_MODELS else _ctr_model_and_batch
-    fp32, batch = build(model_name, dataset, batch_size, device)
+    fp32, batch = build(model_name, dataset, batch_size, device, overrides)
     fp32 = fp32.to(device)
     packed = copy.deepcopy(fp32)
     packed.compression = compression_for(bits, default_group_size(model_name, dataset_key(dataset.name), bits), backend)
@@ -133,12 +136,15 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (also the CPU kernels' threads)")
+    parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
+                        help="override a hyper-parameter of every model measured (repeatable), e.g. --set mess_dropout=0")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = load_or_generate(args.data, synthetic_size="toy" if args.smoke else (args.synthetic_triples or "default"))
     repeats = 2 if args.smoke else args.repeats
-    rows = [measure(m, dataset, args.bits, args.batch_size, args.device, repeats, args.backend) for m in args.models]
+    overrides = dict(args.set) or None
+    rows = [measure(m, dataset, args.bits, args.batch_size, args.device, repeats, args.backend, overrides) for m in args.models]
     print(f"# bench_step on {args.device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     print(markdown(rows))
     return 0

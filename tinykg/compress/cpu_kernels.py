@@ -6,10 +6,12 @@ unlike a C++ extension), compiles to vectorized native code that releases the GI
 into an FMA would change the codes). Without ``fastmath`` LLVM never contracts or reorders fp32 arithmetic,
 so every fp32 operation rounds exactly as the reference's separate tensor ops do.
 
-Threads: the kernels are serial functions over a range of tasks; a large tensor is split into one task
-range per thread, run on a small pool of Python threads (the kernels release the GIL) with the calling
-thread taking the first range. The pool has ``torch.get_num_threads()`` threads in all, so
-``torch.set_num_threads`` governs tinykg too. Why not numba's ``parallel=True``: its OpenMP runtime is a
+Threads: the kernels are serial functions over a range of tasks. Tensors below ``_SERIAL_BELOW`` (8M)
+elements run on the calling thread: in training the kernels run right after PyTorch ops, whose OpenMP
+threads spin-wait on the other cores for a while, and on this 2-core machine a second thread gained
+nothing there up to that size. A larger tensor is split into pieces, taken from a shared counter by the
+calling thread and a small pool of Python threads (the kernels release the GIL), ``torch.get_num_threads()``
+threads in all, so ``torch.set_num_threads`` governs tinykg too. Why not numba's ``parallel=True``: its OpenMP runtime is a
 second one beside PyTorch's, and its idle threads spin-wait after each kernel. Measured on this project's
 2-core CI machine under load, that spinning burned 100x the CPU time of the fp32 step of KGAT on the toy
 graph (511 ms vs 3 ms of process CPU time per step; 8 ms with idle threads that block instead).
@@ -90,7 +92,7 @@ def available(device: torch.device) -> bool:
     compiled (the first call in a fresh install takes a few seconds; later processes load numba's disk
     cache in a fraction of a second) a call costs microseconds, far less than the dozen tensor ops of the
     reference even for tiny tensors. Tensors under ``_SERIAL_BELOW`` elements run on the calling thread,
-    larger ones are split over ``torch.get_num_threads()`` threads; the saved-tensor hook already leaves tensors below
+    larger ones over ``torch.get_num_threads()`` threads (`run_tasks`); the saved-tensor hook already leaves tensors below
     ``CompressionConfig.min_numel`` uncompressed. Without numba, AUTO uses the reference and says so once
     in the log.
     """
