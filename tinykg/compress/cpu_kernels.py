@@ -16,9 +16,9 @@ second one beside PyTorch's, and its idle threads spin-wait after each kernel. M
 2-core CI machine under load, that spinning burned 100x the CPU time of the fp32 step of KGAT on the toy
 graph (511 ms vs 3 ms of process CPU time per step; 8 ms with idle threads that block instead).
 
-quantize, one pass over memory. Threads take contiguous runs of "chunks"; a chunk is the smallest run of
-whole groups whose codes start and end on a byte boundary (one group when ``group_size * bits`` is a
-multiple of 8). Per group, while it sits in L1:
+quantize, one pass over memory. Threads take contiguous runs of "chunks"; a chunk is a run of whole groups
+whose codes start and end on a byte boundary, about ``_CHUNK_ELEMENTS`` elements (a single group when it is
+larger). Per group, while it sits in L1:
 
 1. min / max over the fp32 bit patterns mapped to order-preserving int32 keys. Integer min/max reductions
    vectorize without fast-math, and NaN / +-inf show up as keys beyond those of +-inf, so the same
@@ -68,6 +68,10 @@ _MD_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 # and dequantize time from 8.0 to 6.3 ms per step.
 _SERIAL_BELOW = 1 << 23
 _PIECES_PER_THREAD = 4  # `run_tasks`
+# Elements per chunk of quantize (at least one run of groups that fills whole bytes): one packing loop per
+# chunk rather than per group (2 bits, groups of 256, one thread: 0.80 -> 0.75 ns per element; groups of 64:
+# 1.50 -> 1.26 ns).
+_CHUNK_ELEMENTS = 4096
 _reported_missing = False
 _numba_ok: bool | None = None
 
@@ -772,7 +776,7 @@ class _QuantizePlan:
     numel: int
     num_groups: int
     num_bytes: int
-    groups_per_chunk: int  # smallest run of whole groups whose codes fill whole bytes
+    groups_per_chunk: int  # whole groups whose codes fill whole bytes, about _CHUNK_ELEMENTS elements
     num_chunks: int
     md: torch.dtype
     kind: int
@@ -794,6 +798,7 @@ def _quantize_plan(shape: torch.Size, dtype: torch.dtype, config: CompressionCon
         num_groups = meta.num_groups
         per_byte = 8 // config.bits
         groups_per_chunk = per_byte // math.gcd(group_size, per_byte)
+        groups_per_chunk *= max(1, _CHUNK_ELEMENTS // (groups_per_chunk * group_size))
         md = config.torch_metadata_dtype
         plan = _QuantizePlan(
             meta=meta,
