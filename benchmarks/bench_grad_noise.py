@@ -12,7 +12,11 @@ parameter tensor:
     rms     sqrt(mean_s ||g~_s - g||^2) / ||g||        the relative error of one step's gradient
     bias    ||mean_s g~_s - g|| / ||g||                about rms / sqrt(S) when the estimate is unbiased
 
-A parameter whose gradient reads no rounded value shows 0 for both.
+A parameter whose gradient reads no rounded value shows 0 for both. Models with dropout (KGAT, KGIN): the
+compressed path draws other masks than ``F.dropout`` (`tinykg.nn.compressed_dropout`), and the difference
+of masks would show as bias; measure them with their dropout off:
+
+    python benchmarks/bench_grad_noise.py --data ../shared/data/lastfm-kgcn --models kgat --set mess_dropout=0
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 
 import torch
 
+from bench_models import _parse_set
 from bench_step import ALL_MODELS, _ctr_model_and_batch, _topk_model_and_batch
 from tinykg.compress import restoring_quantizer_seed, seed_quantizer
 from tinykg.models import TOPK_MODELS
@@ -38,9 +43,9 @@ def _gradients(model, batch) -> dict[str, torch.Tensor]:
 
 
 @restoring_quantizer_seed()
-def measure(model_name: str, dataset, bits: int, seeds: int, batch_size: int | None) -> list[dict]:
+def measure(model_name: str, dataset, bits: int, seeds: int, batch_size: int | None, overrides: dict | None = None) -> list[dict]:
     build = _topk_model_and_batch if model_name in TOPK_MODELS else _ctr_model_and_batch
-    fp32, batch = build(model_name, dataset, batch_size, "cpu")
+    fp32, batch = build(model_name, dataset, batch_size, "cpu", overrides)
     packed = copy.deepcopy(fp32)
     packed.compression = compression_for(bits, default_group_size(model_name, dataset_key(dataset.name), bits), "auto")
     fp32.train()
@@ -84,12 +89,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=100, help="quantizer seeds per setting")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
+                        help="override a hyper-parameter of every model (repeatable), e.g. --set mess_dropout=0")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = load_or_generate(args.data, synthetic_size="toy" if args.smoke else "default")
     seeds = 3 if args.smoke else args.seeds
-    rows = [row for m in args.models for bits in args.bits for row in measure(m, dataset, bits, seeds, args.batch_size)]
+    overrides = dict(args.set) or None
+    rows = [row for m in args.models for bits in args.bits for row in measure(m, dataset, bits, seeds, args.batch_size, overrides)]
     print(f"# bench_grad_noise, torch {torch.__version__}")
     print(markdown(rows))
     return 0
