@@ -503,6 +503,7 @@ class _OpCounter:
         return {"torch_ops": total, "views": views, "other_ops": total - views, "triton_launches": self.launches}
 
 
+@restoring_quantizer_seed()
 def count_step_ops(name: str, make_step: MakeStep, *, bits: int = 2, device: torch.device | str = "cuda") -> dict:
     """Torch ops dispatched and Triton launches in one training step, fp32 and compressed (Triton backend).
 
@@ -518,6 +519,7 @@ def count_step_ops(name: str, make_step: MakeStep, *, bits: int = 2, device: tor
     quantize_module = importlib.import_module("tinykg.compress.quantize")  # the package re-exports a function by that name
 
     device = torch.device(device)
+    seed_quantizer(0)  # as the training loops: the per-tensor seeds cost no torch call
     counter = _OpCounter()
     real_get, real_masks, real_fused = triton_kernels._get_kernels, masks._CHOSEN.get(device), masks._FUSED.get(device)
     real_order = quantize_module.AUTO_ORDER.get(device.type)
