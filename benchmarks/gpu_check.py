@@ -296,7 +296,7 @@ def host_call_seconds(fn: Callable[[], object], device: torch.device, calls: int
 def check_host_overhead(device: torch.device, calls: int, shape: tuple[int, int] = (1024, 64)) -> list[dict]:
     """Host cost of each layer of a compressed save / load on one small activation, next to plain torch
     calls: where a host-bound step's time goes."""
-    from tinykg.compress import dequantize, masks, quantize
+    from tinykg.compress import dequantize, masks, quantize, uniform_noise
     from tinykg.compress.packed import gather_exact
     from tinykg.nn import _saved
 
@@ -327,6 +327,15 @@ def check_host_overhead(device: torch.device, calls: int, shape: tuple[int, int]
         # Triton launches BitMask takes on CUDA now: which is cheaper for the host was not measured.
         "pack_mask_ref (torch calls)": lambda: masks.pack_mask_ref(mask),
         "unpack_mask_ref (torch calls)": lambda: masks.unpack_mask_ref(bitmask.bits, bitmask.shape),
+        # The fused mask ops (session 13, one Triton launch each) against the PyTorch expressions that
+        # specify them, and F.dropout (the fp32 baseline's dropout).
+        "BitMask.greater (ReLU sign)": lambda: _saved.BitMask.greater(x),
+        "pack_mask(x > 0) (expression)": lambda: masks.pack_mask(x > 0),
+        "BitMask.keep (dropout mask)": lambda: _saved.BitMask.keep(x.shape, 0.1, SEED, device),
+        "pack_mask(uniform_noise >= p) (expression)": lambda: masks.pack_mask(uniform_noise(x.numel(), SEED, device) >= 0.1),
+        "F.dropout": lambda: torch.nn.functional.dropout(x, 0.1),
+        "BitMask.scale (masked gradient)": lambda: bitmask.scale(x, 1.0, 0.2),
+        "torch.where(unpack, g, g * s) (expression)": lambda: torch.where(bitmask.unpack(), x, x * 0.2),
     }
     return [{"what": name, "host_us": 1e6 * host_call_seconds(fn, device, calls), "shape": str(shape)}
             for name, fn in cases.items()]
