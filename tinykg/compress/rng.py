@@ -21,8 +21,8 @@ compression reproducible). tinykg's training loops set the
 quantizer's own: drawn from the global generator, a compressed run would consume random numbers that the
 fp32 run of the same seed does not, and every later dropout mask and sampled negative drawn from it would
 differ between the two runs, so their paired comparison would measure those draws as well. (Compressed
-dropout does draw other masks than F.dropout, for speed: one seed from the global generator per mask, whose
-bits come from this noise; `tinykg.nn.compressed_dropout`.) The setting
+dropout does draw other masks than F.dropout, for speed: one seed per mask from the generator it is given,
+else the global one (`draw_torch_seed`), whose bits come from this noise; `tinykg.nn.compressed_dropout`.) The setting
 is a context variable: each thread has its own, and a new thread starts from the global generator.
 """
 
