@@ -102,7 +102,9 @@ def compressed_dropout(
     inplace: bool = False,
 ) -> torch.Tensor:
     """Inverted dropout storing a 1-bit keep-mask. Identity when not training or ``p == 0``; zeros (as
-    ``F.dropout``) when ``p == 1``, which keeps nothing and saves nothing; ``inplace`` as ``F.dropout``'s."""
+    ``F.dropout``) when ``p == 1``, which keeps nothing and saves nothing; ``inplace`` as ``F.dropout``'s.
+    Compressed, the mask is drawn from one seed taken from ``generator`` (else torch's global generator),
+    so ``torch.manual_seed`` decides it; it is not the mask ``F.dropout`` would draw."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout probability must be in [0, 1], got {p}")
     if not training or p == 0.0:
