@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-from bench_models import _parse_set
+from bench_models import add_set_option
 from bench_step import ALL_MODELS, _ctr_model_and_batch, _topk_model_and_batch
 from tinykg.compress import restoring_quantizer_seed, seed_quantizer
 from tinykg.models import TOPK_MODELS
@@ -89,8 +89,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=100, help="quantizer seeds per setting")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
-    parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
-                        help="override a hyper-parameter of every model (repeatable), e.g. --set mess_dropout=0")
+    add_set_option(parser, "every model")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -59,6 +59,12 @@ def _overrides_text(overrides: dict | None) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted((overrides or {}).items()))
 
 
+def add_set_option(parser: argparse.ArgumentParser, what: str = "every model run") -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.set``, a list of (key, value) pairs."""
+    parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a hyper-parameter of {what} (repeatable), e.g. --set lr=0.002")
+
+
 def _parse_set(text: str) -> tuple[str, object]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -133,8 +139,7 @@ def main(argv=None) -> int:
     parser.add_argument("--patience", type=int, default=0,
                         help="top-K models: stop after this many validation evaluations without a better recall@20 "
                              "(0: train every epoch); the test metric is the best validation state's either way")
-    parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
-                        help="override a hyper-parameter of every model run (repeatable), e.g. --set lr=0.002")
+    add_set_option(parser)
     parser.add_argument("--runs", type=Path, nargs="+", default=[],
                         help="JSON-lines files of finished runs, reused; read in order, a later file's run replaces "
                              "an earlier one of the same model, dataset, bits, seed, epochs and overrides; new runs "

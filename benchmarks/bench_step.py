@@ -20,7 +20,7 @@ import copy
 import sys
 
 import torch
-from bench_models import _parse_set
+from bench_models import add_set_option
 
 from tinykg.compress import restoring_quantizer_seed, seed_quantizer
 from tinykg.data import ctr_split
@@ -136,8 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (also the CPU kernels' threads)")
-    parser.add_argument("--set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
-                        help="override a hyper-parameter of every model measured (repeatable), e.g. --set mess_dropout=0")
+    add_set_option(parser, "every model measured")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -134,8 +134,8 @@ def scale_by_mask(
     """``torch.where(unpack_mask(bits, g.shape), g * on, g * off)`` (``g`` itself where ``on == 1``), into
     ``out`` if given (which may be ``g``). ``on`` and ``off`` are rounded to ``g``'s dtype, as ``g * on``
     rounds them; ``off == 0`` gives ``g * 0``, so a NaN or infinite ``g`` stays NaN where the bit is unset."""
-    fused = _fused(g) if out is None or out.shape == g.shape else None
-    if fused is not None and (out is None or _fused(g, out) == fused):
+    fused = _fused(g) if out is None else _fused(g, out) if out.shape == g.shape else None
+    if fused is not None:
         out = torch.empty_like(g) if out is None else out
         if fused == "cpu":
             return cpu_kernels.scale_by_mask_cpu(bits, g, on, off, out)

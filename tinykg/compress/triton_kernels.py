@@ -158,7 +158,8 @@ def _get_kernels() -> Kernels:
         module = globals()
         for name, fn in _RAW.items():
             # The key is a run-time value: no recompilation when it happens to be 1 or divisible by 16.
-            module[name] = triton.jit(fn, do_not_specialize=["key_i32"] if "key_i32" in fn.__code__.co_varnames else ())
+            arguments = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+            module[name] = triton.jit(fn, do_not_specialize=["key_i32"] if "key_i32" in arguments else ())
         _kernels = Kernels(*(module[f"{field}_kernel"] for field in Kernels._fields))
     return _kernels
 

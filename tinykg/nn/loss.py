@@ -22,25 +22,30 @@ from ..compress import CompressionConfig
 from ._saved import as_dtype, compression_active, first_order, load, maybe_quantize, save
 
 
-def _bpr_terms(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z = <u, n> - <u, p> (B,), ||u||^2 + ||p||^2 + ||n||^2 (scalar)), in the order the plain
-    composition computes them, so that the compressed forward gives the same loss to the last bit."""
-    z = (user * neg).sum(-1) - (user * pos).sum(-1)
+def _score_gap(user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """z = <u, n> - <u, p> (B,), in the order the plain composition computes it."""
+    return (user * neg).sum(-1) - (user * pos).sum(-1)
+
+
+def _bpr_value(z: torch.Tensor, user: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, l2_weight: float) -> torch.Tensor:
+    """The loss from z, the L2 term (three passes over (B, D)) only when it is weighted: the same operations
+    with and without compression, so that the compressed forward gives the plain loss to the last bit."""
+    loss = F.softplus(z).mean()
+    if not l2_weight:
+        return loss
     squares = (user * user).sum() + (pos * pos).sum() + (neg * neg).sum()
-    return z, squares
+    return loss + l2_weight * squares / (2 * user.shape[0])
 
 
 class _BPRLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, user, pos, neg, l2_weight, config):
         # user, pos, neg: (B, D) -> scalar
-        batch = user.shape[0]
-        z, squares = _bpr_terms(user, pos, neg)
-        ctx.batch, ctx.l2_weight = batch, l2_weight
+        z = _score_gap(user, pos, neg)
+        ctx.batch, ctx.l2_weight = user.shape[0], l2_weight
         save(ctx, maybe_quantize(user, config), maybe_quantize(pos, config), maybe_quantize(neg, config),
              torch.sigmoid(z))
-        loss = F.softplus(z).mean()
-        return loss + l2_weight * squares / (2 * batch) if l2_weight else loss
+        return _bpr_value(z, user, pos, neg, l2_weight)
 
     @staticmethod
     @first_order
@@ -76,9 +81,7 @@ def compressed_bpr_loss(
         raise ValueError(f"expected three (B, D) tensors of one shape, got {tuple(user.shape)}, "
                          f"{tuple(pos.shape)} and {tuple(neg.shape)}")
     if not compression_active(config, user, pos, neg):
-        z, squares = _bpr_terms(user, pos, neg)
-        loss = F.softplus(z).mean()
-        return loss + l2_weight * squares / (2 * user.shape[0]) if l2_weight else loss
+        return _bpr_value(_score_gap(user, pos, neg), user, pos, neg, l2_weight)
     return _BPRLossFunction.apply(user, pos, neg, float(l2_weight), config)
 
 
