@@ -142,6 +142,92 @@ class Kernels(NamedTuple):
 
 _kernels: Kernels | None = None
 
+# TINYKG_TRITON_FAST_LAUNCH=0 sends every launch through Triton's own path (`_FastLaunch`).
+_FAST_LAUNCH = os.environ.get("TINYKG_TRITON_FAST_LAUNCH", "1") != "0"
+
+
+def _spec_key(arg) -> object:
+    """What Triton specializes a non-constexpr argument on, or finer: a tensor's dtype and 16-byte
+    alignment; an int's width (i32 / i64 / u64), divisibility by 16 and equality to 1 (which makes it a
+    constant); for other scalars their type."""
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if type(arg) is int:
+        return arg == 1, arg % 16 == 0, -(1 << 31) <= arg < 1 << 31, arg < 1 << 63
+    return type(arg)
+
+
+class _FastLaunch:
+    """A jitted kernel, launched as one (``kernel[grid](*args, **constexprs_and_options)``), without Triton's
+    per-launch argument binding once that specialization has been compiled.
+
+    Triton's ``JITFunction.run`` binds every argument, asks its specializer about each, builds and looks up
+    a cache key from their string forms, checks the kernel's globals and builds launch metadata, on every
+    launch. A training step makes dozens of launches and is bound by the host on a GPU (benchmarks/
+    RESULTS.md), so that cost counts. Here the first launch of each key goes through Triton and keeps the
+    compiled kernel; later ones call its launcher directly, with the arguments in signature order (constexprs
+    included), as Triton itself does. The key (`_spec_key` of each positional argument, the keyword values,
+    the current device) distinguishes at least what Triton's specialization does, so a hit is the kernel
+    Triton would have chosen. Launch hooks (profilers) and a compiled kernel without the launcher attributes
+    of Triton >= 3.3 take Triton's path every time.
+    """
+
+    __slots__ = ("jit", "names", "compiled", "driver", "runtime")
+
+    def __init__(self, jit):
+        from triton import knobs
+        from triton.runtime import driver
+
+        self.jit = jit
+        self.names = tuple(param.name for param in jit.params)
+        self.compiled: dict[tuple, tuple | None] = {}
+        self.driver, self.runtime = driver, knobs.runtime
+
+    def __getitem__(self, grid: tuple[int, ...]):
+        return lambda *args, **kwargs: self.launch(grid, args, kwargs)
+
+    def launch(self, grid: tuple[int, ...], args: tuple, kwargs: dict):
+        active = self.driver.active
+        device = active.get_current_device()
+        key = (device, tuple(map(_spec_key, args)), tuple(kwargs.items()))
+        hit = self.compiled.get(key, False)
+        if hit and not (_hooked(self.runtime.launch_enter_hook) or _hooked(self.runtime.launch_exit_hook)):
+            run, function, metadata, tail = hit
+            grid3 = tuple(grid) + (1,) * (3 - len(grid))
+            run(*grid3, active.get_current_stream(device), function, metadata, None, None, None, *args,
+                *[kwargs[name] for name in tail])
+            return None
+        kernel = self.jit[grid](*args, **kwargs)
+        if hit is False:
+            self.compiled[key] = self._launcher(kernel, len(args), kwargs)
+        return kernel
+
+    def _launcher(self, kernel, num_args: int, kwargs: dict) -> tuple | None:
+        tail = self.names[num_args:]
+        try:
+            if not all(name in kwargs for name in tail):
+                return None
+            return kernel.run, kernel.function, kernel.packed_metadata, tail
+        except AttributeError:  # another Triton's compiled kernel: its own path only
+            return None
+
+
+def _fast(jit):
+    """``jit`` behind `_FastLaunch` where it applies: compiled kernels (not the interpreter's) of a Triton
+    with ``knobs``, unless TINYKG_TRITON_FAST_LAUNCH=0."""
+    if not _FAST_LAUNCH or interpret_mode():
+        return jit
+    try:
+        return _FastLaunch(jit)
+    except (ImportError, AttributeError) as err:
+        log.info("tinykg: Triton launches take Triton's own path (%s)", err)
+        return jit
+
+
+def _hooked(hook) -> bool:
+    """Whether a Triton launch hook is set (None in some versions, an empty `HookChain` in others)."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
 
 def _get_kernels() -> Kernels:
     """The jitted kernels, built on first use.
@@ -160,7 +246,7 @@ def _get_kernels() -> Kernels:
             # The key is a run-time value: no recompilation when it happens to be 1 or divisible by 16.
             arguments = fn.__code__.co_varnames[: fn.__code__.co_argcount]
             module[name] = triton.jit(fn, do_not_specialize=["key_i32"] if "key_i32" in arguments else ())
-        _kernels = Kernels(*(module[f"{field}_kernel"] for field in Kernels._fields))
+        _kernels = Kernels(*(_fast(module[f"{field}_kernel"]) for field in Kernels._fields))
     return _kernels
 
 
