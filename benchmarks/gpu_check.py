@@ -18,7 +18,8 @@ installed; under 5 minutes, most of it Triton compiling ~50 kernel variants):
    when the host never waits for the exact-group answer (a timing diagnostic);
 4. optional: ``--sweep`` times the quantize kernel under every launch setting in `SWEEP_SETTINGS` (codes
    checked against the reference); ``--host-overhead`` times the host cost of each layer of a compressed
-   save / load; ``--profile`` prints torch.profiler tables of the ``--steps`` selected instead of timing;
+   save / load; ``--profile`` prints torch.profiler tables of the ``--steps`` selected instead of timing,
+   ``--host-profile`` cProfile tables of the host's Python for them;
    ``--count-ops`` counts the torch ops and Triton launches of one step of the ``--steps`` selected, fp32
    and 2-bit (also on CPU tensors under TRITON_INTERPRET=1, following the GPU's code path).
 
@@ -149,7 +150,8 @@ def check_correctness(device: torch.device, smoke: bool) -> list[dict]:
 
 def check_mask_kernels(device: torch.device, smoke: bool) -> list[dict]:
     """The Triton mask kernels against the reference's bytes (`masks.pack_mask_ref` on the CPU), and back;
-    the fused mask ops (`masks.pack_greater`, `keep_bits`, `scale_by_mask`) against their expressions."""
+    the fused mask ops (`masks.pack_greater`, `keep_bits`, `scale_by_mask`) against their expressions, one
+    row each."""
     from tinykg.compress import masks, uniform_noise
 
     rows = []
@@ -162,21 +164,73 @@ def check_mask_kernels(device: torch.device, smoke: bool) -> list[dict]:
         rows.append({"case": f"mask {numel}", "bits": 1, "metadata": "-", "group_size": "-", "stochastic": "-",
                      "triton_equals_reference": ok, "dequantize_equal": back, "reference_gpu_equals_cpu": "-",
                      "exact_groups": 0})
-        # The fused mask ops against their PyTorch expressions computed on the CPU (values as int32 patterns).
+        # The fused mask ops against their PyTorch expressions. A GPU writes every NaN an arithmetic op makes
+        # as 0x7fffffff where the CPU keeps its input's payload, so the scaled gradient is compared bit for
+        # bit with the expression on the same device, and by value (NaN equal to NaN, zeros' signs equal)
+        # with the expression on the CPU.
         x_cpu = torch.randn(numel, generator=g)
         x_cpu[0] = float("nan")
+        x_cpu[-1] = -0.0
         x = x_cpu.to(device)
-        want_scaled = torch.where(mask_cpu, x_cpu * (1 / 0.9), x_cpu * 0.0)
-        scaled = triton_kernels.scale_by_mask_triton(bits, x, 1 / 0.9, 0.0, torch.empty_like(x)).cpu()
-        fused_ok = (
-            same(triton_kernels.pack_greater_triton(x, 0.1, False), masks.pack_mask_ref(x_cpu > 0.1))
-            and same(triton_kernels.keep_bits_triton(numel, 0.1, SEED, device),
-                     masks.pack_mask_ref(uniform_noise(numel, SEED) >= 0.1))
-            and torch.equal(scaled.view(torch.int32), want_scaled.view(torch.int32))
-        )
-        rows.append({"case": f"fused mask ops {numel}", "bits": 1, "metadata": "-", "group_size": "-",
-                     "stochastic": "-", "triton_equals_reference": fused_ok, "dequantize_equal": "-",
-                     "reference_gpu_equals_cpu": "-", "exact_groups": 0})
+        scaled = triton_kernels.scale_by_mask_triton(bits, x, 1 / 0.9, 0.0, torch.empty_like(x))
+        on_device = torch.where(mask_cpu.to(device), x * (1 / 0.9), x * 0.0)
+        on_cpu = torch.where(mask_cpu, x_cpu * (1 / 0.9), x_cpu * 0.0)
+        cases = {
+            "pack_greater": same(triton_kernels.pack_greater_triton(x, 0.1, False), masks.pack_mask_ref(x_cpu > 0.1)),
+            "keep_bits": same(triton_kernels.keep_bits_triton(numel, 0.1, SEED, device),
+                              masks.pack_mask_ref(uniform_noise(numel, SEED) >= 0.1)),
+            "scale_by_mask": torch.equal(scaled.view(torch.int32), on_device.view(torch.int32)),
+        }
+        scaled = scaled.cpu()
+        by_value = same(scaled, on_cpu) and torch.equal(scaled.signbit() | scaled.isnan(), on_cpu.signbit() | on_cpu.isnan())
+        for op, ok in cases.items():
+            rows.append({"case": f"{op} {numel}", "bits": 1, "metadata": "-", "group_size": "-", "stochastic": "-",
+                         "triton_equals_reference": ok, "dequantize_equal": "-",
+                         "reference_gpu_equals_cpu": by_value if op == "scale_by_mask" else "-", "exact_groups": 0})
+    return rows
+
+
+def check_fast_launch(device: torch.device, numel: int = 1 << 20, calls: int = 6) -> list[dict]:
+    """Codes and dequantized values from launches that `triton_kernels._FastLaunch` sent straight to the
+    compiled kernel, against the reference: each configuration is quantized ``calls`` times (the exact-group
+    word's alignment, part of the key, cycles over 4 values), and the launches that went through Triton's
+    own path are counted apart."""
+    kernels = triton_kernels._get_kernels()
+    fast = [k for k in kernels if isinstance(k, triton_kernels._FastLaunch)]
+    counted = {"slow": 0}
+
+    class Counting:  # stands in for a kernel's JITFunction: Triton's path only
+        def __init__(self, jit):
+            self.jit = jit
+
+        def __getitem__(self, grid):
+            counted["slow"] += 1
+            return self.jit[grid]
+
+    originals = [k.jit for k in fast]
+    for k in fast:
+        k.jit = Counting(k.jit)
+    rows = []
+    try:
+        x = torch.randn(numel, device=device)
+        x[7] = float("nan")  # one exact group
+        for bits, group_size, md in ((1, 256, "fp16"), (2, 256, "fp16"), (4, 32, "bf16"), (8, 256, "fp32"),
+                                     (2, "row", "fp16")):
+            config = CompressionConfig(bits=bits, group_size=group_size, metadata_dtype=md)
+            xs = x.view(1024, -1) if group_size == "row" else x
+            ref = quantize_ref(xs, config, SEED)
+            want = dequantize_ref(ref)
+            before = counted["slow"]
+            ok = True
+            for _ in range(calls):
+                packed = triton_kernels.quantize_triton(xs, config, SEED, defer_exact=True).resolve()
+                ok = ok and same_packed(packed, ref) and same(triton_kernels.dequantize_triton(packed), want)
+            launches = 2 * calls
+            rows.append({"case": f"{bits}-bit G={group_size} {md}", "launches": launches,
+                         "direct": launches - (counted["slow"] - before), "equal_reference": ok})
+    finally:
+        for k, jit in zip(fast, originals):
+            k.jit = jit
     return rows
 
 
@@ -293,6 +347,17 @@ def host_call_seconds(fn: Callable[[], object], device: torch.device, calls: int
     return statistics.median(times)
 
 
+def _own_launch_path(fn, *args):
+    """``fn(*args)`` with every kernel launched through Triton's ``JITFunction.run`` instead of
+    `triton_kernels._FastLaunch` (the swap costs the host well under a microsecond)."""
+    kernels = triton_kernels._get_kernels()
+    triton_kernels._kernels = type(kernels)(*(getattr(k, "jit", k) for k in kernels))
+    try:
+        return fn(*args)
+    finally:
+        triton_kernels._kernels = kernels
+
+
 def check_host_overhead(device: torch.device, calls: int, shape: tuple[int, int] = (1024, 64)) -> list[dict]:
     """Host cost of each layer of a compressed save / load on one small activation, next to plain torch
     calls: where a host-bound step's time goes."""
@@ -320,6 +385,9 @@ def check_host_overhead(device: torch.device, calls: int, shape: tuple[int, int]
         "quantize (public: seed draw, dispatch)": lambda: quantize(x, config),
         "maybe_quantize (fresh intermediate)": lambda: _saved.maybe_quantize(w * 1.0, config),
         "launch_dequantize": lambda: triton_kernels.launch_dequantize(packed),
+        "launch_dequantize (Triton's own launch path)": lambda: _own_launch_path(triton_kernels.launch_dequantize, packed),
+        "launch_quantize (Triton's own launch path)":
+            lambda: _own_launch_path(triton_kernels.launch_quantize, flat, config, SEED, group_size),
         "dequantize (public)": lambda: dequantize(packed, config),
         "BitMask.pack": lambda: _saved.BitMask.pack(mask),
         "BitMask.unpack": bitmask.unpack,
@@ -437,6 +505,7 @@ MODEL_STEPS: dict[str, MakeStep] = {
     "CKAN d64 L2 B4096": make_ctr_step("ckan", {"embedding_dim": 64}, 4096),
     "KGAT synthetic default (B1024)": make_topk_step("kgat"),
     "KGAT ~1M triples (B1024)": make_topk_step("kgat", synthetic_triples=1_000_000),
+    "KGAT ~4M triples (B1024)": make_topk_step("kgat", synthetic_triples=4_000_000),
     "KGIN synthetic default": make_topk_step("kgin"),
     "KGIN ~1M triples": make_topk_step("kgin", synthetic_triples=1_000_000),
 }
@@ -461,6 +530,33 @@ def profile_step(name: str, make_step: MakeStep, *, bits: int = 2, steps: int = 
         for sort in ("self_cuda_time_total", "self_cpu_time_total"):
             parts.append(f"### {name}, {label}, {steps} steps, top {top} by {sort}\n\n"
                          + table.table(sort_by=sort, row_limit=top, max_name_column_width=60))
+    return "\n".join(parts)
+
+
+def host_profile_step(name: str, make_step: MakeStep, *, bits: int = 2, steps: int = 20, top: int = 30) -> str:
+    """cProfile of the host's Python while it issues ``steps`` fp32 and compressed steps after warm-up (a sync
+    after each, which shows as its own row): which Python functions the compressed step's extra host time
+    is spent in, where torch.profiler sees only the ops."""
+    import cProfile
+    import io
+    import pstats
+
+    parts = []
+    for label, config in (("fp32", None), (f"{bits}-bit", CompressionConfig(bits=bits, backend="triton"))):
+        step = make_step(config)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(steps):
+            step()
+            torch.cuda.synchronize()
+        profiler.disable()
+        for sort in ("tottime", "cumulative"):
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats(sort).print_stats(top)
+            parts.append(f"### {name}, {label}, {steps} steps, top {top} by {sort}\n\n" + text.getvalue())
     return "\n".join(parts)
 
 
@@ -655,6 +751,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the host cost of each layer of a compressed save / load (small tensor)")
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler tables of the selected --steps instead of timing them")
+    parser.add_argument("--skip-no-wait", action="store_true",
+                        help="time the model steps without the never-wait diagnostic (half the step timing)")
+    parser.add_argument("--host-profile", action="store_true",
+                        help="cProfile tables of the host's Python for the selected --steps instead of timing them")
     parser.add_argument("--count-ops", action="store_true",
                         help="count the torch ops and Triton launches of one step of the selected --steps, fp32 vs "
                              "2-bit (on CPU under TRITON_INTERPRET=1: the GPU's code path)")
@@ -683,6 +783,14 @@ def main(argv: list[str] | None = None) -> int:
                                        "triton_equals_reference", "dequantize_equal",
                                        "reference_gpu_equals_cpu"]), "\n")
     save()
+
+    if any(isinstance(k, triton_kernels._FastLaunch) for k in triton_kernels._get_kernels()):
+        fast = check_fast_launch(device, 4096 if args.smoke else 1 << 20)
+        report["fast_launch"] = fast
+        print("## Direct launches (`_FastLaunch`) against the reference (launches = quantize + dequantize; "
+              "direct = those that skipped Triton's own path)\n")
+        print(markdown_table(fast, ["case", "launches", "direct", "equal_reference"]), "\n")
+        save()
 
     numel = args.numel or (4096 if args.smoke else 64 * 2**20)
     t0 = time.perf_counter()
@@ -734,12 +842,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, make_step in MODEL_STEPS.items():
             if args.steps and not any(part in name for part in args.steps):
                 continue
-            if args.profile:
-                print(profile_step(name, make_step), flush=True)
+            if args.profile or args.host_profile:
+                print((profile_step if args.profile else host_profile_step)(name, make_step), flush=True)
                 continue
             try:
                 steps.append(measure_step_overhead(name, make_step, device=device,
-                                                   repeats=args.step_repeats or args.repeats))
+                                                   repeats=args.step_repeats or args.repeats,
+                                                   sync_diagnostic=not args.skip_no_wait))
                 print(steps[-1], flush=True)
             except Exception as err:  # one model failing must not hide the others' numbers
                 print(f"model step {name} failed: {type(err).__name__}: {err}")
@@ -764,6 +873,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ok = all(r["triton_equals_reference"] and r["dequantize_equal"] for r in correctness)
     ok = ok and all(r["codes_equal_reference_64M"] for r in throughput)
+    ok = ok and all(r["equal_reference"] for r in report.get("fast_launch", []))
+    ok = ok and all(r["reference_gpu_equals_cpu"] is not False for r in correctness)
     ok = ok and all(r["codes_equal_reference_64M"] for r in report.get("quantize_sweep", []))
     report["all_correct"] = ok
     report["seconds"] = time.perf_counter() - start

@@ -9,11 +9,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 BASELINE="${1:?usage: gpu_compare.sh BASELINE_DIR [steps...]}"
 shift
-STEPS=("${@:-KGCN KGNN KGAT KGIN}")
+# Each argument selects the MODEL_STEPS whose name contains it (quoted: "KGAT ~1M").
+if (($#)); then STEPS=("$@"); else STEPS=(KGCN KGNN KGAT KGIN); fi
 OUT="${OUT:-/tmp}"
 steps() {  # $1 = label, $2 = checkout root
-    ( cd "$2" && PYTHONPATH="$PWD" timeout 150 python benchmarks/gpu_check.py --skip-correctness --repeats 10 \
-        --numel 1048576 --steps ${STEPS[@]} --out "$OUT/$1.json" ) > "$OUT/$1.txt" 2>&1
+    ( cd "$2" && PYTHONPATH="$PWD" timeout 150 python benchmarks/gpu_check.py --skip-correctness --skip-no-wait \
+        --repeats 10 --numel 1048576 --steps "${STEPS[@]}" --out "$OUT/$1.json" ) > "$OUT/$1.txt" 2>&1
     echo "=== $1 (step_ratio, fp32_step_ms, compressed_step_ms, enqueue ms fp32 / compressed)"
     python - "$OUT/$1.json" <<'PY'
 import json, sys
