@@ -511,17 +511,23 @@ MODEL_STEPS: dict[str, MakeStep] = {
 }
 
 
+def _warmed_steps(make_step: MakeStep, bits: int):
+    """(label, step) for the fp32 step and then the compressed one, each run 3 times, the device idle."""
+    for label, config in (("fp32", None), (f"{bits}-bit", CompressionConfig(bits=bits, backend="triton"))):
+        step = make_step(config)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        yield label, step
+
+
 def profile_step(name: str, make_step: MakeStep, *, bits: int = 2, steps: int = 3, top: int = 12) -> str:
     """torch.profiler tables (top ops by device time and by host time) of ``steps`` fp32 and compressed
     steps after warm-up, as markdown-ish text."""
     from torch.profiler import ProfilerActivity, profile
 
     parts = []
-    for label, config in (("fp32", None), (f"{bits}-bit", CompressionConfig(bits=bits, backend="triton"))):
-        step = make_step(config)
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
+    for label, step in _warmed_steps(make_step, bits):
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(steps):
                 step()
@@ -542,11 +548,7 @@ def host_profile_step(name: str, make_step: MakeStep, *, bits: int = 2, steps: i
     import pstats
 
     parts = []
-    for label, config in (("fp32", None), (f"{bits}-bit", CompressionConfig(bits=bits, backend="triton"))):
-        step = make_step(config)
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
+    for label, step in _warmed_steps(make_step, bits):
         profiler = cProfile.Profile()
         profiler.enable()
         for _ in range(steps):
