@@ -137,6 +137,18 @@ def test_launch_hooks_and_unknown_kernels_take_triton_path():
     assert len(jit.slow) == 2 and not jit.compiled.direct
 
 
+def test_keys_beyond_the_bound_are_not_kept(monkeypatch):
+    monkeypatch.setattr(triton_kernels, "_MAX_KEYS", 2)
+    jit = _Jit()
+    fast = _launcher(jit)
+    x = torch.zeros(64)
+    for block in (64, 128, 256, 256, 256):  # three keys; the third is never kept, so never direct
+        fast[(1,)](x, 5, 7, BLOCK=block, FLAG=False)
+    assert len(fast.compiled) == 2 and len(jit.slow) == 5 and not jit.compiled.direct
+    fast[(1,)](x, 5, 7, BLOCK=64, FLAG=False)  # a kept key still launches directly
+    assert len(jit.compiled.direct) == 1
+
+
 def test_spec_key_is_at_least_as_fine_as_tritons_specialization():
     """Two arguments with equal keys must get the same specialization from Triton (else a hit could run a
     kernel compiled for, say, an aligned pointer on an unaligned one)."""

@@ -157,19 +157,28 @@ def _spec_key(arg) -> object:
     return type(arg)
 
 
+# Keys `_FastLaunch` keeps per kernel; later new keys take Triton's path (a bound, not a working size: a
+# training run uses a handful per kernel).
+_MAX_KEYS = 256
+
+
 class _FastLaunch:
     """A jitted kernel, launched as one (``kernel[grid](*args, **constexprs_and_options)``), without Triton's
     per-launch argument binding once that specialization has been compiled.
 
     Triton's ``JITFunction.run`` binds every argument, asks its specializer about each, builds and looks up
     a cache key from their string forms, checks the kernel's globals and builds launch metadata, on every
-    launch. A training step makes dozens of launches and is bound by the host on a GPU (benchmarks/
-    RESULTS.md), so that cost counts. Here the first launch of each key goes through Triton and keeps the
-    compiled kernel; later ones call its launcher directly, with the arguments in signature order (constexprs
-    included), as Triton itself does. The key (`_spec_key` of each positional argument, the keyword values,
-    the current device) distinguishes at least what Triton's specialization does, so a hit is the kernel
-    Triton would have chosen. Launch hooks (profilers) and a compiled kernel without the launcher attributes
-    of Triton >= 3.3 take Triton's path every time.
+    launch. A training step makes dozens of launches and is bound by the host on a GPU, so that cost counts
+    (on an H200's host a launch took 34-49 us through it and 23-36 us past it; benchmarks/RESULTS.md,
+    session 14). Here the first
+    launch of each key goes through Triton and keeps the compiled kernel; later ones call its launcher
+    directly, with the arguments in signature order (constexprs included), as Triton's own ``run`` does.
+
+    The key (`_spec_key` of each positional argument, the keyword values, the current device) tells apart
+    at least what Triton's specialization does, so a hit is the kernel Triton would have chosen. Keyword
+    arguments are constexprs and launch options (ints and bools). Keys are few, since `_spec_key` is
+    coarse; at most ``_MAX_KEYS`` per kernel are kept. Launch hooks (profilers) and compiled kernels without
+    the launcher attributes of Triton 3.6-3.9 take Triton's path every time.
     """
 
     __slots__ = ("jit", "names", "compiled", "driver", "runtime")
@@ -198,7 +207,7 @@ class _FastLaunch:
                 *[kwargs[name] for name in tail])
             return None
         kernel = self.jit[grid](*args, **kwargs)
-        if hit is False:
+        if hit is False and len(self.compiled) < _MAX_KEYS:
             self.compiled[key] = self._launcher(kernel, len(args), kwargs)
         return kernel
 
