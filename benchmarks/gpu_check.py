@@ -672,6 +672,61 @@ def _no_wait(signal) -> bool:
 
 
 @restoring_quantizer_seed()
+def measure_graphed_steps(name: str, make_step: MakeStep, *, bits: int = 2, repeats: int = 20,
+                          device: torch.device | str = "cuda") -> dict:
+    """Step time of the fp32 and the compressed step, each captured whole (forward, backward, Adam) in a
+    CUDA graph and replayed: the step ratio with the host's Python out of the way.
+
+    A timing experiment, not a training mode: the compressed graph replays one draw of quantization noise
+    and dropout masks (seeds are kernel arguments, frozen at capture), and its exact-group answers are
+    neither recorded nor waited for (`_no_wait`). Its kernels and bytes are those of a real step.
+    """
+    seed_quantizer(0)
+    real_wait, real_record = triton_kernels._Signal.wait_any, triton_kernels._Signal.record
+    row: dict = {"model": name, "bits": bits}
+    replays = {}
+    try:
+        for label, config in (("fp32", None), (f"{bits}-bit", CompressionConfig(bits=bits, backend="triton"))):
+            step = make_step(config)
+            step()
+            row[f"{label}_eager_enqueue_ms"] = 1e3 * host_call_seconds(step, torch.device(device), 5)
+            model, batch = step.model, step.batch
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=True)
+
+            def body(model=model, batch=batch, optimizer=optimizer) -> None:
+                model.loss(*batch).backward()
+                optimizer.step()
+
+            side = torch.cuda.Stream(device)  # warm-up off the default stream, as capture requires
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    optimizer.zero_grad(set_to_none=True)
+                    body()
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            optimizer.zero_grad(set_to_none=True)  # the graph's backward then writes fresh .grad tensors
+            triton_kernels._Signal.wait_any, triton_kernels._Signal.record = _no_wait, _no_record
+            try:
+                with torch.cuda.graph(graph):
+                    body()
+            finally:
+                triton_kernels._Signal.wait_any, triton_kernels._Signal.record = real_wait, real_record
+            replays[label] = graph.replay
+        ratio, t_compressed, t_plain = time_ratio(replays[f"{bits}-bit"], replays["fp32"], repeats=repeats,
+                                                  warmup=3, device=device)
+        row.update({"graph_step_ratio": ratio, "fp32_graph_ms": 1e3 * t_plain,
+                    "compressed_graph_ms": 1e3 * t_compressed})
+    except Exception as err:  # capture refuses some op: say which, keep the other models' rows
+        row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+    return row
+
+
+def _no_record(signal, device) -> None:
+    """Stand-in for `triton_kernels._Signal.record` while a step is captured (see `_no_wait`)."""
+
+
+@restoring_quantizer_seed()
 def measure_step_overhead(name: str, make_step: MakeStep, *, bits: int = 2, repeats: int = 20,
                           warmup: int = 3, device: torch.device | str = "cuda", sync_diagnostic: bool = True) -> dict:
     """Step time of the compressed model over the fp32 one (same run, interleaved), peak memory of each, the
@@ -753,6 +808,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also time the host cost of each layer of a compressed save / load (small tensor)")
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler tables of the selected --steps instead of timing them")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="time the selected --steps captured whole in CUDA graphs, fp32 and compressed (a "
+                             "timing experiment: frozen noise, exact groups not resolved) instead of eagerly")
     parser.add_argument("--skip-no-wait", action="store_true",
                         help="time the model steps without the never-wait diagnostic (half the step timing)")
     parser.add_argument("--host-profile", action="store_true",
@@ -847,6 +905,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile or args.host_profile:
                 print((profile_step if args.profile else host_profile_step)(name, make_step), flush=True)
                 continue
+            if args.cuda_graph:
+                graphed = measure_graphed_steps(name, make_step, device=device,
+                                                repeats=args.step_repeats or args.repeats)
+                report.setdefault("graphed_steps", []).append(graphed)
+                print(graphed, flush=True)
+                save()
+                continue
             try:
                 steps.append(measure_step_overhead(name, make_step, device=device,
                                                    repeats=args.step_repeats or args.repeats,
@@ -872,6 +937,11 @@ def main(argv: list[str] | None = None) -> int:
                                      "peak_reduction", "fp32_saved_MiB", "compressed_saved_MiB"]), "\n")
     else:
         print("no model steps registered yet\n")
+    if report.get("graphed_steps"):
+        columns = ["model", "bits", "graph_step_ratio", "fp32_graph_ms", "compressed_graph_ms",
+                   "fp32_eager_enqueue_ms", "2-bit_eager_enqueue_ms", "error"]
+        print("## Steps captured in CUDA graphs (timing experiment: frozen noise, exact groups not resolved)\n")
+        print(markdown_table([{c: r.get(c) for c in columns} for r in report["graphed_steps"]], columns), "\n")
 
     ok = all(r["triton_equals_reference"] and r["dequantize_equal"] for r in correctness)
     ok = ok and all(r["codes_equal_reference_64M"] for r in throughput)
