@@ -116,13 +116,21 @@ def test_a_different_specialization_goes_through_triton(change):
     assert len(jit.slow) == 2 and not jit.compiled.direct
 
 
-def test_launch_hooks_and_unknown_kernels_take_triton_path():
+def test_hooks_and_unknown_kernels_take_triton_path():
     x = torch.zeros(64)
     jit = _Jit()
     hooked = _launcher(jit, hooked=True)
     for _ in range(3):
         hooked[(1,)](x, 5, 7, BLOCK=128, FLAG=False)
     assert len(jit.slow) == 3 and not jit.compiled.direct
+
+    jit = _Jit()
+    jit.pre_run_hooks = []
+    fast = _launcher(jit)
+    fast[(1,)](x, 5, 7, BLOCK=128, FLAG=False)
+    jit.pre_run_hooks.append(print)  # added after the first launch: seen, since the list is Triton's own
+    fast[(1,)](x, 5, 7, BLOCK=128, FLAG=False)
+    assert len(jit.slow) == 2 and not jit.compiled.direct
 
     bare = _Jit(compiled=object())  # no run / function / packed_metadata: another Triton's kernel
     fast = _launcher(bare)

@@ -176,12 +176,15 @@ class _FastLaunch:
 
     The key (`_spec_key` of each positional argument, the keyword values, the current device) tells apart
     at least what Triton's specialization does, so a hit is the kernel Triton would have chosen. Keyword
-    arguments are constexprs and launch options (ints and bools). Keys are few, since `_spec_key` is
-    coarse; at most ``_MAX_KEYS`` per kernel are kept. Launch hooks (profilers) and compiled kernels without
-    the launcher attributes of Triton 3.6-3.9 take Triton's path every time.
+    arguments are constexprs and launch options, compared by value (the call sites pass each with one
+    type: ``True`` and ``1`` are the same key here, not in Triton); grids are tuples. Keys are few, since
+    `_spec_key` is coarse; at most ``_MAX_KEYS`` per kernel are kept. Launch hooks (profilers), pre-run
+    hooks and compiled kernels without the launcher attributes of Triton 3.6-3.9 take Triton's path every
+    time. Not followed after the first launch of a key: changes to Triton's debug and instrumentation knobs,
+    and to the globals a kernel reads (tinykg's are constants).
     """
 
-    __slots__ = ("jit", "names", "compiled", "driver", "runtime")
+    __slots__ = ("jit", "names", "compiled", "driver", "runtime", "pre_run_hooks")
 
     def __init__(self, jit):
         from triton import knobs
@@ -191,6 +194,7 @@ class _FastLaunch:
         self.names = tuple(param.name for param in jit.params)
         self.compiled: dict[tuple, tuple | None] = {}
         self.driver, self.runtime = driver, knobs.runtime
+        self.pre_run_hooks = getattr(jit, "pre_run_hooks", ())  # the JITFunction's own list: additions show
 
     def __getitem__(self, grid: tuple[int, ...]):
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
@@ -200,8 +204,9 @@ class _FastLaunch:
         device = active.get_current_device()
         key = (device, tuple(map(_spec_key, args)), tuple(kwargs.items()))
         hit = self.compiled.get(key, False)
-        if hit and not (_hooked(self.runtime.launch_enter_hook) or _hooked(self.runtime.launch_exit_hook)):
-            run, function, metadata, tail = hit
+        if hit and not (_hooked(self.runtime.launch_enter_hook) or _hooked(self.runtime.launch_exit_hook)
+                        or self.pre_run_hooks):
+            run, function, metadata, tail, _ = hit
             grid3 = tuple(grid) + (1,) * (3 - len(grid))
             run(*grid3, active.get_current_stream(device), function, metadata, None, None, None, *args,
                 *[kwargs[name] for name in tail])
@@ -216,7 +221,8 @@ class _FastLaunch:
         try:
             if not all(name in kwargs for name in tail):
                 return None
-            return kernel.run, kernel.function, kernel.packed_metadata, tail
+            # The kernel rides along: some Tritons unload its module when it is collected.
+            return kernel.run, kernel.function, kernel.packed_metadata, tail, kernel
         except AttributeError:  # another Triton's compiled kernel: its own path only
             return None
 
@@ -624,7 +630,7 @@ def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, gr
     device = flat.device
     per_byte = 8 // bits
     packed_in_kernel = group_size % per_byte == 0
-    words = words and (group_size * bits) % 32 == 0
+    words = bool(words) and (group_size * bits) % 32 == 0
     lanes = 32 // bits if words else per_byte if packed_in_kernel else 1
     rows, chunk, num_chunks = _tiling(group_size, lanes, tile)
     codes = torch.empty(num_groups * group_size // (per_byte if packed_in_kernel else 1), dtype=torch.uint8,
