@@ -193,8 +193,9 @@ def check_mask_kernels(device: torch.device, smoke: bool) -> list[dict]:
 def check_fast_launch(device: torch.device, numel: int = 1 << 20, calls: int = 6) -> list[dict]:
     """Codes and dequantized values from launches that `triton_kernels._FastLaunch` sent straight to the
     compiled kernel, against the reference: each configuration is quantized ``calls`` times (the exact-group
-    word's alignment, part of the key, cycles over 4 values), and the launches that went through Triton's
-    own path are counted apart."""
+    word's pointer is 16-byte aligned for one call in 4, and alignment is part of the key), and the launches
+    that went through Triton's own path are counted apart. A configuration passes only if some launches
+    were direct."""
     kernels = triton_kernels._get_kernels()
     fast = [k for k in kernels if isinstance(k, triton_kernels._FastLaunch)]
     counted = {"slow": 0}
@@ -226,8 +227,9 @@ def check_fast_launch(device: torch.device, numel: int = 1 << 20, calls: int = 6
                 packed = triton_kernels.quantize_triton(xs, config, SEED, defer_exact=True).resolve()
                 ok = ok and same_packed(packed, ref) and same(triton_kernels.dequantize_triton(packed), want)
             launches = 2 * calls
-            rows.append({"case": f"{bits}-bit G={group_size} {md}", "launches": launches,
-                         "direct": launches - (counted["slow"] - before), "equal_reference": ok})
+            direct = launches - (counted["slow"] - before)
+            rows.append({"case": f"{bits}-bit G={group_size} {md}", "launches": launches, "direct": direct,
+                         "equal_reference": ok and direct > 0})
     finally:
         for k, jit in zip(fast, originals):
             k.jit = jit
@@ -685,6 +687,7 @@ def measure_graphed_steps(name: str, make_step: MakeStep, *, bits: int = 2, repe
     real_wait, real_record = triton_kernels._Signal.wait_any, triton_kernels._Signal.record
     row: dict = {"model": name, "bits": bits}
     replays = {}
+    alive = []  # each graph replays into its model's, batch's and optimizer's memory: all kept to the end
     try:
         for label, config in (("fp32", None), (f"{bits}-bit", CompressionConfig(bits=bits, backend="triton"))):
             step = make_step(config)
@@ -710,9 +713,14 @@ def measure_graphed_steps(name: str, make_step: MakeStep, *, bits: int = 2, repe
             try:
                 with torch.cuda.graph(graph):
                     body()
+            except Exception as err:  # a failed capture raises again on leaving the block: keep the cause
+                raise (err.__context__ or err) from None
             finally:
                 triton_kernels._Signal.wait_any, triton_kernels._Signal.record = real_wait, real_record
+                # A capture that raised may leave its stream current.
+                torch.cuda.set_stream(torch.cuda.default_stream(device))
             replays[label] = graph.replay
+            alive.append((graph, step, model, batch, optimizer))
         ratio, t_compressed, t_plain = time_ratio(replays[f"{bits}-bit"], replays["fp32"], repeats=repeats,
                                                   warmup=3, device=device)
         row.update({"graph_step_ratio": ratio, "fp32_graph_ms": 1e3 * t_plain,
