@@ -3,6 +3,7 @@
 # (baseline, this, baseline, this), because a GPU host's speed drifts by 10-20% between runs and leases.
 # The device machine gets no .git: prepare the baseline here first, in a folder git ignores, and carry it:
 #   git archive <commit> tinykg benchmarks | (mkdir -p .baseline && tar -x -C .baseline)
+#   cp benchmarks/gpu_check.py .baseline/benchmarks/    # one harness, this checkout's flags, for both
 #   echo /.baseline/ >> .git/info/exclude
 # Usage: bash benchmarks/gpu_compare.sh BASELINE_DIR [MODEL_STEPS name parts...]   (writes $OUT/*.json)
 set -uo pipefail

@@ -170,9 +170,9 @@ class _FastLaunch:
     a cache key from their string forms, checks the kernel's globals and builds launch metadata, on every
     launch. A training step makes dozens of launches and is bound by the host on a GPU, so that cost counts
     (on an H200's host a launch took 34-49 us through it and 23-36 us past it; benchmarks/RESULTS.md,
-    session 14). Here the first
-    launch of each key goes through Triton and keeps the compiled kernel; later ones call its launcher
-    directly, with the arguments in signature order (constexprs included), as Triton's own ``run`` does.
+    session 14). Here the first launch of each key goes through Triton and keeps the compiled kernel; later
+    ones call its launcher directly, with the arguments in signature order (constexprs included), as
+    Triton's own ``run`` does.
 
     The key (`_spec_key` of each positional argument, the keyword values, the current device) tells apart
     at least what Triton's specialization does, so a hit is the kernel Triton would have chosen. Keyword
