@@ -630,13 +630,12 @@ def count_step_ops(name: str, make_step: MakeStep, *, bits: int = 2, device: tor
     device = torch.device(device)
     seed_quantizer(0)  # as the training loops: the per-tensor seeds cost no torch call
     counter = _OpCounter()
-    real_get, real_masks, real_fused = triton_kernels._get_kernels, masks._CHOSEN.get(device), masks._FUSED.get(device)
+    real_get, real_masks = triton_kernels._get_kernels, masks._CHOSEN.get(device)
     real_order = quantize_module.AUTO_ORDER.get(device.type)
     try:
         counted = triton_kernels.Kernels(*map(counter.wrap, real_get()))
         triton_kernels._get_kernels = lambda: counted
-        masks._CHOSEN[device] = (triton_kernels.pack_mask_triton, triton_kernels.unpack_mask_triton)
-        masks._FUSED[device] = "triton"
+        masks._CHOSEN[device] = masks._Impl(triton_kernels.pack_mask_triton, triton_kernels.unpack_mask_triton, "triton")
         quantize_module.AUTO_ORDER[device.type] = (Backend.TRITON,)
         quantize_module._resolved.clear()
         row = {"model": name, "bits": bits}
@@ -655,10 +654,6 @@ def count_step_ops(name: str, make_step: MakeStep, *, bits: int = 2, device: tor
             masks._CHOSEN.pop(device, None)
         else:
             masks._CHOSEN[device] = real_masks
-        if real_fused is None:
-            masks._FUSED.pop(device, None)
-        else:
-            masks._FUSED[device] = real_fused
         if real_order is None:
             quantize_module.AUTO_ORDER.pop(device.type, None)
         else:

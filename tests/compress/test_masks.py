@@ -37,7 +37,8 @@ def test_non_contiguous_mask_is_read_in_row_major_order():
 
 
 def test_cpu_masks_use_numpy():
-    assert masks._impl(torch.device("cpu")) == (masks.pack_mask_numpy, masks.unpack_mask_numpy)
+    impl = masks._impl(torch.device("cpu"))
+    assert (impl.pack, impl.unpack) == (masks.pack_mask_numpy, masks.unpack_mask_numpy)
 
 
 # -- the fused mask functions: each is specified by a PyTorch expression (its docstring); the numba kernels

@@ -27,6 +27,7 @@ most one allocation each, where the expressions make 2 to 12 torch calls):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -56,52 +57,49 @@ def unpack_mask_ref(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return unpack_codes(bits, 1, shape.numel()).view(torch.bool).view(shape)  # 0 / 1 bytes as bools
 
 
-_CHOSEN: dict[torch.device, tuple[PackFn, UnpackFn]] = {}
+class _Impl(NamedTuple):
+    """What runs on one device: the packers, and the kernels of the fused ops (``"cpu"``: numba,
+    ``"triton"``: CUDA, None: their PyTorch expressions)."""
+
+    pack: PackFn
+    unpack: UnpackFn
+    fused: str | None
 
 
-def _impl(device: torch.device) -> tuple[PackFn, UnpackFn]:
+_CHOSEN: dict[torch.device, _Impl] = {}
+
+
+def _impl(device: torch.device) -> _Impl:
+    """Chosen once per device."""
     impl = _CHOSEN.get(device)
     if impl is None:
         if device.type == "cpu":
-            impl = (pack_mask_numpy, unpack_mask_numpy)
+            impl = _Impl(pack_mask_numpy, unpack_mask_numpy, "cpu" if cpu_kernels.available(device) else None)
         elif device.type == "cuda" and triton_kernels.available(device):
-            impl = (triton_kernels.pack_mask_triton, triton_kernels.unpack_mask_triton)
+            impl = _Impl(triton_kernels.pack_mask_triton, triton_kernels.unpack_mask_triton, "triton")
         else:
-            impl = (pack_mask_ref, unpack_mask_ref)
+            impl = _Impl(pack_mask_ref, unpack_mask_ref, None)
         _CHOSEN[device] = impl
     return impl
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
     """(ceil(numel / 8),) uint8 holding the bools of ``mask`` (any shape, row-major order)."""
-    return _impl(mask.device)[0](mask)
+    return _impl(mask.device).pack(mask)
 
 
 def unpack_mask(bits: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """The bool tensor of ``shape`` that `pack_mask` packed into ``bits``."""
-    return _impl(bits.device)[1](bits, shape)
-
-
-_FUSED: dict[torch.device, str | None] = {}
-
-
-def _fused_kind(device: torch.device) -> str | None:
-    """The kernels of the fused mask ops on ``device``: ``"cpu"`` (numba), ``"triton"`` (CUDA), or None
-    (the PyTorch expressions). Chosen once per device."""
-    if device not in _FUSED:
-        if device.type == "cpu":
-            _FUSED[device] = "cpu" if cpu_kernels.available(device) else None
-        else:
-            _FUSED[device] = "triton" if device.type == "cuda" and triton_kernels.available(device) else None
-    return _FUSED[device]
+    return _impl(bits.device).unpack(bits, shape)
 
 
 def _fused(*tensors: torch.Tensor) -> str | None:
-    """`_fused_kind` for contiguous fp32 tensors on one device (what the kernels read), else None."""
+    """The fused kernels' kind (`_Impl.fused`) for contiguous fp32 tensors on one device (what the kernels
+    read), else None."""
     device = tensors[0].device
     if not all(t.device == device and t.dtype == torch.float32 and t.is_contiguous() for t in tensors):
         return None
-    return _fused_kind(device)
+    return _impl(device).fused
 
 
 def pack_greater(x: torch.Tensor, threshold: float = 0.0, *, or_equal: bool = False) -> torch.Tensor:
@@ -120,7 +118,7 @@ def keep_bits(numel: int, p: float, seed: int, device: torch.device | str = "cpu
     Each element is kept with probability 1 - p (to within 2**-24: the noise is a multiple of 2**-24).
     """
     device = torch.device(device)
-    fused = _fused_kind(device)
+    fused = _impl(device).fused
     if fused == "cpu":
         return cpu_kernels.keep_bits_cpu(numel, p, seed)
     if fused == "triton":
