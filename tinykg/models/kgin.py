@@ -24,9 +24,9 @@ Memory layout with a `CompressionConfig`: the relational aggregation over the E 
 narrowed (head, tail, relation) indices -- sampled once per step, shared by all hops -- and a quantized copy
 of the entity table, never the (E, d) messages (`_RelationalMeanFunction`); the user-item aggregation is
 `tinykg.nn.edge_aggregate` without weights (indices only), scaled by a degree buffer; intent attention,
-products, dropout and normalisation go through the compressed ops. The intent mixture a(p) and the
-independence loss depend on parameters only (O(F R^2) values, independent of the graph): with compression
-they are recomputed in backward and keep nothing. Rows that aggregate nothing in a step (node dropout) have
+products, dropout and normalisation go through the compressed ops. The intent mixture a(p) keeps its
+(F, R) softmax (plain autograd); the independence loss, a scalar of the (F, R) logits with O(F R^2)
+intermediates, is differentiated in forward and keeps its (F, R) gradient: both independent of the graph. Rows that aggregate nothing in a step (node dropout) have
 their gradient cut (`_cut_zero_rows`): exact, and it keeps normalize's grad/eps spike at zero rows from
 leaking through quantized zeros.
 
@@ -145,32 +145,37 @@ def _cut_zero_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.where(live, x, 0.0)
 
 
-class _RecomputedFunction(torch.autograd.Function):
+class _ValueAndGradFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fn, *params):
-        # ``fn`` depends on parameters only: nothing is kept but the parameters themselves (by reference);
-        # backward runs it again with autograd on (activation checkpointing of a tiny subgraph).
-        ctx.fn = fn
-        save(ctx, *params)
-        return fn(*params)
+        # ``fn`` maps parameters to a scalar: its gradient is computed here, with its value, and kept (as
+        # many numbers as the parameters). Autograd would keep fn's intermediates instead (O(F R^2) for the
+        # distance correlation); recomputing them in backward ran fn a second time, ~2 ms of a KGIN step's
+        # host time on an H200 host (benchmarks/results/gpu_host_profile_h200_s14.txt).
+        with torch.enable_grad():
+            inputs = [p.detach().requires_grad_(needs) for p, needs in zip(params, ctx.needs_input_grad[1:])]
+            value = fn(*inputs)
+            if value.dim() != 0:
+                raise ValueError(f"a parameter function differentiated in forward must return a scalar, got shape "
+                                 f"{tuple(value.shape)}")
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = torch.autograd.grad(value, wanted) if wanted else ()
+        save(ctx, *grads)
+        return value.detach()
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
-        params = load(ctx)
-        with torch.enable_grad():
-            inputs = [p.detach().requires_grad_(needs) for p, needs in zip(params, ctx.needs_input_grad[1:])]
-            out = ctx.fn(*inputs)
-        wanted = [t for t in inputs if t.requires_grad]
-        grads = iter(torch.autograd.grad(out, wanted, grad_out, allow_unused=True))
-        return (None, *(next(grads) if t.requires_grad else None for t in inputs))
+        grads = iter(load(ctx))
+        return (None, *(grad_out * next(grads) if needs else None for needs in ctx.needs_input_grad[1:]))
 
 
-def _parameter_function(fn, *params: torch.Tensor, recompute: bool) -> torch.Tensor:
-    """``fn(*params)``; with ``recompute`` its intermediates are not kept but recomputed in backward."""
-    if not recompute or not torch.is_grad_enabled():
+def _scalar_parameter_function(fn, *params: torch.Tensor, eager_grad: bool) -> torch.Tensor:
+    """``fn(*params)``, a scalar of parameters only; with ``eager_grad`` its gradient is taken in forward
+    and kept in place of its intermediates (same value, same gradient, one pass of each)."""
+    if not eager_grad or not torch.is_grad_enabled() or not any(p.requires_grad for p in params):
         return fn(*params)
-    return _RecomputedFunction.apply(fn, *params)
+    return _ValueAndGradFunction.apply(fn, *params)
 
 
 def intent_mixture(intent_relation_logits: torch.Tensor, relation: torch.Tensor) -> torch.Tensor:
@@ -320,9 +325,8 @@ class KGIN(TopKModel):
             head, rel, tail, ui_user, ui_item = (t.long() for t in (head, rel, tail, ui_user, ui_item))
         user_x = self.node_embedding[: self.num_users]  # (U, d) views of the parameter
         entity_x = self.node_embedding[self.num_users :]  # (N_e, d)
-        intents = _parameter_function(
-            intent_mixture, self.intent_relation_logits, self.relation_embedding, recompute=compress
-        )  # (F, d)
+        # (F, d); plain autograd either way: it keeps its (F, R) softmax, F R floats whatever the graph.
+        intents = intent_mixture(self.intent_relation_logits, self.relation_embedding)
         user_sum, entity_sum = user_x, entity_x
         # F.normalize's 1e-12 (the original's), unless the dtype cannot hold it: in fp16 it rounds to 0 and a
         # zero row (an entity without neighbours) became 0 / 0.
@@ -353,9 +357,9 @@ class KGIN(TopKModel):
 
     def independence_loss(self) -> torch.Tensor:
         """Sum over intent pairs of the chosen independence measure of their relation logits."""
-        recompute = compression_active(self.active_config, self.intent_relation_logits)
+        eager = compression_active(self.active_config, self.intent_relation_logits)
         measure = _INDEPENDENCE_FNS[self.independence]
-        return _parameter_function(measure, self.intent_relation_logits, recompute=recompute)
+        return _scalar_parameter_function(measure, self.intent_relation_logits, eager_grad=eager)
 
     def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
         """BPR + batch L2 + sim_weight * independence, (B,) x 3 -> scalar."""
