@@ -153,6 +153,25 @@ def test_fp32_cpu_tensors_take_the_kernels(monkeypatch):
 
 
 @needs_numba
+def test_non_contiguous_fp32_takes_the_kernels_after_one_copy(monkeypatch):
+    """A transposed or expanded fp32 gradient is copied once and goes through the kernel: the same bits and
+    values as the expression, and the caller's tensor is left as it was."""
+    calls = []
+    for name in ("pack_greater_cpu", "scale_by_mask_cpu"):
+        original = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    mask = _mask((33, 10), seed=5)
+    bits = masks.pack_mask(mask)
+    for g in (_values((10, 33), seed=6).t(), torch.tensor(0.75).expand(33, 10)):
+        before = g.clone()
+        out = masks.scale_by_mask(bits, g, 1.0, 0.2)
+        assert _bits_equal(out, torch.where(mask, g, g * 0.2))
+        assert _bits_equal(g, before)
+        assert torch.equal(masks.pack_greater(g, 0.1), masks.pack_mask_ref(g > 0.1))
+    assert calls == ["scale_by_mask_cpu", "pack_greater_cpu"] * 2
+
+
+@needs_numba
 def test_cpu_scale_by_mask_refuses_too_few_bits():
     with pytest.raises(ValueError, match="needs 2 contiguous uint8 bytes"):
         cpu_kernels.scale_by_mask_cpu(torch.zeros(1, dtype=torch.uint8), torch.randn(9), 1.0, 0.0, torch.empty(9))
