@@ -46,3 +46,36 @@ def _quantizer_seed_per_test():
     with restoring_quantizer_seed():
         seed_quantizer(None)
         yield
+
+
+@pytest.fixture
+def same_bits_in_chunks(monkeypatch):
+    """``check(fn, inputs)``: ``fn(*inputs)`` and its input gradients, run with the CPU chunk budget of
+    `tinykg.nn._chunks` so small that each chunk holds a row or a few, have the same bits as in one piece.
+
+    Both runs start from copies of ``inputs`` and quantizer seed 0; the output's gradient is a fixed ramp.
+    """
+    import torch
+
+    from tinykg.compress import restoring_quantizer_seed, seed_quantizer
+    from tinykg.nn import _chunks
+
+    def bits(t):
+        return None if t is None else t.detach().contiguous().view(-1).view(torch.uint8)
+
+    def run(fn, inputs, budget):
+        monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", budget)
+        copies = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
+        with restoring_quantizer_seed():
+            seed_quantizer(0)
+            out = fn(*copies)
+            out.backward(torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).view(out.shape))
+        return [bits(out), *(bits(t.grad) for t in copies)]
+
+    def check(fn, inputs) -> None:
+        one_piece, chunked = run(fn, inputs, 1 << 30), run(fn, inputs, 5)
+        for got, want in zip(chunked, one_piece):
+            assert (got is None) == (want is None)
+            assert want is None or torch.equal(got, want)
+
+    return check

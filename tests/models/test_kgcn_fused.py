@@ -106,6 +106,14 @@ def test_fused_sum_aggregate_matches_the_unfused_ops(activation):
     torch.testing.assert_close(fused[1], unfused[1], rtol=0, atol=bound)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_fused_sum_aggregate_in_chunks_has_the_same_bits(same_bits_in_chunks, activation):
+    """The (B, n, K, d) neighbours gathered a few rows at a time on the CPU, forward and backward."""
+    table, self_index, neighbor_index, logits, weight, bias = _inputs(torch.float32, seed=4)
+    same_bits_in_chunks(lambda t, lg, w, b: _fused(t, self_index, neighbor_index, lg, w, b, activation),
+                        [table, logits, weight, bias])
+
+
 @pytest.mark.parametrize("bits", [2, 8])
 def test_fused_sum_aggregate_gradients_unbiased(bits):
     """With ReLU (an exact 1-bit mask) the only rounding that reaches the gradients is the weights': the

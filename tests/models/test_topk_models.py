@@ -357,6 +357,16 @@ def test_relational_mean_gradcheck_and_matches_scatter_mean():
     torch.autograd.gradcheck(lambda x, r: _relational_mean(head, tail, rel, x, r, 6, config), (x, relation))
 
 
+def test_relational_mean_in_chunks_has_the_same_bits(same_bits_in_chunks):
+    """Its (E, d) messages and per-edge gradients formed a few edges at a time on the CPU: the same bits."""
+    g = torch.Generator().manual_seed(2)
+    head = torch.randint(0, 20, (200,), generator=g).sort().values.to(torch.int16)
+    tail, rel = torch.randint(0, 25, (200,), generator=g, dtype=torch.int16), torch.randint(0, 5, (200,), generator=g).to(torch.uint8)
+    x = torch.randn(25, 16, generator=g, requires_grad=True)
+    relation = torch.randn(5, 16, generator=g, requires_grad=True)
+    same_bits_in_chunks(lambda x, r: _relational_mean(head, tail, rel, x, r, 20, config_for(2)), [x, relation])
+
+
 def test_segment_softmax_is_a_softmax_per_segment():
     g = torch.Generator().manual_seed(0)
     scores, segment = torch.randn(40, generator=g) * 5, torch.randint(0, 6, (40,), generator=g)

@@ -40,7 +40,7 @@ from ..compress import CompressionConfig
 from ..nn import compressed_dot, compressed_embedding, compressed_linear, gather_aggregate, indexed_attention, weighted_sum
 from ..nn._saved import BitMask, as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 from ..nn.activation import OUTPUT_GRADS, mask_grad
-from ..nn.aggregate import add_gather_grad
+from ..nn.aggregate import add_gather_grad, gather_reductions
 from .base import CTRModel, check_choice, check_count, index_buffer, op_index, tf_l2
 
 AGGREGATORS = ("sum", "concat", "neighbor")
@@ -81,9 +81,10 @@ class _SumAggregateFunction(torch.autograd.Function):
         if score_query is not None and activation != "tanh":
             raise ValueError("the score can be fused only into the last iteration (tanh), whose output is the item vector")
         num_rows, k = table.shape[0], neighbor_index.shape[-1]
-        gathered = F.embedding(gather_index(neighbor_index), table)  # (B, n, K, d), freed after forward
-        x = F.embedding(gather_index(self_index), table) + (gathered * weights.unsqueeze(-1)).sum(-2) * (1.0 / k)
-        del gathered
+        # The (B, n, K, d) gathered neighbours exist only inside `gather_reductions` (in chunks on the CPU).
+        neighbor_sum, _ = gather_reductions(table, gather_index(neighbor_index), weights, 1.0 / k)  # (B, n, d)
+        x = F.embedding(gather_index(self_index), table) + neighbor_sum
+        del neighbor_sum
         ctx.num_rows, ctx.scale, ctx.activation = num_rows, 1.0 / k, activation
         out = F.linear(x, weight, bias)
         del x
@@ -139,22 +140,25 @@ class _SumAggregateFunction(torch.autograd.Function):
         g = grad_x * ctx.scale  # gradient of the neighbours' weighted sum
         neighbor_index = neighbor_index.long()  # widened once for the uses below
         table = as_dtype(table, dtype)
-        neighbors = None
-        if need[3] or need[4]:
-            neighbors = F.embedding(neighbor_index, table)  # (B, n, K, d), freed on return
         grad_table = grad_weights = grad_weight = None
+        # One gather of the (B, n, K, d) neighbours (in chunks on the CPU) for both: their weighted sum
+        # rebuilds W's input, their dots with g are the weights' gradient.
+        if need[3] or need[4]:
+            neighbor_sum, grad_weights = gather_reductions(
+                table, neighbor_index, as_dtype(weights, dtype) if need[4] else None, ctx.scale,
+                g if need[3] else None, summed=need[4],
+            )
         if need[4]:
             # x~ (class docstring): the input of the linear map, rebuilt from the quantized weights.
             x_hat = F.embedding(self_index.long(), table)
-            x_hat += (neighbors * as_dtype(weights, dtype).unsqueeze(-1)).sum(-2) * ctx.scale  # (B, n, d)
+            x_hat += neighbor_sum  # (B, n, d)
+            del neighbor_sum
             grad_weight = grad_pre2.t() @ x_hat.reshape(-1, d)
         grad_bias = grad_pre2.sum(0) if need[5] else None
         if need[0]:  # one buffer for the self rows and the neighbour rows
             grad_table = grad_x.new_zeros(ctx.num_rows, d)
             grad_table.index_add_(0, self_index.reshape(-1).long(), grad_x.reshape(-1, d))
             add_gather_grad(grad_table, g, neighbor_index, weights)
-        if need[3]:
-            grad_weights = (neighbors * g.unsqueeze(-2)).sum(-1)  # <e[neighbor_k], g>: (B, n, K)
         return grad_table, None, None, grad_weights, grad_weight, grad_bias, None, None, None, grad_query
 
 

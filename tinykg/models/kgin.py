@@ -50,6 +50,7 @@ from ..nn import (
     compressed_softmax,
     edge_aggregate,
 )
+from ..nn._chunks import row_chunks, rows_of
 from ..nn._saved import as_dtype, compression_active, first_order, load, maybe_quantize, save
 from .base import BPR_COLUMNS, check_batch, check_choice, check_count, index_buffer, op_index
 from .bprmf import TopKModel
@@ -84,8 +85,14 @@ class _RelationalMeanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, head, tail, rel_type, x, relation, num_targets, config):
         # head, tail, rel_type: (E,) narrow ints; x: (M, d); relation: (R, d) -> (num_targets, d)
-        with torch.no_grad():
-            out = _relational_mean_ref(head, tail, rel_type, x, relation, num_targets)
+        # `_relational_mean_ref`'s arithmetic, with the (E, d) messages formed in chunks of edges on the CPU.
+        wide_head, wide_tail, wide_rel = head.long(), tail.long(), rel_type.long()
+        total = x.new_zeros(num_targets, x.shape[1])
+        for part in row_chunks(wide_head.shape[0], x.shape[1], x.device):
+            messages = x.index_select(0, rows_of(wide_tail, part)) * relation.index_select(0, rows_of(wide_rel, part))
+            total.index_add_(0, rows_of(wide_head, part), messages)
+        out = total / _edge_count(wide_head, num_targets, x.dtype).unsqueeze(1)
+        del wide_head, wide_tail, wide_rel, total
         ctx.num_targets, ctx.num_sources, ctx.num_relations = num_targets, x.shape[0], relation.shape[0]
         save(
             ctx,
@@ -100,15 +107,21 @@ class _RelationalMeanFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         head, tail, rel_type, x, relation = load(ctx)
         head, tail, rel_type = head.long(), tail.long(), rel_type.long()
-        count = _edge_count(head, ctx.num_targets, grad_out.dtype)
-        g_edges = (grad_out / count.unsqueeze(1)).index_select(0, head)  # (E, d)
-        grad_x = grad_relation = None
-        if ctx.needs_input_grad[3]:
-            per_edge = g_edges * as_dtype(relation, g_edges.dtype).index_select(0, rel_type)
-            grad_x = grad_out.new_zeros(ctx.num_sources, grad_out.shape[1]).index_add_(0, tail, per_edge)
-        if ctx.needs_input_grad[4]:
-            per_edge = g_edges * as_dtype(x, g_edges.dtype).index_select(0, tail)
-            grad_relation = grad_out.new_zeros(ctx.num_relations, grad_out.shape[1]).index_add_(0, rel_type, per_edge)
+        dtype, d = grad_out.dtype, grad_out.shape[1]
+        count = _edge_count(head, ctx.num_targets, dtype)
+        g_mean = grad_out / count.unsqueeze(1)  # (num_targets, d)
+        need_x, need_relation = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
+        relation = as_dtype(relation, dtype) if need_x else None
+        x = as_dtype(x, dtype) if need_relation else None
+        grad_x = grad_out.new_zeros(ctx.num_sources, d) if need_x else None
+        grad_relation = grad_out.new_zeros(ctx.num_relations, d) if need_relation else None
+        for part in row_chunks(head.shape[0], d, grad_out.device):  # (E, d) temporaries in chunks on the CPU
+            edge_tail, edge_rel = rows_of(tail, part), rows_of(rel_type, part)
+            g_edges = g_mean.index_select(0, rows_of(head, part))  # (E, d) or a chunk of it
+            if need_x:
+                grad_x.index_add_(0, edge_tail, g_edges * relation.index_select(0, edge_rel))
+            if need_relation:
+                grad_relation.index_add_(0, edge_rel, g_edges * x.index_select(0, edge_tail))
         return None, None, None, grad_x, grad_relation, None, None
 
 def _relational_mean(

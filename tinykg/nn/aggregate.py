@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
+from ._chunks import joined, row_chunks, rows_of
 from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 
 REDUCES = ("sum", "mean")
@@ -111,8 +112,6 @@ class _GatherAggregateFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, source, index, weights, scale, config):
         # source: (N, D), index: (*, K) in [0, N), weights: (*, K) or None -> (*, D)
-        # F.embedding (index_select) rather than source[index]: advanced indexing measured 7x slower on CPU.
-        gathered = F.embedding(gather_index(index), source)  # (*, K, D), freed after forward
         ctx.num_rows, ctx.scale, ctx.has_weights = source.shape[0], scale, weights is not None
         need_source = weights is not None and weights.requires_grad
         save(
@@ -121,9 +120,7 @@ class _GatherAggregateFunction(torch.autograd.Function):
             maybe_quantize(source, config) if need_source else None,
             maybe_quantize(weights, config) if weights is not None and source.requires_grad else None,
         )
-        if weights is None:
-            return gathered.sum(-2) * scale
-        return (gathered * weights.unsqueeze(-1)).sum(-2) * scale
+        return gather_reductions(source, gather_index(index), weights, scale)[0]
 
     @staticmethod
     @first_order
@@ -140,20 +137,71 @@ class _GatherAggregateFunction(torch.autograd.Function):
         return grad_s, None, grad_w, None, None
 
 
+def gather_reductions(
+    source: torch.Tensor,
+    index: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    scale: float = 1.0,
+    g: torch.Tensor | None = None,
+    *,
+    summed: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Two reductions of the gathered rows ``source[index]`` (*, K, D), with no autograd node:
+
+    - ``summed``: ``sum_k weights[..., k] * source[index[..., k]] * scale`` (*, D) (weights None: all ones);
+    - ``g`` (*, D) given: the dots ``<source[index[..., k]], g>`` (*, K), the weights' gradient of that sum.
+
+    The gathered rows are formed once for both, in chunks of the leading rows on the CPU
+    (`tinykg.nn._chunks`), and freed at once. index: (*, K) int32 or int64.
+    """
+    lead, k, d = index.shape[:-1], index.shape[-1], source.shape[-1]
+    weights = weights if summed else None
+    parts = row_chunks(lead.numel(), k * d, source.device)
+    if len(parts) > 1:  # chunks of the flattened leading rows B'; one piece keeps the shapes (no views)
+        index = index.reshape(lead.numel(), k)  # (B', K)
+        weights = weights.reshape(lead.numel(), k) if weights is not None else None
+        g = g.reshape(lead.numel(), d) if g is not None else None
+    sums, dots = [], []
+    for part in parts:
+        # F.embedding (index_select) rather than source[index]: advanced indexing measured 7x slower on CPU.
+        gathered = F.embedding(rows_of(index, part), source)  # (*, K, D) or a chunk of (B', K, D)
+        if g is not None:
+            dots.append((gathered * rows_of(g, part).unsqueeze(-2)).sum(-1))
+        if summed:
+            if weights is not None:
+                gathered = gathered * rows_of(weights, part).unsqueeze(-1)
+            sums.append(gathered.sum(-2) * scale)
+    total = dot = None
+    if summed:
+        total = joined(sums) if len(parts) == 1 else joined(sums).view(*lead, d)
+    if g is not None:
+        dot = joined(dots) if len(parts) == 1 else joined(dots).view(*lead, k)
+    return total, dot
+
+
 def add_gather_grad(grad_source: torch.Tensor, g: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | None) -> None:
     """``grad_source[index[..., k]] += weights[..., k] * g`` in place: the source gradient of
     ``sum_k weights[..., k] * source[index[..., k]]`` given ``g`` (*, D), the gradient of that sum.
-    index: (*, K) int64; weights: (*, K) or None (all ones); grad_source: (N, D)."""
-    per_edge = g.unsqueeze(-2).expand(*index.shape, g.shape[-1])  # (*, K, D)
-    if weights is not None:
-        per_edge = per_edge * as_dtype(weights, g.dtype).unsqueeze(-1)
-    grad_source.index_add_(0, index.reshape(-1), per_edge.reshape(-1, g.shape[-1]))
+    index: (*, K) int64; weights: (*, K) or None (all ones); grad_source: (N, D). The (*, K, D) per-edge
+    gradient is formed in chunks on the CPU (`tinykg.nn._chunks`)."""
+    rows_total, k, d = index.shape[:-1].numel(), index.shape[-1], g.shape[-1]
+    weights = as_dtype(weights, g.dtype) if weights is not None else None
+    parts = row_chunks(rows_total, k * d, g.device)
+    if len(parts) > 1:  # chunks of the flattened leading rows B'
+        index, g = index.reshape(rows_total, k), g.reshape(rows_total, d)  # (B', K), (B', D)
+        weights = weights.reshape(rows_total, k) if weights is not None else None
+    for part in parts:
+        rows = rows_of(index, part)
+        per_edge = rows_of(g, part).unsqueeze(-2).expand(*rows.shape, d)  # (*, K, D) or a chunk of (B', K, D)
+        if weights is not None:
+            per_edge = per_edge * rows_of(weights, part).unsqueeze(-1)
+        grad_source.index_add_(0, rows.reshape(-1), per_edge.reshape(-1, d))
 
 
 def gather_weights_grad(g: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """The weights' gradient of ``sum_k weights[..., k] * source[index[..., k]]`` given ``g`` (*, D):
     ``<source[index[..., k]], g>``, (*, K). index: int64 (or int32)."""
-    return (F.embedding(index, as_dtype(source, g.dtype)) * g.unsqueeze(-2)).sum(-1)
+    return gather_reductions(as_dtype(source, g.dtype), index, g=g, summed=False)[1]
 
 
 def gather_aggregate(

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..compress import CompressionConfig
+from ._chunks import joined, row_chunks, rows_of
 from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 
 
@@ -45,10 +46,13 @@ class _EdgeAggregateFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, target_index, source_index, edge_weight, x, num_targets, config):
         # target_index, source_index: (E,); edge_weight: (E,) or None; x: (M, D) -> (N, D)
-        messages = x.index_select(0, gather_index(source_index))  # (E, D), freed after forward
-        if edge_weight is not None:
-            messages = messages * edge_weight.unsqueeze(1)
-        out = x.new_zeros(num_targets, x.shape[1]).index_add_(0, gather_index(target_index), messages)
+        targets, sources = gather_index(target_index), gather_index(source_index)
+        out = x.new_zeros(num_targets, x.shape[1])
+        for part in row_chunks(sources.shape[0], x.shape[1], x.device):
+            messages = x.index_select(0, rows_of(sources, part))  # (E, D) or a chunk of it, freed at once
+            if edge_weight is not None:
+                messages = messages * rows_of(edge_weight, part).unsqueeze(1)
+            out.index_add_(0, rows_of(targets, part), messages)
         ctx.num_sources = x.shape[0]
         ctx.has_weight = edge_weight is not None
         need_x = edge_weight is not None and edge_weight.requires_grad
@@ -66,14 +70,22 @@ class _EdgeAggregateFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         target_index, source_index, x, edge_weight = load(ctx)
         target_index, source_index = target_index.long(), source_index.long()
-        grad_w = grad_x = None
-        g_edges = grad_out.index_select(0, target_index)  # (E, D)
-        if ctx.has_weight and ctx.needs_input_grad[2]:
-            grad_w = (g_edges * as_dtype(x, g_edges.dtype).index_select(0, source_index)).sum(1)
-        if ctx.needs_input_grad[3]:
-            if edge_weight is not None:
-                g_edges = g_edges * as_dtype(edge_weight, g_edges.dtype).unsqueeze(1)
-            grad_x = grad_out.new_zeros(ctx.num_sources, grad_out.shape[1]).index_add_(0, source_index, g_edges)
+        dtype, num_edges = grad_out.dtype, target_index.shape[0]
+        need_w, need_x = ctx.has_weight and ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        x = as_dtype(x, dtype) if need_w else None
+        edge_weight = as_dtype(edge_weight, dtype) if need_x and edge_weight is not None else None
+        grad_w_parts = []
+        grad_x = grad_out.new_zeros(ctx.num_sources, grad_out.shape[1]) if need_x else None
+        for part in row_chunks(num_edges, grad_out.shape[1], grad_out.device):
+            sources = rows_of(source_index, part)
+            g_edges = grad_out.index_select(0, rows_of(target_index, part))  # (E, D) or a chunk of it
+            if need_w:
+                grad_w_parts.append((g_edges * x.index_select(0, sources)).sum(1))
+            if need_x:
+                if edge_weight is not None:
+                    g_edges = g_edges * rows_of(edge_weight, part).unsqueeze(1)
+                grad_x.index_add_(0, sources, g_edges)
+        grad_w = joined(grad_w_parts) if need_w else None
         return None, None, grad_w, grad_x, None, None
 
 
@@ -88,7 +100,8 @@ def edge_aggregate(
     """``out[target_index[e]] += edge_weight[e] * x[source_index[e]]`` -> (num_targets, D).
 
     Saves narrowed edge indices, quantized ``x`` only when the edge weights need gradients, and quantized
-    edge weights when ``x`` needs one. The (E, D) message tensor is never kept.
+    edge weights when ``x`` needs one. The (E, D) message tensor is never kept; on the CPU it is formed in
+    chunks of edges (`tinykg.nn._chunks`), forward and backward.
     """
     if not compression_active(config, x, edge_weight):
         messages = x.index_select(0, gather_index(source_index))

@@ -1,0 +1,66 @@
+"""Per-edge temporaries formed in chunks on the CPU (`tinykg.nn._chunks`): bit for bit the one-piece result.
+
+Each op runs twice from the same inputs and quantizer seed (the ``same_bits_in_chunks`` fixture): once with
+a budget so small that every chunk is a few rows, once in one piece. Outputs and every gradient must have
+the same bits, not just close values: chunking changes where temporaries live, never an element's
+arithmetic or the order of its sums.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tinykg.compress import CompressionConfig
+from tinykg.nn import _chunks, edge_aggregate, gather_aggregate
+from tinykg.nn._chunks import row_chunks, rows_of
+
+CONFIG = CompressionConfig(bits=2, group_size=64)
+
+
+def test_row_chunks_cover_the_rows_in_order(monkeypatch):
+    monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 10)
+    threads = torch.get_num_threads()
+    parts = row_chunks(25, 3, torch.device("cpu"))
+    step = max(1, 10 * threads // 3)
+    assert [(p.start, p.stop) for p in parts] == [(s, min(s + step, 25)) for s in range(0, 25, step)]
+    assert row_chunks(2, 3, torch.device("cpu")) == [None] or 10 * threads // 3 < 2
+    assert row_chunks(10**6, 10**3, torch.device("meta")) == [None]  # other devices: one piece
+    assert row_chunks(0, 64, torch.device("cpu")) == [None]
+    t = torch.arange(6)
+    assert rows_of(t, None) is t and rows_of(None, slice(0, 2)) is None
+    assert torch.equal(rows_of(t, slice(2, 4)), t[2:4])
+
+
+@pytest.mark.parametrize("weighted", ["no weights", "constant weights", "learned weights"])
+def test_edge_aggregate_in_chunks_has_the_same_bits(same_bits_in_chunks, weighted):
+    g = torch.Generator().manual_seed(0)
+    num_sources, num_targets, num_edges, d = 40, 30, 300, 16
+    x = torch.randn(num_sources, d, generator=g, requires_grad=True)
+    target = torch.randint(0, num_targets, (num_edges,), generator=g).sort().values
+    source = torch.randint(0, num_sources, (num_edges,), generator=g)
+    weight = None
+    if weighted != "no weights":
+        weight = torch.rand(num_edges, generator=g).requires_grad_(weighted == "learned weights")
+
+    def fn(x, *w):
+        return edge_aggregate(target, source, w[0] if w else None, x, num_targets, CONFIG)
+
+    same_bits_in_chunks(fn, [x] if weight is None else [x, weight])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("leading", [(24,), (6, 5)], ids=["B", "B,n"])
+def test_gather_aggregate_in_chunks_has_the_same_bits(same_bits_in_chunks, weighted, leading):
+    g = torch.Generator().manual_seed(1)
+    num_rows, k, d = 50, 7, 12
+    source = torch.randn(num_rows, d, generator=g, requires_grad=True)
+    index = torch.randint(0, num_rows, (*leading, k), generator=g)
+    inputs = [source]
+    if weighted:
+        inputs.append(torch.softmax(torch.randn(*leading, k, generator=g), -1).requires_grad_())
+
+    def fn(source, *w):
+        return gather_aggregate(source, index, w[0] if w else None, "mean", CONFIG)
+
+    same_bits_in_chunks(fn, inputs)
