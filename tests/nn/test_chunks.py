@@ -25,11 +25,21 @@ def test_row_chunks_cover_the_rows_in_order(monkeypatch):
     step = max(1, 10 * threads // 3)
     assert [(p.start, p.stop) for p in parts] == [(s, min(s + step, 25)) for s in range(0, 25, step)]
     assert row_chunks(2, 3, torch.device("cpu")) == [None] or 10 * threads // 3 < 2
-    assert row_chunks(10**6, 10**3, torch.device("meta")) == [None]  # other devices: one piece
+    assert row_chunks(10**6, 10**3, torch.device("meta")) == [None]  # other devices: one piece by default
+    monkeypatch.setattr(_chunks, "DEVICE_CHUNK_ELEMENTS", 4000)  # TINYKG_DEVICE_CHUNK_ELEMENTS=4000
+    assert [(p.start, p.stop) for p in row_chunks(10, 1000, torch.device("meta"))] == [(0, 4), (4, 8), (8, 10)]
     assert row_chunks(0, 64, torch.device("cpu")) == [None]
     t = torch.arange(6)
     assert rows_of(t, None) is t and rows_of(None, slice(0, 2)) is None
     assert torch.equal(rows_of(t, slice(2, 4)), t[2:4])
+
+
+def test_device_budget_reads_a_positive_integer():
+    assert _chunks._device_budget(None) is None and _chunks._device_budget(" ") is None
+    assert _chunks._device_budget("4194304") == 4194304
+    for bad in ("0", "-3", "4M"):
+        with pytest.raises(ValueError, match="TINYKG_DEVICE_CHUNK_ELEMENTS"):
+            _chunks._device_budget(bad)
 
 
 @pytest.mark.parametrize("weighted", ["no weights", "constant weights", "learned weights"])

@@ -4,32 +4,62 @@ The gather/scatter ops form (E, D) temporaries (messages ``x[source] * w``, the 
 re-gathered neighbours of a backward) that are freed as soon as they are reduced. On the CPU a temporary
 of hundreds of MB costs far more than its arithmetic: each is fresh memory (the allocator maps and unmaps
 large blocks, so every page faults in again) and it leaves the cache between the op that writes it and
-the one that reads it. In runs of rows of a few MB the same ops reuse one cached block. Measured on this
-2-core machine (`benchmarks/RESULTS.md`, "Per-edge temporaries in chunks"): ``out.index_add_(0, target,
-x[source] * w)`` over 1M edges of 64 features, 331 ms in one piece against 71 ms in chunks (1 thread);
-RippleNet's KGE weights gradient ((1024, 32, 16) rows of 16 x 16), 44 ms against 6 ms.
+the one that reads it. In runs of rows of a few MB the same ops reuse one cached block. On this 2-core
+machine, one thread (`benchmarks/bench_chunks.py`, `benchmarks/RESULTS.md` section 3): a 2-bit
+``edge_aggregate`` forward + backward over 1M edges of 64 features took 972 ms in one piece and 232 ms in
+chunks, ``gather_aggregate`` over (8192, 32) neighbours of 64 features 202 ms and 24 ms. The temporaries
+also no longer set the step's peak memory: RippleNet's 2-bit step peaked 84 MB above its start on Last.FM
+in one piece and 23 MB in chunks (fp32: 165 MB).
 
 Every chunked op computes each output element with the same operations in the same order as the one-piece
 op (row-wise products and reductions, ``index_add_`` in edge order), so the results are bit for bit the
-same; the tests run the ops with a tiny budget against one piece. On other devices the ops run in one
-piece: a GPU has no such cliff, and each chunk would cost a host launch.
+same; the tests run the ops with a tiny budget against one piece.
+
+On other devices the ops run in one piece by default: each chunk costs the host a few launches, which the
+small steps bound by a GPU's host would feel. Chunks would lower the allocator's peak, though, which the
+temporaries set for the sampled models (`benchmarks/RESULTS.md`, section 3: on an H200 KGCN's and
+KGNN-LS's 2-bit peak was 1.02-1.09x below fp32's where the bytes kept for backward were 13-30x below).
+``TINYKG_DEVICE_CHUNK_ELEMENTS=N`` chunks them there too, at N elements of the largest temporary per chunk:
+an experiment for a GPU lease (peak and step time against one piece), not a measured setting.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 # Elements of one chunk's largest temporary per CPU thread: 512k fp32 = 2 MB, about a core's share of cache.
-# Chosen from 256k, 512k, 1M and 2M elements per chunk at 1 and 2 threads (the measurements above).
+# Chosen from 256k, 512k, 1M and 2M elements per chunk at 1 and 2 threads (`benchmarks/bench_chunks.py`).
 CPU_CHUNK_ELEMENTS_PER_THREAD = 1 << 19
+
+
+def _device_budget(text: str | None) -> int | None:
+    if text is None or text.strip() == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"TINYKG_DEVICE_CHUNK_ELEMENTS must be a positive integer, got {text!r}")
+    return value
+
+
+# Elements per chunk off the CPU; None: one piece (the default).
+DEVICE_CHUNK_ELEMENTS = _device_budget(os.environ.get("TINYKG_DEVICE_CHUNK_ELEMENTS"))
 
 
 def row_chunks(num_rows: int, row_elements: int, device: torch.device) -> list[slice | None]:
     """Slices of ``range(num_rows)`` whose temporaries of ``row_elements`` elements per row stay within
-    the budget; ``[None]`` (one piece, no slicing) off the CPU or when all rows fit."""
-    if device.type != "cpu":
+    the budget; ``[None]`` (one piece, no slicing) when all rows fit or off the CPU without a
+    ``DEVICE_CHUNK_ELEMENTS``."""
+    if device.type == "cpu":
+        budget = CPU_CHUNK_ELEMENTS_PER_THREAD * torch.get_num_threads()
+    elif DEVICE_CHUNK_ELEMENTS is not None:
+        budget = DEVICE_CHUNK_ELEMENTS
+    else:
         return [None]
-    budget = CPU_CHUNK_ELEMENTS_PER_THREAD * torch.get_num_threads()
     step = max(1, budget // max(row_elements, 1))
     if step >= num_rows:
         return [None]
