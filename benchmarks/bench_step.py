@@ -4,6 +4,7 @@
     python benchmarks/bench_step.py --data ../shared/data/lastfm-kgcn --device cuda --batch-size 4096
     python benchmarks/bench_step.py --models kgat kgin --synthetic-triples 1000000 --repeats 3
     python benchmarks/bench_step.py --data ../shared/data/lastfm-kgcn --models kgat --set mess_dropout=0
+    python benchmarks/bench_step.py --models kgcn ripplenet --cpu-peak                # CPU peak memory, no timing
     python benchmarks/bench_step.py --smoke
 
 For each model: the same weights, the same batch; one step = forward, loss, backward, Adam update (the
@@ -11,12 +12,23 @@ BCE step for the CTR models, the BPR step on (user, positive, negative) for kgat
 quantization seeds drawn from the quantizer's own stream as in the training loops (`seed_quantizer`).
 Reported: median step time of each (interleaved runs, after warm-up) and the ratio; the exact bytes held
 for backward (ActivationTracker); on CUDA, the allocator peak of one step (torch.cuda.max_memory_allocated).
+
+``--cpu-peak`` (Linux with glibc, CPU): instead of timing, the peak memory of one step on the CPU, which
+PyTorch does not count: how far the process's peak resident memory (VmHWM, reset through
+/proc/self/clear_refs) rises above its resident memory at the step's start; the median of 3 steps. glibc
+first gets a fixed 64 KiB mmap threshold (mallopt), so that every block of 64 KiB or more is mapped when
+allocated and unmapped when freed, and the resident memory follows the live tensors to within a page each
+(its default threshold moves with the sizes freed, and then the same step measured 64-92 MiB). That
+setting makes large allocations slower, so this mode times nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
+import gc
+import statistics
 import sys
 
 import torch
@@ -55,6 +67,40 @@ def _cuda_peak(step, device) -> int | None:
     return torch.cuda.max_memory_allocated() - base
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def _fix_mmap_threshold(size: int = 1 << 16) -> None:
+    """Map every allocation of ``size`` bytes or more on its own (and unmap it when freed): glibc only."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError as exc:
+        raise SystemExit(f"--cpu-peak needs glibc: {exc}") from None
+    if libc.mallopt(_M_MMAP_THRESHOLD, size) != 1:
+        raise SystemExit("--cpu-peak: mallopt(M_MMAP_THRESHOLD) failed")
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise SystemExit(f"--cpu-peak needs Linux's /proc/self/status ({key} not found)")
+
+
+def _cpu_peak(step, repeats: int = 3) -> int:
+    """Median rise of the peak resident memory above the resident memory at the start of one ``step``."""
+    rises = []
+    for _ in range(repeats):
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current resident size
+        start = _status_bytes("VmRSS:")
+        step()
+        rises.append(_status_bytes("VmHWM:") - start)
+    return int(statistics.median(rises))
+
+
 def _ctr_model_and_batch(model_name: str, dataset, batch_size: int | None, device: str, overrides: dict | None = None):
     key = dataset_key(dataset.name)
     batch_size = batch_size or hyperparameters(model_name, key, overrides)["batch_size"]
@@ -80,7 +126,7 @@ def _topk_model_and_batch(model_name: str, dataset, batch_size: int | None, devi
 
 
 def measure(model_name: str, dataset, bits: int, batch_size: int | None, device: str, repeats: int, backend: str = "auto",
-            overrides: dict | None = None) -> dict:
+            overrides: dict | None = None, cpu_peak: bool = False) -> dict:
     build = _topk_model_and_batch if model_name in TOPK_MODELS else _ctr_model_and_batch
     fp32, batch = build(model_name, dataset, batch_size, device, overrides)
     fp32 = fp32.to(device)
@@ -90,9 +136,16 @@ def measure(model_name: str, dataset, bits: int, batch_size: int | None, device:
     for name, model in (("fp32", fp32), ("packed", packed)):
         model.train()
         steps[name] = _step_fn(model, torch.optim.Adam(model.parameters(), lr=1e-4), batch)
+    ratio = t_packed = t_fp32 = None
+    peaks = {}
     with restoring_quantizer_seed():
         seed_quantizer(0)
-        ratio, t_packed, t_fp32 = time_ratio(steps["packed"], steps["fp32"], repeats=repeats, warmup=2, device=device)
+        if cpu_peak:
+            for name in ("fp32", "packed"):
+                steps[name]()  # warm: Adam's state, cached plans and adjacency exist before the measured steps
+                peaks[name] = _cpu_peak(steps[name])
+        else:
+            ratio, t_packed, t_fp32 = time_ratio(steps["packed"], steps["fp32"], repeats=repeats, warmup=2, device=device)
     return {
         "model": model_name,
         "dataset": dataset.name,
@@ -106,20 +159,32 @@ def measure(model_name: str, dataset, bits: int, batch_size: int | None, device:
         "activation_bytes_packed": measure_step_activation(packed, batch, exclude=batch).total_bytes,
         "cuda_peak_fp32": _cuda_peak(steps["fp32"], device),
         "cuda_peak_packed": _cuda_peak(steps["packed"], device),
+        "cpu_peak_fp32": peaks.get("fp32"),
+        "cpu_peak_packed": peaks.get("packed"),
     }
 
 
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
 def markdown(rows: list[dict]) -> str:
+    """One row per model; the peak columns are the CPU's (``--cpu-peak``) or else the CUDA allocator's."""
+    kind = "cpu" if any(r["cpu_peak_fp32"] is not None for r in rows) else "cuda"
     lines = [
-        "| model | dataset | batch | bits | step fp32 (ms) | step packed (ms) | time ratio | activation fp32 | activation packed | memory ratio | CUDA peak fp32 | CUDA peak packed |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | dataset | batch | bits | step fp32 (ms) | step packed (ms) | time ratio | activation fp32 | activation packed | "
+        f"memory ratio | {kind.upper()} peak fp32 | {kind.upper()} peak packed | peak ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        peak = lambda v: "n/a" if v is None else f"{v:,}"
+        ms = {name: None if r[f"step_s_{name}"] is None else 1e3 * r[f"step_s_{name}"] for name in ("fp32", "packed")}
+        peak_fp32, peak_packed = r[f"{kind}_peak_fp32"], r[f"{kind}_peak_packed"]
+        peak_ratio = f"{peak_fp32 / peak_packed:.2f}x" if peak_fp32 and peak_packed else "n/a"
         lines.append(
-            f"| {r['model']} | {r['dataset']} | {r['batch_size']} | {r['bits']} | {1e3 * r['step_s_fp32']:.2f} | {1e3 * r['step_s_packed']:.2f} | "
-            f"{r['step_ratio']:.3f} | {r['activation_bytes_fp32']:,} | {r['activation_bytes_packed']:,} | "
-            f"{r['activation_bytes_fp32'] / r['activation_bytes_packed']:.1f}x | {peak(r['cuda_peak_fp32'])} | {peak(r['cuda_peak_packed'])} |"
+            f"| {r['model']} | {r['dataset']} | {r['batch_size']} | {r['bits']} | {_fmt(ms['fp32'], '.2f')} | "
+            f"{_fmt(ms['packed'], '.2f')} | {_fmt(r['step_ratio'], '.3f')} | {r['activation_bytes_fp32']:,} | "
+            f"{r['activation_bytes_packed']:,} | {r['activation_bytes_fp32'] / r['activation_bytes_packed']:.1f}x | "
+            f"{_fmt(peak_fp32, ',')} | {_fmt(peak_packed, ',')} | {peak_ratio} |"
         )
     return "\n".join(lines)
 
@@ -136,14 +201,21 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (also the CPU kernels' threads)")
+    parser.add_argument("--cpu-peak", action="store_true",
+                        help="measure each step's peak memory on the CPU instead of its time (Linux, glibc; see above)")
     add_set_option(parser, "every model measured")
     args = parser.parse_args(argv)
+    if args.cpu_peak:
+        if torch.device(args.device).type != "cpu":
+            parser.error("--cpu-peak measures CPU steps: use --device cpu")
+        _fix_mmap_threshold()
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = load_or_generate(args.data, synthetic_size="toy" if args.smoke else (args.synthetic_triples or "default"))
     repeats = 2 if args.smoke else args.repeats
     overrides = dict(args.set) or None
-    rows = [measure(m, dataset, args.bits, args.batch_size, args.device, repeats, args.backend, overrides) for m in args.models]
+    rows = [measure(m, dataset, args.bits, args.batch_size, args.device, repeats, args.backend, overrides, args.cpu_peak)
+            for m in args.models]
     print(f"# bench_step on {args.device}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
     print(markdown(rows))
     return 0
