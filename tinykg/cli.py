@@ -26,6 +26,7 @@ BENCH_SCRIPTS = {
     "kgat-pretrain": "bench_kgat_pretrain.py",
     "hooks": "bench_hooks.py",
     "grad-noise": "bench_grad_noise.py",
+    "chunks": "bench_chunks.py",
     "plots": "plots.py",
 }
 
