@@ -17,7 +17,10 @@ There is no user embedding table.
     loss        mean BCE; L2 through Adam's weight_decay (``weight_decay`` attribute, l2_weight 1e-5)
 
 Memory: the element-wise max of two vectors is written b + relu(a - b), which keeps a 1-bit mask for
-backward (torch.maximum keeps both inputs).
+backward (torch.maximum keeps both inputs). With compression the attention pi is one op
+(`_KnowledgeAttentionFunction`): it keeps the two hidden layers quantized with their 1-bit ReLU masks and
+what the compressed sigmoid keeps of pi, and gathers e_h and e_r again in backward from the parameter
+tables, so its first layer's input is neither kept nor rounded; on the CPU it runs in chunks of the batch.
 
 Legend: B batch, L layers, S triples per set (S_u for users, S_i for items), d embedding dim.
 """
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+import torch.nn.functional as F
 
 from ..compress import CompressionConfig
 from ..nn import (
@@ -36,9 +41,118 @@ from ..nn import (
     compressed_softmax,
     gather_aggregate,
 )
+from ..nn._chunks import joined, row_chunks, rows_of
+from ..nn.activation import output_activation_grad, output_activation_saved
+from ..nn._saved import BitMask, as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
 from .base import CTRModel, check_choice, check_count, index_buffer, op_index, user_mask_buffer
 
 AGGREGATORS = ("concat", "sum", "pool")
+
+
+def _attention_input(entity, relation, heads, relations) -> torch.Tensor:
+    """[e_h || e_r] of the triples: (N, d), (R, d) tables, (b, S) indices -> (b, S, 2d)."""
+    return torch.cat([F.embedding(heads, entity), F.embedding(relations, relation)], dim=-1)
+
+
+class _KnowledgeAttentionFunction(torch.autograd.Function):
+    """pi(h, r) = sigmoid(w3 relu(w2 relu(w1 [e_h || e_r]))) of (B, S) triples, one op.
+
+    Kept for backward, per chunk of the batch (one chunk off the CPU): the 1-bit masks of both ReLUs and
+    both hidden layers quantized (w2's and w3's inputs); for the sigmoid, what `compressed_sigmoid` keeps
+    (below 8 bits its output's centred square, in which its derivative is linear: unbiased). The first
+    layer's input is gathered again from the tables in backward: the unfused ops kept it quantized, (B, S, 2d)
+    values, half of what the attention kept, and w1's and the tables' gradients now see it exactly.
+    """
+
+    @staticmethod
+    def forward(ctx, heads, relations, entity, relation, w1, w2, w3, config):
+        # heads, relations: (B, S) int; entity: (N, d); relation: (R, d); w1: (d', 2d); w2: (d', d'); w3: (1, d')
+        # -> (B, S)
+        batch, size = heads.shape
+        wide_heads, wide_relations = gather_index(heads), gather_index(relations)
+        parts = row_chunks(batch, size * w1.shape[1], entity.device)
+        scores, kept = [], []
+        for part in parts:
+            hidden = F.linear(
+                _attention_input(entity, relation, rows_of(wide_heads, part), rows_of(wide_relations, part)), w1
+            )  # (b, S, d')
+            mask1 = BitMask.greater(hidden)
+            hidden1 = hidden.relu_()
+            hidden = F.linear(hidden1, w2)  # (b, S, d')
+            mask2 = BitMask.greater(hidden)
+            hidden2 = hidden.relu_()
+            scores.append(torch.sigmoid(F.linear(hidden2, w3)).squeeze(-1))  # (b, S)
+            kept += [mask1, maybe_quantize(hidden1, config, is_output=True), mask2,
+                     maybe_quantize(hidden2, config, is_output=True)]
+        score = joined(scores)
+        score_saved, ctx.is_square = output_activation_saved(score, "sigmoid", config)
+        ctx.parts = parts
+        save(ctx, narrow_index(heads, entity.shape[0]), narrow_index(relations, relation.shape[0]),
+             entity, relation, w1, w2, w3, score_saved, *kept)
+        return score
+
+    @staticmethod
+    @first_order
+    def backward(ctx, grad_score):
+        heads, relations, entity, relation, w1, w2, w3, score, *kept = load(ctx)
+        need = ctx.needs_input_grad
+        dtype = grad_score.dtype
+        heads, relations = heads.long(), relations.long()
+        entity, relation = as_dtype(entity, dtype), as_dtype(relation, dtype)
+        w1, w2, w3 = as_dtype(w1, dtype), as_dtype(w2, dtype), as_dtype(w3, dtype)
+        d = entity.shape[1]
+        grads = {}  # parameter index -> gradient, summed over the chunks
+
+        def add(index: int, value: torch.Tensor) -> None:
+            grads[index] = value if index not in grads else grads[index].add_(value)
+
+        grad_z3 = output_activation_grad(score, grad_score, "sigmoid", ctx.is_square).unsqueeze(-1)  # (B, S, 1)
+        for i, part in enumerate(ctx.parts):
+            mask1, hidden1, mask2, hidden2 = kept[4 * i : 4 * i + 4]
+            hidden1, hidden2 = as_dtype(hidden1, dtype), as_dtype(hidden2, dtype)
+            g3 = rows_of(grad_z3, part)  # (b, S, 1)
+            if need[6]:
+                add(6, g3.reshape(-1, 1).t() @ hidden2.reshape(-1, hidden2.shape[-1]))
+            g2 = mask2.scale(g3 * w3, 1.0, 0.0)  # (b, S, d'): through w3 and the second ReLU
+            if need[5]:
+                add(5, g2.reshape(-1, g2.shape[-1]).t() @ hidden1.reshape(-1, hidden1.shape[-1]))
+            g1 = mask1.scale(g2 @ w2, 1.0, 0.0)  # (b, S, d')
+            del g2
+            chunk_heads, chunk_relations = rows_of(heads, part), rows_of(relations, part)
+            if need[4]:
+                x = _attention_input(entity, relation, chunk_heads, chunk_relations)  # (b, S, 2d), exact
+                add(4, g1.reshape(-1, g1.shape[-1]).t() @ x.reshape(-1, x.shape[-1]))
+                del x
+            rows = g1.reshape(-1, g1.shape[-1])  # (b S, d')
+            if need[2]:
+                grads.setdefault(2, torch.zeros_like(entity)).index_add_(0, chunk_heads.reshape(-1), rows @ w1[:, :d])
+            if need[3]:
+                grads.setdefault(3, torch.zeros_like(relation)).index_add_(
+                    0, chunk_relations.reshape(-1), rows @ w1[:, d:])
+        return (None, None, *(grads.get(i) for i in range(2, 7)), None)
+
+
+def knowledge_attention_scores(
+    heads: torch.Tensor,
+    relations: torch.Tensor,
+    entity: torch.Tensor,
+    relation: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    w3: torch.Tensor,
+    config: CompressionConfig | None,
+) -> torch.Tensor:
+    """CKAN's pi(h, r) = sigmoid(w3 relu(w2 relu(w1 [e_h || e_r]))) -> (B, S) for (B, S) heads and relations.
+
+    Without compression: the plain composition (the fp32 baseline). With it, one op
+    (`_KnowledgeAttentionFunction`) that keeps the hidden layers quantized and gathers its input again.
+    """
+    if not compression_active(config, entity, relation, w1, w2, w3):
+        hidden = torch.cat([compressed_embedding(heads, entity), compressed_embedding(relations, relation)], dim=-1)
+        hidden = compressed_linear(hidden, w1, None, None, "relu")  # (B, S, d)
+        hidden = compressed_linear(hidden, w2, None, None, "relu")  # (B, S, d)
+        return compressed_linear(hidden, w3, None, None, "sigmoid").squeeze(-1)  # (B, S)
+    return _KnowledgeAttentionFunction.apply(heads, relations, entity, relation, w1, w2, w3, config)
 
 
 class CKAN(CTRModel):
@@ -125,12 +239,9 @@ class CKAN(CTRModel):
     def knowledge_attention(self, heads, relations, tails, config) -> torch.Tensor:
         """sum_j softmax_j(pi(h_j, r_j)) e_{t_j}: heads/relations/tails (B, S) int32 -> (B, d)."""
         w1, w2, w3 = self.attention_weights
-        head_vectors = compressed_embedding(heads, self.entity_embedding, config)  # (B, S, d)
-        relation_vectors = compressed_embedding(relations, self.relation_embedding, config)  # (B, S, d)
-        hidden = torch.cat([head_vectors, relation_vectors], dim=-1)  # (B, S, 2d)
-        hidden = compressed_linear(hidden, w1, None, config, "relu")  # (B, S, d)
-        hidden = compressed_linear(hidden, w2, None, config, "relu")  # (B, S, d)
-        scores = compressed_linear(hidden, w3, None, config, "sigmoid").squeeze(-1)  # (B, S)
+        scores = knowledge_attention_scores(
+            heads, relations, self.entity_embedding, self.relation_embedding, w1, w2, w3, config
+        )  # (B, S)
         weights = compressed_softmax(scores, -1, config)  # (B, S)
         return gather_aggregate(self.entity_embedding, tails, weights, config=config)  # (B, d)
 
