@@ -64,9 +64,12 @@ def test_fused_attention_keeps_all_but_the_first_layer_input_of_the_unfused_ops(
     assert kept["fused"] / kept["unfused"] < 0.6
 
 
-def test_fused_attention_gradient_is_unbiased():
+@pytest.mark.parametrize("budget", [1 << 30, 5], ids=["one piece", "chunks of a row"])
+def test_fused_attention_gradient_is_unbiased(monkeypatch, budget):
     """Over 64 quantizer seeds the mean gradient converges to fp32's: the R statistic of
-    `tests/models/test_unbiased.py` (about 1 without bias), here for the op alone."""
+    `tests/models/test_unbiased.py` (about 1 without bias), here for the op alone, with each chunk's
+    hidden layers quantized on their own."""
+    monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", budget)
     heads, relations, *params = _inputs(torch.float32, seed=2)
     grad_out = torch.linspace(-1, 1, B * S).view(B, S)
 
