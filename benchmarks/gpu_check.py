@@ -21,7 +21,9 @@ installed; under 5 minutes, most of it Triton compiling ~50 kernel variants):
    save / load; ``--profile`` prints torch.profiler tables of the ``--steps`` selected instead of timing,
    ``--host-profile`` cProfile tables of the host's Python for them;
    ``--count-ops`` counts the torch ops and Triton launches of one step of the ``--steps`` selected, fp32
-   and 2-bit (also on CPU tensors under TRITON_INTERPRET=1, following the GPU's code path).
+   and 2-bit (also on CPU tensors under TRITON_INTERPRET=1, following the GPU's code path);
+   ``--device-chunks 0 N ...`` times the model steps once per budget, the gather / scatter ops' per-edge
+   temporaries in chunks of N elements on the GPU (0: one piece, the default), for the peak each leaves.
 
 Prints markdown; writes JSON to ``--out`` or, when the environment variable OUT is set, to
 ``$OUT/gpu_check.json``. Exit status 1 when any correctness check fails. ``--smoke`` shrinks everything
@@ -49,6 +51,7 @@ from tinykg.compress import (  # noqa: E402
 )
 from tinykg.compress import triton_kernels  # noqa: E402
 from tinykg.profile.timing import time_ratio  # noqa: E402
+from tinykg.nn import _chunks  # noqa: E402
 
 SEED = 20240607
 
@@ -821,7 +824,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count-ops", action="store_true",
                         help="count the torch ops and Triton launches of one step of the selected --steps, fp32 vs "
                              "2-bit (on CPU under TRITON_INTERPRET=1: the GPU's code path)")
+    parser.add_argument("--device-chunks", type=int, nargs="+", default=None, metavar="N",
+                        help="time the model steps once per N with the gather / scatter ops' temporaries in chunks "
+                             "of N elements on the GPU (tinykg.nn._chunks.DEVICE_CHUNK_ELEMENTS; 0 = one piece), to "
+                             "read each N's allocator peak and step time against one piece")
     args = parser.parse_args(argv)
+    if args.device_chunks and any(n < 0 for n in args.device_chunks):
+        parser.error("--device-chunks takes element counts >= 0 (0 = one piece)")
 
     start = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -901,10 +910,14 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     steps = []
-    if not args.smoke and device.type == "cuda":
-        for name, make_step in MODEL_STEPS.items():
-            if args.steps and not any(part in name for part in args.steps):
-                continue
+    budgets = args.device_chunks or [None]
+    original_budget = _chunks.DEVICE_CHUNK_ELEMENTS
+    chosen_steps = [] if args.smoke or device.type != "cuda" else [
+        (budget, name, make_step) for budget in budgets for name, make_step in MODEL_STEPS.items()
+        if not args.steps or any(part in name for part in args.steps)]
+    for budget, name, make_step in chosen_steps:
+        _chunks.DEVICE_CHUNK_ELEMENTS = original_budget if budget is None else (budget or None)
+        try:
             if args.profile or args.host_profile:
                 print((profile_step if args.profile else host_profile_step)(name, make_step), flush=True)
                 continue
@@ -919,11 +932,14 @@ def main(argv: list[str] | None = None) -> int:
                 steps.append(measure_step_overhead(name, make_step, device=device,
                                                    repeats=args.step_repeats or args.repeats,
                                                    sync_diagnostic=not args.skip_no_wait))
+                steps[-1]["device_chunks"] = _chunks.DEVICE_CHUNK_ELEMENTS or "one piece"
                 print(steps[-1], flush=True)
             except Exception as err:  # one model failing must not hide the others' numbers
                 print(f"model step {name} failed: {type(err).__name__}: {err}")
             report["model_steps"] = steps
             save()
+        finally:
+            _chunks.DEVICE_CHUNK_ELEMENTS = original_budget
     report["model_steps"] = steps
     print("## Model step time (hook: MODEL_STEPS / measure_step_overhead)\n")
     if steps:
@@ -934,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
               "session 9 the kernel writes that answer to pinned host memory, read when the copy is saved). peak = "
               "max_memory_allocated during one step above what was allocated before it; saved = exact bytes "
               "held for backward (ActivationTracker)\n")
-        print(markdown_table(steps, ["model", "bits", "step_ratio", "overhead_percent", "fp32_step_ms",
+        print(markdown_table(steps, ["model", "device_chunks", "bits", "step_ratio", "overhead_percent", "fp32_step_ms",
                                      "compressed_step_ms", "fp32_enqueue_ms", "compressed_enqueue_ms",
                                      "no_wait_step_ratio", "fp32_peak_MiB", "compressed_peak_MiB",
                                      "peak_reduction", "fp32_saved_MiB", "compressed_saved_MiB"]), "\n")

@@ -131,7 +131,8 @@ def test_gpu_check_smoke_under_the_triton_interpreter(tmp_path):
     out = tmp_path / "gpu_check.json"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--sweep", "--count-ops", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--sweep", "--count-ops",
+         "--device-chunks", "0", "1048576", "--out", str(out)],
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
