@@ -367,6 +367,23 @@ def test_relational_mean_in_chunks_has_the_same_bits(same_bits_in_chunks):
     same_bits_in_chunks(lambda x, r: _relational_mean(head, tail, rel, x, r, 20, config_for(2)), [x, relation])
 
 
+def test_relational_mean_evaluation_in_chunks_has_the_same_bits(monkeypatch):
+    """Under ``torch.no_grad`` (KGIN's full-ranking evaluation) the plain op forms its (E, d) messages in
+    chunks: the same bits as the autograd composition."""
+    from tinykg.nn import _chunks
+
+    g = torch.Generator().manual_seed(4)
+    head = torch.randint(0, 20, (200,), generator=g).sort().values
+    tail, rel = torch.randint(0, 25, (200,), generator=g), torch.randint(0, 5, (200,), generator=g)
+    x = torch.randn(25, 16, generator=g, requires_grad=True)
+    relation = torch.randn(5, 16, generator=g, requires_grad=True)
+    plain = _relational_mean(head, tail, rel, x, relation, 20, None)
+    monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 5)
+    with torch.no_grad():
+        chunked = _relational_mean(head, tail, rel, x, relation, 20, None)
+    assert plain.grad_fn is not None and torch.equal(chunked.view(torch.int32), plain.detach().view(torch.int32))
+
+
 def test_segment_softmax_is_a_softmax_per_segment():
     g = torch.Generator().manual_seed(0)
     scores, segment = torch.randn(40, generator=g) * 5, torch.randint(0, 6, (40,), generator=g)

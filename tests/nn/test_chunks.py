@@ -74,3 +74,22 @@ def test_gather_aggregate_in_chunks_has_the_same_bits(same_bits_in_chunks, weigh
         return gather_aggregate(source, index, w[0] if w else None, "mean", CONFIG)
 
     same_bits_in_chunks(fn, inputs)
+
+
+def test_evaluation_runs_the_plain_ops_in_chunks_with_the_same_bits(monkeypatch):
+    """Without a graph to record (evaluation, ``torch.no_grad``) the plain gather / scatter ops form their
+    temporaries in chunks too: the same values as the autograd path of training's fp32 baseline."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 16, generator=g, requires_grad=True)
+    target = torch.randint(0, 30, (300,), generator=g).sort().values
+    source = torch.randint(0, 40, (300,), generator=g)
+    weight = torch.rand(300, generator=g)
+    index = torch.randint(0, 40, (6, 5, 7), generator=g)
+    attention = torch.softmax(torch.randn(6, 5, 7, generator=g), -1)
+    plain = [edge_aggregate(target, source, weight, x, 30), gather_aggregate(x, index, attention, "mean")]
+    assert all(t.grad_fn is not None for t in plain)  # the autograd composition
+    monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 5)
+    with torch.no_grad():
+        chunked = [edge_aggregate(target, source, weight, x, 30), gather_aggregate(x, index, attention, "mean")]
+    for got, want in zip(chunked, plain):
+        assert torch.equal(got.view(torch.int32), want.detach().view(torch.int32))

@@ -51,7 +51,7 @@ from ..nn import (
     edge_aggregate,
 )
 from ..nn._chunks import row_chunks, rows_of
-from ..nn._saved import as_dtype, compression_active, first_order, load, maybe_quantize, save
+from ..nn._saved import as_dtype, compression_active, first_order, load, maybe_quantize, needs_graph, save
 from .base import BPR_COLUMNS, check_batch, check_choice, check_count, index_buffer, op_index
 from .bprmf import TopKModel
 
@@ -81,18 +81,22 @@ def _relational_mean_ref(head, tail, rel_type, x, relation, num_targets):
     return total / _edge_count(head, num_targets, x.dtype).unsqueeze(1)
 
 
+def _relational_mean_chunked(head, tail, rel_type, x, relation, num_targets) -> torch.Tensor:
+    """`_relational_mean_ref`'s arithmetic with no autograd node, the (E, d) messages formed in chunks of
+    edges on the CPU (`tinykg.nn._chunks`): the same bits."""
+    head, tail, rel_type = head.long(), tail.long(), rel_type.long()
+    total = x.new_zeros(num_targets, x.shape[1])
+    for part in row_chunks(head.shape[0], x.shape[1], x.device):
+        messages = x.index_select(0, rows_of(tail, part)) * relation.index_select(0, rows_of(rel_type, part))
+        total.index_add_(0, rows_of(head, part), messages)
+    return total / _edge_count(head, num_targets, x.dtype).unsqueeze(1)
+
+
 class _RelationalMeanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, head, tail, rel_type, x, relation, num_targets, config):
         # head, tail, rel_type: (E,) narrow ints; x: (M, d); relation: (R, d) -> (num_targets, d)
-        # `_relational_mean_ref`'s arithmetic, with the (E, d) messages formed in chunks of edges on the CPU.
-        wide_head, wide_tail, wide_rel = head.long(), tail.long(), rel_type.long()
-        total = x.new_zeros(num_targets, x.shape[1])
-        for part in row_chunks(wide_head.shape[0], x.shape[1], x.device):
-            messages = x.index_select(0, rows_of(wide_tail, part)) * relation.index_select(0, rows_of(wide_rel, part))
-            total.index_add_(0, rows_of(wide_head, part), messages)
-        out = total / _edge_count(wide_head, num_targets, x.dtype).unsqueeze(1)
-        del wide_head, wide_tail, wide_rel, total
+        out = _relational_mean_chunked(head, tail, rel_type, x, relation, num_targets)
         ctx.num_targets, ctx.num_sources, ctx.num_relations = num_targets, x.shape[0], relation.shape[0]
         save(
             ctx,
@@ -140,6 +144,8 @@ def _relational_mean(
     ``relation`` by reference; the (E, d) messages are recomputed edge-wise in backward, never kept.
     """
     if not compression_active(config, x, relation):
+        if not needs_graph(x, relation):  # nothing to differentiate (evaluation): in chunks
+            return _relational_mean_chunked(head, tail, rel_type, x, relation, num_targets)
         return _relational_mean_ref(head, tail, rel_type, x, relation, num_targets)
     return _RelationalMeanFunction.apply(head, tail, rel_type, x, relation, num_targets, config)
 

@@ -235,10 +235,11 @@ def first_order(backward):
     return checked
 
 
+def needs_graph(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would record an op on these inputs: grad mode on and some input needs a gradient."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def compression_active(config: CompressionConfig | None, *tensors: torch.Tensor | None) -> bool:
     """Compressed path only when a config is given, grad mode is on and some input needs a gradient."""
-    return (
-        config is not None
-        and torch.is_grad_enabled()
-        and any(t is not None and t.requires_grad for t in tensors)
-    )
+    return config is not None and needs_graph(*tensors)

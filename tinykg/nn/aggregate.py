@@ -12,7 +12,7 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ._chunks import joined, row_chunks, rows_of
-from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
+from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, needs_graph, save
 
 REDUCES = ("sum", "mean")
 
@@ -219,6 +219,8 @@ def gather_aggregate(
     _check_reduce(reduce)
     scale = 1.0 / index.shape[-1] if reduce == "mean" else 1.0
     if not compression_active(config, source, weights):
+        if not needs_graph(source, weights):  # nothing to differentiate (evaluation): in chunks
+            return gather_reductions(source, gather_index(index), weights, scale)[0]
         gathered = source[gather_index(index)]
         if weights is not None:
             gathered = gathered * weights.unsqueeze(-1)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ._chunks import joined, row_chunks, rows_of
-from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
+from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, needs_graph, save
 
 
 class _SparseMatmulFunction(torch.autograd.Function):
@@ -42,17 +42,24 @@ def sparse_matmul(adjacency: torch.Tensor, x: torch.Tensor, config: CompressionC
     return _SparseMatmulFunction.apply(adjacency, x)
 
 
+def _edge_sum(target_index, source_index, edge_weight, x, num_targets) -> torch.Tensor:
+    """``out[target_index[e]] += edge_weight[e] * x[source_index[e]]`` -> (num_targets, D), no autograd node:
+    the (E, D) messages formed in chunks of edges on the CPU (`tinykg.nn._chunks`) and freed at once."""
+    targets, sources = gather_index(target_index), gather_index(source_index)
+    out = x.new_zeros(num_targets, x.shape[1])
+    for part in row_chunks(sources.shape[0], x.shape[1], x.device):
+        messages = x.index_select(0, rows_of(sources, part))  # (E, D) or a chunk of it
+        if edge_weight is not None:
+            messages = messages * rows_of(edge_weight, part).unsqueeze(1)
+        out.index_add_(0, rows_of(targets, part), messages)
+    return out
+
+
 class _EdgeAggregateFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, target_index, source_index, edge_weight, x, num_targets, config):
         # target_index, source_index: (E,); edge_weight: (E,) or None; x: (M, D) -> (N, D)
-        targets, sources = gather_index(target_index), gather_index(source_index)
-        out = x.new_zeros(num_targets, x.shape[1])
-        for part in row_chunks(sources.shape[0], x.shape[1], x.device):
-            messages = x.index_select(0, rows_of(sources, part))  # (E, D) or a chunk of it, freed at once
-            if edge_weight is not None:
-                messages = messages * rows_of(edge_weight, part).unsqueeze(1)
-            out.index_add_(0, rows_of(targets, part), messages)
+        out = _edge_sum(target_index, source_index, edge_weight, x, num_targets)
         ctx.num_sources = x.shape[0]
         ctx.has_weight = edge_weight is not None
         need_x = edge_weight is not None and edge_weight.requires_grad
@@ -104,6 +111,8 @@ def edge_aggregate(
     chunks of edges (`tinykg.nn._chunks`), forward and backward.
     """
     if not compression_active(config, x, edge_weight):
+        if not needs_graph(x, edge_weight):  # nothing to differentiate (evaluation): in chunks
+            return _edge_sum(target_index, source_index, edge_weight, x, num_targets)
         messages = x.index_select(0, gather_index(source_index))
         if edge_weight is not None:
             messages = messages * edge_weight.unsqueeze(1)
