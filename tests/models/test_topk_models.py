@@ -455,6 +455,13 @@ def test_eager_gradient_of_a_parameter_scalar_keeps_only_the_gradient_and_is_exa
     assert torch.equal(eager, w.grad)
 
 
+def test_eager_gradient_of_an_unused_parameter_is_none():
+    w, unused = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(2))
+    value = _scalar_parameter_function(lambda a, b: distance_correlation(a), w, unused, eager_grad=True)
+    value.backward()
+    assert w.grad is not None and unused.grad is None
+
+
 def test_eager_gradient_needs_a_scalar_and_is_off_without_grad():
     w = torch.nn.Parameter(torch.randn(4, 3))
     with pytest.raises(ValueError, match="scalar"):

@@ -20,15 +20,19 @@ CONFIG = CompressionConfig(bits=2, group_size=64)
 
 def test_row_chunks_cover_the_rows_in_order(monkeypatch):
     monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 10)
+    cpu, meta = torch.empty(0), torch.empty(0, device="meta")
     threads = torch.get_num_threads()
-    parts = row_chunks(25, 3, torch.device("cpu"))
+    parts = row_chunks(25, 3, cpu)
     step = max(1, 10 * threads // 3)
     assert [(p.start, p.stop) for p in parts] == [(s, min(s + step, 25)) for s in range(0, 25, step)]
-    assert row_chunks(2, 3, torch.device("cpu")) == [None] or 10 * threads // 3 < 2
-    assert row_chunks(10**6, 10**3, torch.device("meta")) == [None]  # other devices: one piece by default
+    assert [(p.start, p.stop) for p in row_chunks(25, 3, cpu, per_thread=False)] == [(s, min(s + 3, 25))
+                                                                                    for s in range(0, 25, 3)]
+    assert row_chunks(0, 64, cpu) == [None]
+    assert row_chunks(25, 3, cpu.half()) == [None] and row_chunks(25, 3, cpu.bfloat16()) == [None]  # one piece
+    assert row_chunks(25, 3, cpu.double()) == parts
+    assert row_chunks(10**6, 10**3, meta) == [None]  # other devices: one piece by default
     monkeypatch.setattr(_chunks, "DEVICE_CHUNK_ELEMENTS", 4000)  # TINYKG_DEVICE_CHUNK_ELEMENTS=4000
-    assert [(p.start, p.stop) for p in row_chunks(10, 1000, torch.device("meta"))] == [(0, 4), (4, 8), (8, 10)]
-    assert row_chunks(0, 64, torch.device("cpu")) == [None]
+    assert [(p.start, p.stop) for p in row_chunks(10, 1000, meta)] == [(0, 4), (4, 8), (8, 10)]
     t = torch.arange(6)
     assert rows_of(t, None) is t and rows_of(None, slice(0, 2)) is None
     assert torch.equal(rows_of(t, slice(2, 4)), t[2:4])
@@ -93,3 +97,31 @@ def test_evaluation_runs_the_plain_ops_in_chunks_with_the_same_bits(monkeypatch)
         chunked = [edge_aggregate(target, source, weight, x, 30), gather_aggregate(x, index, attention, "mean")]
     for got, want in zip(chunked, plain):
         assert torch.equal(got.view(torch.int32), want.detach().view(torch.int32))
+
+
+def test_broadcast_weights_in_chunks(same_bits_in_chunks):
+    """Weights that broadcast against the index's rows (one (K,) vector for every row) chunk as well."""
+    g = torch.Generator().manual_seed(5)
+    source = torch.randn(50, 12, generator=g, requires_grad=True)
+    index = torch.randint(0, 50, (6, 5, 7), generator=g)
+    weights = torch.rand(7, generator=g, requires_grad=True)
+    same_bits_in_chunks(lambda s, w: gather_aggregate(s, index, w, "sum", CONFIG), [source, weights])
+    with torch.no_grad():
+        expected = (source[index] * weights.unsqueeze(-1)).sum(-2)
+        torch.testing.assert_close(gather_aggregate(source, index, weights), expected)
+
+
+def test_half_precision_scatters_stay_in_one_piece(monkeypatch):
+    """Into fp16 / bf16 a chunked ``index_add_`` would round the running sum once per chunk: those run in one
+    piece whatever the budget, so they equal the unchunked result."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(40, 16, generator=g)
+    target = torch.randint(0, 30, (3000,), generator=g).sort().values
+    source = torch.randint(0, 40, (3000,), generator=g)
+    for dtype in (torch.float16, torch.bfloat16):
+        with torch.no_grad():
+            one_piece = edge_aggregate(target, source, None, x.to(dtype), 30)
+            monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 5)
+            chunked = edge_aggregate(target, source, None, x.to(dtype), 30)
+            monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 1 << 30)
+        assert torch.equal(chunked, one_piece)

@@ -32,7 +32,7 @@ from torch import nn
 
 import torch.nn.functional as F
 
-from ..compress import CompressionConfig
+from ..compress import CompressionConfig, PackedActivation
 from ..nn import (
     compressed_dot,
     compressed_embedding,
@@ -70,7 +70,7 @@ class _KnowledgeAttentionFunction(torch.autograd.Function):
         # -> (B, S)
         batch, size = heads.shape
         wide_heads, wide_relations = gather_index(heads), gather_index(relations)
-        parts = row_chunks(batch, size * w1.shape[1], entity.device)
+        parts = row_chunks(batch, size * w1.shape[1], entity, per_thread=False)
         scores, kept = [], []
         for part in parts:
             hidden = F.linear(
@@ -82,8 +82,12 @@ class _KnowledgeAttentionFunction(torch.autograd.Function):
             mask2 = BitMask.greater(hidden)
             hidden2 = hidden.relu_()
             scores.append(torch.sigmoid(F.linear(hidden2, w3)).squeeze(-1))  # (b, S)
-            kept += [mask1, maybe_quantize(hidden1, config, is_output=True), mask2,
-                     maybe_quantize(hidden2, config, is_output=True)]
+            packed = [maybe_quantize(hidden1, config, is_output=True), maybe_quantize(hidden2, config, is_output=True)]
+            if len(parts) > 1:
+                # A pending copy (Triton's) holds its fp32 source until it is resolved: resolved per chunk,
+                # or every chunk's hidden layers would stay alive until `save`.
+                packed = [p.resolve() if isinstance(p, PackedActivation) else p for p in packed]
+            kept += [mask1, packed[0], mask2, packed[1]]
         score = joined(scores)
         score_saved, ctx.is_square = output_activation_saved(score, "sigmoid", config)
         ctx.parts = parts

@@ -86,7 +86,7 @@ def _relational_mean_chunked(head, tail, rel_type, x, relation, num_targets) -> 
     edges on the CPU (`tinykg.nn._chunks`): the same bits."""
     head, tail, rel_type = head.long(), tail.long(), rel_type.long()
     total = x.new_zeros(num_targets, x.shape[1])
-    for part in row_chunks(head.shape[0], x.shape[1], x.device):
+    for part in row_chunks(head.shape[0], x.shape[1], x):
         messages = x.index_select(0, rows_of(tail, part)) * relation.index_select(0, rows_of(rel_type, part))
         total.index_add_(0, rows_of(head, part), messages)
     return total / _edge_count(head, num_targets, x.dtype).unsqueeze(1)
@@ -119,7 +119,7 @@ class _RelationalMeanFunction(torch.autograd.Function):
         x = as_dtype(x, dtype) if need_relation else None
         grad_x = grad_out.new_zeros(ctx.num_sources, d) if need_x else None
         grad_relation = grad_out.new_zeros(ctx.num_relations, d) if need_relation else None
-        for part in row_chunks(head.shape[0], d, grad_out.device):  # (E, d) temporaries in chunks on the CPU
+        for part in row_chunks(head.shape[0], d, grad_out):  # (E, d) temporaries in chunks on the CPU
             edge_tail, edge_rel = rows_of(tail, part), rows_of(rel_type, part)
             g_edges = g_mean.index_select(0, rows_of(head, part))  # (E, d) or a chunk of it
             if need_x:
@@ -178,7 +178,8 @@ class _ValueAndGradFunction(torch.autograd.Function):
                 raise ValueError(f"a parameter function differentiated in forward must return a scalar, got shape "
                                  f"{tuple(value.shape)}")
             wanted = [t for t in inputs if t.requires_grad]
-            grads = torch.autograd.grad(value, wanted) if wanted else ()
+            # allow_unused: a parameter fn does not read gets no gradient (None), as plain autograd gives it
+            grads = torch.autograd.grad(value, wanted, allow_unused=True) if wanted else ()
         save(ctx, *grads)
         return value.detach()
 
@@ -186,7 +187,11 @@ class _ValueAndGradFunction(torch.autograd.Function):
     @first_order
     def backward(ctx, grad_out):
         grads = iter(load(ctx))
-        return (None, *(grad_out * next(grads) if needs else None for needs in ctx.needs_input_grad[1:]))
+        out = []
+        for needs in ctx.needs_input_grad[1:]:
+            grad = next(grads) if needs else None
+            out.append(None if grad is None else grad_out * grad)
+        return (None, *out)
 
 
 def _scalar_parameter_function(fn, *params: torch.Tensor, eager_grad: bool) -> torch.Tensor:

@@ -11,9 +11,12 @@ chunks, ``gather_aggregate`` over (8192, 32) neighbours of 64 features 202 ms an
 also no longer set the step's peak memory: RippleNet's 2-bit step peaked 84 MB above its start on Last.FM
 in one piece and 23 MB in chunks (fp32: 165 MB).
 
-Every chunked op computes each output element with the same operations in the same order as the one-piece
-op (row-wise products and reductions, ``index_add_`` in edge order), so the results are bit for bit the
-same; the tests run the ops with a tiny budget against one piece.
+Every chunked gather / scatter computes each output element with the same operations in the same order as
+the one-piece op (row-wise products and reductions, ``index_add_`` in edge order), so in fp32 and fp64 the
+results are bit for bit the same (the tests run the ops with a tiny budget against one piece); fp16 / bf16
+tensors run in one piece (`_CHUNKED_DTYPES`). CKAN's fused attention (`tinykg.models.ckan`) also runs in
+chunks, and is not bit for bit one piece: its weight gradients are sums over the chunks, and each chunk's
+hidden layers are quantized on their own. Its chunks do not depend on the thread count.
 
 On other devices the ops run in one piece by default: each chunk costs the host a few launches, which the
 small steps bound by a GPU's host would feel. Chunks would lower the allocator's peak, though, which the
@@ -50,12 +53,25 @@ def _device_budget(text: str | None) -> int | None:
 DEVICE_CHUNK_ELEMENTS = _device_budget(os.environ.get("TINYKG_DEVICE_CHUNK_ELEMENTS"))
 
 
-def row_chunks(num_rows: int, row_elements: int, device: torch.device) -> list[slice | None]:
-    """Slices of ``range(num_rows)`` whose temporaries of ``row_elements`` elements per row stay within
-    the budget; ``[None]`` (one piece, no slicing) when all rows fit or off the CPU without a
-    ``DEVICE_CHUNK_ELEMENTS``."""
-    if device.type == "cpu":
-        budget = CPU_CHUNK_ELEMENTS_PER_THREAD * torch.get_num_threads()
+# Chunks are bit for bit one piece only where each chunk's scatter adds into its output in the output's
+# own precision: fp32 and fp64. Into fp16 / bf16, one ``index_add_`` call on the CPU sums in fp32 and rounds
+# once; one call per chunk would round the running sum once per chunk.
+_CHUNKED_DTYPES = (torch.float32, torch.float64)
+
+
+def row_chunks(num_rows: int, row_elements: int, like: torch.Tensor, *, per_thread: bool = True) -> list[slice | None]:
+    """Slices of ``range(num_rows)`` whose temporaries of ``row_elements`` elements per row (of ``like``'s
+    device and dtype) stay within the budget; ``[None]`` (one piece, no slicing) when all rows fit, for
+    dtypes other than fp32 / fp64, and off the CPU without a ``DEVICE_CHUNK_ELEMENTS``.
+
+    ``per_thread=False``: the CPU budget of one thread whatever torch's thread count, for an op whose
+    results depend on where the chunks start (CKAN's attention quantizes each chunk on its own), so that
+    they do not change with the thread count.
+    """
+    if like.dtype not in _CHUNKED_DTYPES:
+        return [None]
+    if like.device.type == "cpu":
+        budget = CPU_CHUNK_ELEMENTS_PER_THREAD * (torch.get_num_threads() if per_thread else 1)
     elif DEVICE_CHUNK_ELEMENTS is not None:
         budget = DEVICE_CHUNK_ELEMENTS
     else:

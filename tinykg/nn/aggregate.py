@@ -156,11 +156,12 @@ def gather_reductions(
     """
     lead, k, d = index.shape[:-1], index.shape[-1], source.shape[-1]
     weights = weights if summed else None
-    parts = row_chunks(lead.numel(), k * d, source.device)
+    parts = row_chunks(lead.numel(), k * d, source)
     if len(parts) > 1:  # chunks of the flattened leading rows B'; one piece keeps the shapes (no views)
         index = index.reshape(lead.numel(), k)  # (B', K)
-        weights = weights.reshape(lead.numel(), k) if weights is not None else None
-        g = g.reshape(lead.numel(), d) if g is not None else None
+        # weights and g may broadcast against the index's rows (a (K,) weight vector): expanded first
+        weights = weights.expand(*lead, k).reshape(lead.numel(), k) if weights is not None else None
+        g = g.expand(*lead, d).reshape(lead.numel(), d) if g is not None else None
     sums, dots = [], []
     for part in parts:
         # F.embedding (index_select) rather than source[index]: advanced indexing measured 7x slower on CPU.
@@ -184,12 +185,13 @@ def add_gather_grad(grad_source: torch.Tensor, g: torch.Tensor, index: torch.Ten
     ``sum_k weights[..., k] * source[index[..., k]]`` given ``g`` (*, D), the gradient of that sum.
     index: (*, K) int64; weights: (*, K) or None (all ones); grad_source: (N, D). The (*, K, D) per-edge
     gradient is formed in chunks on the CPU (`tinykg.nn._chunks`)."""
-    rows_total, k, d = index.shape[:-1].numel(), index.shape[-1], g.shape[-1]
+    lead, k, d = index.shape[:-1], index.shape[-1], g.shape[-1]
     weights = as_dtype(weights, g.dtype) if weights is not None else None
-    parts = row_chunks(rows_total, k * d, g.device)
-    if len(parts) > 1:  # chunks of the flattened leading rows B'
-        index, g = index.reshape(rows_total, k), g.reshape(rows_total, d)  # (B', K), (B', D)
-        weights = weights.reshape(rows_total, k) if weights is not None else None
+    parts = row_chunks(lead.numel(), k * d, g)
+    if len(parts) > 1:  # chunks of the flattened leading rows B' (weights and g expanded where they broadcast)
+        index = index.reshape(lead.numel(), k)  # (B', K)
+        g = g.expand(*lead, d).reshape(lead.numel(), d)  # (B', D)
+        weights = weights.expand(*lead, k).reshape(lead.numel(), k) if weights is not None else None
     for part in parts:
         rows = rows_of(index, part)
         per_edge = rows_of(g, part).unsqueeze(-2).expand(*rows.shape, d)  # (*, K, D) or a chunk of (B', K, D)

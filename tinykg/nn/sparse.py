@@ -47,7 +47,7 @@ def _edge_sum(target_index, source_index, edge_weight, x, num_targets) -> torch.
     the (E, D) messages formed in chunks of edges on the CPU (`tinykg.nn._chunks`) and freed at once."""
     targets, sources = gather_index(target_index), gather_index(source_index)
     out = x.new_zeros(num_targets, x.shape[1])
-    for part in row_chunks(sources.shape[0], x.shape[1], x.device):
+    for part in row_chunks(sources.shape[0], x.shape[1], x):
         messages = x.index_select(0, rows_of(sources, part))  # (E, D) or a chunk of it
         if edge_weight is not None:
             messages = messages * rows_of(edge_weight, part).unsqueeze(1)
@@ -83,7 +83,7 @@ class _EdgeAggregateFunction(torch.autograd.Function):
         edge_weight = as_dtype(edge_weight, dtype) if need_x and edge_weight is not None else None
         grad_w_parts = []
         grad_x = grad_out.new_zeros(ctx.num_sources, grad_out.shape[1]) if need_x else None
-        for part in row_chunks(num_edges, grad_out.shape[1], grad_out.device):
+        for part in row_chunks(num_edges, grad_out.shape[1], grad_out):
             sources = rows_of(source_index, part)
             g_edges = grad_out.index_select(0, rows_of(target_index, part))  # (E, D) or a chunk of it
             if need_w:
