@@ -106,6 +106,10 @@ class _KnowledgeAttentionFunction(torch.autograd.Function):
         w1, w2, w3 = as_dtype(w1, dtype), as_dtype(w2, dtype), as_dtype(w3, dtype)
         d = entity.shape[1]
         grads = {}  # parameter index -> gradient, summed over the chunks
+        if need[2]:
+            grads[2] = torch.zeros_like(entity)
+        if need[3]:
+            grads[3] = torch.zeros_like(relation)
 
         def add(index: int, value: torch.Tensor) -> None:
             grads[index] = value if index not in grads else grads[index].add_(value)
@@ -129,10 +133,9 @@ class _KnowledgeAttentionFunction(torch.autograd.Function):
                 del x
             rows = g1.reshape(-1, g1.shape[-1])  # (b S, d')
             if need[2]:
-                grads.setdefault(2, torch.zeros_like(entity)).index_add_(0, chunk_heads.reshape(-1), rows @ w1[:, :d])
+                grads[2].index_add_(0, chunk_heads.reshape(-1), rows @ w1[:, :d])
             if need[3]:
-                grads.setdefault(3, torch.zeros_like(relation)).index_add_(
-                    0, chunk_relations.reshape(-1), rows @ w1[:, d:])
+                grads[3].index_add_(0, chunk_relations.reshape(-1), rows @ w1[:, d:])
         return (None, None, *(grads.get(i) for i in range(2, 7)), None)
 
 
