@@ -26,9 +26,10 @@ of the entity table, never the (E, d) messages (`_RelationalMeanFunction`); the 
 `tinykg.nn.edge_aggregate` without weights (indices only), scaled by a degree buffer; intent attention,
 products, dropout and normalisation go through the compressed ops. The intent mixture a(p) keeps its
 (F, R) softmax (plain autograd); the independence loss, a scalar of the (F, R) logits with O(F R^2)
-intermediates, is differentiated in forward and keeps its (F, R) gradient: both independent of the graph. Rows that aggregate nothing in a step (node dropout) have
-their gradient cut (`_cut_zero_rows`): exact, and it keeps normalize's grad/eps spike at zero rows from
-leaking through quantized zeros.
+intermediates, is differentiated in forward and keeps its (F, R) gradient: both independent of the graph.
+Rows that aggregate nothing in a step (node dropout) have their gradient cut (`_cut_zero_rows`): exact,
+and it keeps normalize's grad/eps spike at zero rows from leaking through quantized zeros. On the CPU the
+(E, d) messages and per-edge gradients are formed in chunks of edges (`tinykg.nn._chunks`).
 
 Legend: U users, I items, N_e entities, R KG relations with inverses, E KG edges, F intents, d embedding
 dim, L hops, B batch.
