@@ -125,3 +125,38 @@ def test_half_precision_scatters_stay_in_one_piece(monkeypatch):
             chunked = edge_aggregate(target, source, None, x.to(dtype), 30)
             monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 1 << 30)
         assert torch.equal(chunked, one_piece)
+
+
+def test_block_gather_aggregate_is_gather_aggregate_of_the_block_rows_keeping_the_small_index():
+    """The same output and gradients, bit for bit, as `gather_aggregate` over ``block_rows`` (same quantizer
+    seeds); what it keeps differs by exactly the index: (*,) narrow values instead of (*, block)."""
+    from tinykg.compress import restoring_quantizer_seed, seed_quantizer
+    from tinykg.nn import block_gather_aggregate
+    from tinykg.nn.aggregate import block_rows
+    from tinykg.profile import ActivationTracker
+
+    g = torch.Generator().manual_seed(7)
+    matrices = torch.nn.Parameter(torch.randn(6 * 8, 8, generator=g))  # 6 stacked 8 x 8 matrices, as rows
+    which = torch.randint(0, 6, (32, 10), generator=g, dtype=torch.int32)
+    vectors = torch.randn(32, 10, 8, generator=g, requires_grad=True)
+    grad = torch.linspace(-1, 1, 32 * 10 * 8).view(32, 10, 8)
+    results = {}
+    for name, fn in (("block", lambda m, v: block_gather_aggregate(m, which, 8, v, CONFIG)),
+                     ("rows", lambda m, v: gather_aggregate(m, block_rows(which, 8), v, "sum", CONFIG))):
+        m, v = matrices.detach().clone().requires_grad_(), vectors.detach().clone().requires_grad_()
+        with restoring_quantizer_seed():
+            seed_quantizer(0)
+            with ActivationTracker() as tracker:
+                out = fn(m, v)
+            kept = tracker.report().total_bytes  # before backward frees it
+            out.backward(grad)
+        results[name] = (out.detach(), m.grad, v.grad, kept)
+    for a, b in zip(results["block"][:3], results["rows"][:3]):
+        assert torch.equal(a, b)
+    # uint8 block index (6 blocks) against an uint8 row index (48 rows): 32 x 10 x (8 - 1) bytes fewer
+    assert results["rows"][3] - results["block"][3] == 32 * 10 * 7
+    with pytest.raises(ValueError, match="blocks of 5"):
+        block_gather_aggregate(matrices, which, 5, vectors, CONFIG)
+    with torch.no_grad():
+        plain = block_gather_aggregate(matrices, which, 8, vectors)
+    assert torch.equal(plain, results["rows"][0])

@@ -18,8 +18,9 @@ Memory layout. The TF code gathers a (B, M, d, d) relation tensor per hop and ke
 Here the relation matrices are stored transposed, ``relation_matrix[r] = R_r^T``, so that
 * the attention logit uses R_r^T v for every relation at once, ``(B, N_r * d) = linear(v, relation_matrix)``
   (saves a quantized v), then picks row (b, r_i) with an embedding lookup (saves the narrowed index);
-* the KGE term uses R_r t = sum_k t_k relation_matrix[r, k, :], a `gather_aggregate` from the parameter
-  (saves the narrowed (B, M, d) row index and quantized t, the parameter by reference);
+* the KGE term uses R_r t = sum_k t_k relation_matrix[r, k, :], a `block_gather_aggregate` from the
+  parameter (saves the narrowed (B, M) relation index and quantized t, the parameter by reference; until
+  session 15 it kept the (B, M, d) row index, about half of what a 2-bit step kept);
 * ||h_i||^2 and ||R_{r_i}||^2 are looked up from per-row squared norms of the tables (exact, saving the
   narrowed index only).
 The plain fp32 path runs the same formulation, so the fp32 baseline already avoids the d x d gather for
@@ -42,6 +43,7 @@ from ..nn import (
     compressed_linear,
     compressed_sigmoid,
     compressed_softmax,
+    block_gather_aggregate,
     gather_aggregate,
 )
 from .base import CTR_COLUMNS, CTRModel, bce, check_batch, check_count, index_buffer, op_index, user_mask_buffer
@@ -153,12 +155,11 @@ class RippleNet(CTRModel):
         """sum_h mean_{b,i} sigmoid(h_i^T R_{r_i} t_i)."""
         config = self.active_config
         d = self.embedding_dim
-        columns = torch.arange(d, device=hops[0]["head"].device, dtype=torch.int32)
         total = 0.0
         for hop in hops:
             tail_vectors = compressed_embedding(hop["tail"], self.entity_embedding, config)  # (B, M, d)
-            rows = hop["relation"].unsqueeze(-1) * d + columns  # (B, M, d): rows of R_r^T
-            rt = gather_aggregate(self._relation_rows(), rows, tail_vectors, config=config)  # (B, M, d) = R_r t
+            # sum_k t_k relation_matrix[r, k, :] over the d rows r * d + k of R_r^T: (B, M, d) = R_r t
+            rt = block_gather_aggregate(self._relation_rows(), hop["relation"], d, tail_vectors, config)
             hrt = compressed_dot(hop["head_vectors"], rt, config)  # (B, M)
             total = total + compressed_sigmoid(hrt, config).mean()
         return total

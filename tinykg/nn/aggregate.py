@@ -108,25 +108,34 @@ def weighted_sum(
     return _WeightedSumFunction.apply(values, weights, scale, config)
 
 
+def block_rows(block_index: torch.Tensor, block: int) -> torch.Tensor:
+    """The rows ``block_index[..., None] * block + k``, k < block, of each selected block: (*,) -> (*, block),
+    int32 or int64 (narrow indices are widened first, so the products cannot overflow)."""
+    index = gather_index(block_index)
+    return index.unsqueeze(-1) * block + torch.arange(block, device=index.device, dtype=index.dtype)
+
+
 class _GatherAggregateFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, source, index, weights, scale, config):
-        # source: (N, D), index: (*, K) in [0, N), weights: (*, K) or None -> (*, D)
-        ctx.num_rows, ctx.scale, ctx.has_weights = source.shape[0], scale, weights is not None
+    def forward(ctx, source, index, weights, scale, config, block=None):
+        # source: (N, D), index: (*, K) in [0, N), weights: (*, K) or None -> (*, D); with ``block``, index is
+        # (*,) in [0, N / block) and the neighbours are its blocks' rows (`block_rows`, K = block)
+        ctx.num_rows, ctx.scale, ctx.has_weights, ctx.block = source.shape[0], scale, weights is not None, block
         need_source = weights is not None and weights.requires_grad
         save(
             ctx,
-            narrow_index(index, source.shape[0]),
+            narrow_index(index, source.shape[0] // block if block else source.shape[0]),
             maybe_quantize(source, config) if need_source else None,
             maybe_quantize(weights, config) if weights is not None and source.requires_grad else None,
         )
-        return gather_reductions(source, gather_index(index), weights, scale)[0]
+        rows = block_rows(index, block) if block else gather_index(index)
+        return gather_reductions(source, rows, weights, scale)[0]
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
         index, source, weights = load(ctx)
-        index = index.long()
+        index = block_rows(index.long(), ctx.block) if ctx.block else index.long()
         g = grad_out * ctx.scale  # (*, D)
         grad_s = grad_w = None
         if ctx.needs_input_grad[0]:
@@ -134,7 +143,7 @@ class _GatherAggregateFunction(torch.autograd.Function):
             add_gather_grad(grad_s, g, index, weights)
         if ctx.has_weights and ctx.needs_input_grad[2]:
             grad_w = gather_weights_grad(g, index, source)
-        return grad_s, None, grad_w, None, None
+        return grad_s, None, grad_w, None, None, None
 
 
 def gather_reductions(
@@ -228,6 +237,27 @@ def gather_aggregate(
             gathered = gathered * weights.unsqueeze(-1)
         return gathered.sum(-2) * scale
     return _GatherAggregateFunction.apply(source, index, weights, scale, config)
+
+
+def block_gather_aggregate(
+    source: torch.Tensor,
+    block_index: torch.Tensor,
+    block: int,
+    weights: torch.Tensor,
+    config: CompressionConfig | None = None,
+) -> torch.Tensor:
+    """``sum_k weights[..., k] * source[block_index * block + k]``, k < block: (N, D), (*,), (*, block) -> (*, D).
+
+    `gather_aggregate` over the ``block`` consecutive rows of each selected block, e.g. a vector times one
+    of several stacked matrices picked per row (RippleNet's R_r t). The same numbers as `gather_aggregate`
+    with the index `block_rows`, but only ``block_index`` is kept for backward, ``block`` times fewer index
+    bytes; the rows are rebuilt there.
+    """
+    if source.shape[0] % block:
+        raise ValueError(f"a source of {source.shape[0]} rows does not split into blocks of {block}")
+    if not compression_active(config, source, weights):
+        return gather_aggregate(source, block_rows(block_index, block), weights, "sum", None)
+    return _GatherAggregateFunction.apply(source, block_index, weights, 1.0, config, block)
 
 
 class GatherAggregate(nn.Module):
