@@ -198,7 +198,7 @@ class _ValueAndGradFunction(torch.autograd.Function):
 def _scalar_parameter_function(fn, *params: torch.Tensor, eager_grad: bool) -> torch.Tensor:
     """``fn(*params)``, a scalar of parameters only; with ``eager_grad`` its gradient is taken in forward
     and kept in place of its intermediates (same value, same gradient, one pass of each)."""
-    if not eager_grad or not torch.is_grad_enabled() or not any(p.requires_grad for p in params):
+    if not eager_grad or not needs_graph(*params):
         return fn(*params)
     return _ValueAndGradFunction.apply(fn, *params)
 

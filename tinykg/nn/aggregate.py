@@ -146,6 +146,20 @@ class _GatherAggregateFunction(torch.autograd.Function):
         return grad_s, None, grad_w, None, None, None
 
 
+def _neighbour_chunks(index, weights, g, d: int, like: torch.Tensor) -> tuple:
+    """The row chunks (`row_chunks`) of an op over ``index`` (*, K) neighbours of D = ``d`` features, with
+    ``index``, ``weights`` (*, K) and ``g`` (*, D) ready to be sliced by them: as they are for one piece (no
+    views), else flattened to the leading rows B' ((B', K), (B', K), (B', D)), ``weights`` and ``g``
+    expanded first where they broadcast against the index's rows (a (K,) weight vector)."""
+    lead, k = index.shape[:-1], index.shape[-1]
+    parts = row_chunks(lead.numel(), k * d, like)
+    if len(parts) > 1:
+        index = index.reshape(lead.numel(), k)
+        weights = weights.expand(*lead, k).reshape(lead.numel(), k) if weights is not None else None
+        g = g.expand(*lead, d).reshape(lead.numel(), d) if g is not None else None
+    return parts, index, weights, g
+
+
 def gather_reductions(
     source: torch.Tensor,
     index: torch.Tensor,
@@ -164,13 +178,7 @@ def gather_reductions(
     (`tinykg.nn._chunks`), and freed at once. index: (*, K) int32 or int64.
     """
     lead, k, d = index.shape[:-1], index.shape[-1], source.shape[-1]
-    weights = weights if summed else None
-    parts = row_chunks(lead.numel(), k * d, source)
-    if len(parts) > 1:  # chunks of the flattened leading rows B'; one piece keeps the shapes (no views)
-        index = index.reshape(lead.numel(), k)  # (B', K)
-        # weights and g may broadcast against the index's rows (a (K,) weight vector): expanded first
-        weights = weights.expand(*lead, k).reshape(lead.numel(), k) if weights is not None else None
-        g = g.expand(*lead, d).reshape(lead.numel(), d) if g is not None else None
+    parts, index, weights, g = _neighbour_chunks(index, weights if summed else None, g, d, source)
     sums, dots = [], []
     for part in parts:
         # F.embedding (index_select) rather than source[index]: advanced indexing measured 7x slower on CPU.
@@ -194,13 +202,9 @@ def add_gather_grad(grad_source: torch.Tensor, g: torch.Tensor, index: torch.Ten
     ``sum_k weights[..., k] * source[index[..., k]]`` given ``g`` (*, D), the gradient of that sum.
     index: (*, K) int64; weights: (*, K) or None (all ones); grad_source: (N, D). The (*, K, D) per-edge
     gradient is formed in chunks on the CPU (`tinykg.nn._chunks`)."""
-    lead, k, d = index.shape[:-1], index.shape[-1], g.shape[-1]
+    d = g.shape[-1]
     weights = as_dtype(weights, g.dtype) if weights is not None else None
-    parts = row_chunks(lead.numel(), k * d, g)
-    if len(parts) > 1:  # chunks of the flattened leading rows B' (weights and g expanded where they broadcast)
-        index = index.reshape(lead.numel(), k)  # (B', K)
-        g = g.expand(*lead, d).reshape(lead.numel(), d)  # (B', D)
-        weights = weights.expand(*lead, k).reshape(lead.numel(), k) if weights is not None else None
+    parts, index, weights, g = _neighbour_chunks(index, weights, g, d, g)
     for part in parts:
         rows = rows_of(index, part)
         per_edge = rows_of(g, part).unsqueeze(-2).expand(*rows.shape, d)  # (*, K, D) or a chunk of (B', K, D)
