@@ -98,15 +98,18 @@ def test_kgcn_saved_indices_are_int16_on_lastfm():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_score_head_costs_exactly_its_operands_extra_codes_at_one_bit(name):
-    """At 1 bit the score's two (B, d) operands are stored at 2 bits (head_bits=2), each once: the step
-    holds exactly one extra code bit per operand element (group and metadata layout unchanged), so
-    neither operand is also kept at 1 bit by another op (KGCN: the attention's query, the last tanh)."""
+    """At 1 bit the score's packed (B, d) operands are stored at 2 bits (head_bits=2), each once: the step
+    holds exactly one extra code bit per packed operand element (group and metadata layout unchanged), so
+    no operand is also kept at 1 bit by another op (KGCN: the attention's query, the last tanh).
+    KGCN's and KGNN-LS's user operand is a row of the user table, gathered again in backward (no codes),
+    so one operand is packed there; RippleNet and CKAN score two computed vectors."""
     settings, batch_size, _ = LASTFM_SHAPES[name]
     d = settings["embedding_dim"]
     if name == "ckan":  # the concat aggregator scores (B, (L + 1) d) vectors
         d *= settings["num_layers"] + 1
+    packed_operands = 1 if name in ("kgcn", "kgnn-ls") else 2
     one_bit = _activation_bytes(name, 1, head_bits=None)
     with_head = _activation_bytes(name, 1, head_bits=2)
-    assert with_head - one_bit == 2 * batch_size * d // 8
+    assert with_head - one_bit == packed_operands * batch_size * d // 8
     # From 2 bits on the head changes nothing.
     assert _activation_bytes(name, 2, head_bits=2) == _activation_bytes(name, 2, head_bits=None)

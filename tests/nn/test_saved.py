@@ -71,3 +71,80 @@ def test_packed_without_exact_groups_saves_three_tensors():
     y = compressed_linear(bad.requires_grad_() * 1, w, None, CFG)
     assert len(y.grad_fn.saved_tensors) == 6
     y.sum().backward()
+
+
+# --- rows of a parameter table are gathered again in backward, not packed ------------------------------
+
+from tinykg.nn import compressed_embedding  # noqa: E402
+from tinykg.profile import ActivationTracker  # noqa: E402
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _table_and_index(rows: int = 300, d: int = 32, batch: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    table = torch.nn.Parameter(torch.randn(rows, d, generator=g))
+    index = torch.randint(0, rows, (batch,), generator=g)
+    weight = torch.nn.Parameter(torch.randn(8, d, generator=g))
+    return table, index, weight
+
+
+def _weight_grad_error(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """|grad_W - exact| and the fp32 rounding bound of grad_W = g^T x (g = ones): B eps sum_b |x_b|,
+    an error of at most one rounding per product and per addition of the B terms."""
+    weight.grad = None
+    compressed_linear(x, weight, None, CFG).sum().backward()
+    exact = x.detach().double().sum(0).expand(weight.shape[0], -1)
+    bound = x.shape[0] * EPS32 * x.detach().double().abs().sum(0).expand_as(exact)
+    return (weight.grad.double() - exact).abs(), bound
+
+
+def test_gathered_rows_give_the_exact_weight_gradient():
+    table, index, weight = _table_and_index()
+    err, bound = _weight_grad_error(compressed_embedding(index, table, CFG), weight)
+    assert (err <= bound).all()
+    # The same rows as a computed activation are packed at 2 bits: far outside the rounding bound.
+    err, bound = _weight_grad_error(compressed_embedding(index, table, CFG) * 1, weight)
+    assert (err > bound).any()
+
+
+def test_gathered_rows_cost_no_bytes_beyond_the_index_the_gather_keeps():
+    table, index, weight = _table_and_index()
+    with ActivationTracker(exclude=[index]) as tracker:
+        x = compressed_embedding(index, table, CFG)  # keeps its index narrowed to int16
+        y = compressed_linear(x.view(8, 8, 32), weight, None, CFG)  # a view of the rows: gathered too
+    assert tracker.report().total_bytes == index.numel() * 2
+    saved = [t for t in y.grad_fn.saved_tensors if t.dtype == torch.int16]
+    assert len(saved) == 1 and saved[0].untyped_storage().data_ptr() == x.grad_fn.saved_tensors[0].data_ptr()
+    y.sum().backward()  # the view's rows come back in the view's shape: the weight gradient is exact
+    rows = x.detach().double()
+    bound = index.numel() * EPS32 * rows.abs().sum(0)
+    assert ((weight.grad.double() - rows.sum(0)).abs() <= bound).all()
+
+
+def test_rows_changed_in_place_are_packed_instead():
+    table, index, weight = _table_and_index()
+    x = compressed_embedding(index, table, CFG)
+    assert isinstance(_saved.maybe_quantize(x, CFG), _saved.Gathered)
+    x.mul_(2)  # no longer table[index]
+    assert isinstance(_saved.maybe_quantize(x, CFG), _saved.PackedActivation)
+    x = compressed_embedding(index, table, CFG)
+    with torch.no_grad():
+        table.add_(1)  # the table itself changed since the gather
+    assert isinstance(_saved.maybe_quantize(x, CFG), _saved.PackedActivation)
+
+
+def test_rows_of_an_activation_table_are_packed():
+    """Gathering again from an activation would keep that activation alive: only parameters qualify."""
+    table, index, _ = _table_and_index()
+    x = compressed_embedding(index, table * 1, CFG)
+    assert isinstance(_saved.maybe_quantize(x, CFG), _saved.PackedActivation)
+
+
+def test_a_table_updated_between_forward_and_backward_is_an_error():
+    table, index, weight = _table_and_index()
+    loss = compressed_linear(compressed_embedding(index, table, CFG), weight, None, CFG).sum()
+    with torch.no_grad():
+        table.add_(1)  # an optimizer step before backward: the saved rows would be stale
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

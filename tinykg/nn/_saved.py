@@ -7,6 +7,7 @@ import functools
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..compress import (
     CompressionConfig,
@@ -58,6 +59,43 @@ class BitMask:
         return scale_by_mask(self.bits, g, on, off, out=out)
 
 
+@dataclass(frozen=True)
+class Gathered:
+    """Rows of a parameter table, ``weight[index]`` viewed as ``shape``, saved by reference and gathered
+    again in backward: exact values where a packed copy would add noise, and no bytes of its own (the table
+    is held anyway; ``index`` is the very tensor the gather's own backward keeps). `load` hands back the
+    gathered tensor. Autograd's version check on ``weight`` makes an optimizer step between forward and
+    backward an error, as it is for any op that saves a weight (``nn.Linear``)."""
+
+    weight: torch.Tensor  # (N, D) parameter
+    index: torch.Tensor  # narrowed, values in [0, N)
+    shape: torch.Size  # index.shape + (D,) or a view of it with the same elements in the same order
+
+    def gather(self) -> torch.Tensor:
+        return F.embedding(gather_index(self.index), self.weight).view(self.shape)
+
+
+def mark_gathered(out: torch.Tensor, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Note on ``out`` (``F.embedding(index, weight)``, fresh) how to gather it again, so that ops saving
+    it keep a `Gathered` reference instead of a packed copy (`maybe_quantize`). Only for tables that are
+    held anyway (parameters): gathering again from an activation would keep that activation alive."""
+    if is_parameter_like(weight):
+        out._tinykg_gathered = (weight, index, weight._version, out._version)
+    return out
+
+
+def _gathered(owner: torch.Tensor, shape: torch.Size) -> Gathered | None:
+    """The `Gathered` reference behind ``owner`` when it is still the gather it was (neither it nor the
+    table changed in place since), else None."""
+    note = getattr(owner, "_tinykg_gathered", None)
+    if note is None:
+        return None
+    weight, index, weight_version, out_version = note
+    if weight._version != weight_version or owner._version != out_version:
+        return None
+    return Gathered(weight, index, shape)
+
+
 def narrow_index(index: torch.Tensor, num_rows: int) -> torch.Tensor:
     """``index`` (values in [0, num_rows)) in the narrowest integer dtype; no copy if already narrow.
 
@@ -83,8 +121,9 @@ def gather_index(index: torch.Tensor) -> torch.Tensor:
     return index if index.dtype in (torch.int32, torch.int64) else index.int()
 
 
-def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: bool = False) -> torch.Tensor | PackedActivation:
-    """Packed copy of an activation.
+def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: bool = False) -> torch.Tensor | PackedActivation | Gathered:
+    """Packed copy of an activation, or a `Gathered` reference when ``x`` is rows of a parameter table
+    (`mark_gathered`): those are gathered again, exactly, in backward.
 
     ``is_output``: ``x`` is the op's own fresh output (it has no grad_fn yet inside ``forward``).
     A packed copy may be pending (`quantize`'s ``defer_exact``): `save` resolves it, so ``x`` must not be
@@ -96,6 +135,10 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     """
     if is_parameter_like(x) or x.dtype == torch.float64 or not x.is_floating_point():  # masks, indices: as they are
         return x
+    owner = _cache_owner(x)
+    rows = _gathered(owner, x.shape)
+    if rows is not None:
+        return rows
     if not packing_saves_memory(x, config):
         return compact(x)
     if x.grad_fn is None and not is_output:
@@ -104,7 +147,6 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     # An intermediate saved by two ops (tanh's output, which the next linear saves too) is quantized
     # once: the packed copy rides on the tensor object, valid while its version counter is unchanged.
     # Intermediates are created anew by every forward pass, so no noise is reused across steps.
-    owner = _cache_owner(x)
     cached = getattr(owner, "_tinykg_packed", None)
     if cached is not None and (cached[0] is config or cached[0] == config) and cached[1] == x._version:
         packed = cached[2]
@@ -136,7 +178,7 @@ def _cache_owner(x: torch.Tensor) -> torch.Tensor:
 
 _PACKED_PARTS = 5  # codes, scale, zero_point, exact_index, exact_values
 
-Item = torch.Tensor | PackedActivation | BitMask | None
+Item = torch.Tensor | PackedActivation | BitMask | Gathered | None
 
 
 def save(ctx, *items: Item) -> None:
@@ -159,6 +201,9 @@ def save(ctx, *items: Item) -> None:
         elif isinstance(item, BitMask):
             layout.append(("mask", item.shape))
             tensors.append(item.bits)
+        elif isinstance(item, Gathered):
+            layout.append(("gathered", item.shape))
+            tensors.extend((item.weight, item.index))
         else:
             layout.append(("tensor",))
             tensors.append(item)
@@ -190,6 +235,9 @@ def load(ctx) -> list:
         elif kind == "mask":
             out.append(BitMask(tensors[pos], entry[1]))
             pos += 1
+        elif kind == "gathered":
+            out.append(Gathered(tensors[pos], tensors[pos + 1], entry[1]).gather())
+            pos += 2
         else:
             out.append(tensors[pos])
             pos += 1

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ._chunks import joined, row_chunks, rows_of
-from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, needs_graph, save
+from ._saved import as_dtype, compression_active, first_order, gather_index, load, mark_gathered, maybe_quantize, narrow_index, needs_graph, save
 
 REDUCES = ("sum", "mean")
 
@@ -26,9 +26,9 @@ class _EmbeddingFunction(torch.autograd.Function):
     # Saves one integer tensor, which the generic hook never compresses: plain save_for_backward, without
     # the per-call Python of `save` / `load` (a sampled model's small step embeds twice).
     @staticmethod
-    def forward(ctx, index, weight):
+    def forward(ctx, index, weight):  # index already narrowed (`compressed_embedding`)
         ctx.num_rows = weight.shape[0]
-        ctx.save_for_backward(narrow_index(index, weight.shape[0]))
+        ctx.save_for_backward(index)
         return F.embedding(gather_index(index), weight)
 
     @staticmethod
@@ -46,10 +46,13 @@ class _EmbeddingFunction(torch.autograd.Function):
 
 def compressed_embedding(index: torch.Tensor, weight: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
     """``weight[index]`` -> (*index.shape, D), saving only the narrowed index (F.embedding keeps int64).
-    ``index`` may be any integer dtype (uint8/int16 included)."""
+    ``index`` may be any integer dtype (uint8/int16 included). Rows of a parameter table are marked
+    (`mark_gathered`): the compressed ops that save them keep that same index and gather them again in
+    backward instead of keeping a packed copy."""
     if not compression_active(config, weight):
         return F.embedding(gather_index(index), weight)
-    return _EmbeddingFunction.apply(index, weight)
+    index = narrow_index(index, weight.shape[0])
+    return mark_gathered(_EmbeddingFunction.apply(index, weight), weight, index)
 
 
 class CompressedEmbedding(nn.Embedding):
