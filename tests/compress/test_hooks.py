@@ -1,5 +1,7 @@
 """compress_saved_tensors: what is compressed, what is left alone, and that gradients stay close."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -330,3 +332,61 @@ def test_cast_saved_tensors_rejects_non_narrow_dtypes():
     with pytest.raises(ValueError):
         with cast_saved_tensors(torch.bfloat16, min_numel=-1):
             pass
+
+
+class _TwoTower(nn.Module):
+    """A plain matrix-factorisation scorer: the score's factors are rows of parameter tables."""
+
+    def __init__(self, users: int = 50, items: int = 80, d: int = 64, max_norm: float | None = None):
+        super().__init__()
+        torch.manual_seed(0)
+        self.user = nn.Embedding(users, d, max_norm=max_norm)
+        self.item = nn.Embedding(items, d, max_norm=max_norm)
+
+    def forward(self, u, i):
+        return (self.user(u) * self.item(i)).sum(-1)
+
+
+def _two_tower_run(model: _TwoTower, context, batch: int = 256):
+    g = torch.Generator().manual_seed(1)
+    u = torch.randint(0, model.user.num_embeddings, (batch,), generator=g)
+    i = torch.randint(0, model.item.num_embeddings, (batch,), generator=g)
+    saved = []
+    with observe_saved_tensors(lambda stored, *rest: saved.append(stored)), context:
+        loss = model(u, i).square().sum()
+    kept = {t.untyped_storage().data_ptr(): t for t in saved if not isinstance(t, nn.Parameter)}
+    loss.backward()
+    return kept, [p.grad.clone() for p in model.parameters()], (u, i)
+
+
+def test_rows_of_parameter_tables_are_gathered_again_not_quantized():
+    """The product saves both looked-up rows; the hooks keep a reference to each table and the index the
+    lookup keeps anyway: no floating byte is held for them, and the gradients are those of fp32 to the
+    bit (the rows gathered again are the very values forward used)."""
+    model = _TwoTower()
+    _, fp32_grads, _ = _two_tower_run(model, contextlib.nullcontext())
+    model.zero_grad()
+    kept, grads, (u, i) = _two_tower_run(model, compress_saved_tensors(CompressionConfig(bits=2)))
+    floating = [t for t in kept.values() if t.is_floating_point() and t.numel() > 1]
+    assert [tuple(t.shape) for t in floating] == [(256,)]  # square()'s input: the (B,) scores, nothing (B, d)
+    assert {t.data_ptr() for t in kept.values() if t.dtype == torch.int64} == {u.data_ptr(), i.data_ptr()}
+    for a, b in zip(fp32_grads, grads):
+        assert torch.equal(a, b)
+
+
+def test_lookups_that_renormalise_the_table_are_quantized():
+    """``max_norm`` rewrites the table's rows in place at each lookup: its outputs are quantized as usual."""
+    model = _TwoTower(max_norm=1.0)
+    kept, _, _ = _two_tower_run(model, compress_saved_tensors(CompressionConfig(bits=2)))
+    assert any(t.dtype == torch.uint8 and t.numel() == 256 * 64 * 2 // 8 for t in kept.values())
+
+
+def test_a_table_changed_before_backward_raises_like_pytorch():
+    model = _TwoTower()
+    u = torch.arange(10)
+    with compress_saved_tensors(CompressionConfig(bits=2)):
+        loss = model(u, u).sum()
+    with torch.no_grad():
+        model.user.weight.add_(1)  # an optimizer step between forward and backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()

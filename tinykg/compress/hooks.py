@@ -40,6 +40,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from .config import CompressionConfig
+from .gathered import Gathered, gathered_rows, mark_gathered
 from .masks import pack_greater, unpack_mask
 from .packed import PackedActivation
 from .quantize import dequantize, quantize
@@ -136,9 +137,26 @@ def _policy_table() -> dict[object, str]:
 
 SAVE_POLICIES: dict[object, str] = _policy_table()
 
+# Lookups in a parameter table: their output is marked (`tinykg.compress.gathered`), so a later save of it
+# keeps a reference to the table and the index instead of a quantized copy. ``max_norm`` renormalises the
+# table's rows in place at every lookup, so such lookups are not marked.
+_LOOKUPS = frozenset({torch.nn.functional.embedding})
+
+
+def _marked_lookup(func, args, kwargs) -> torch.Tensor:
+    """``F.embedding(input, weight, padding_idx, max_norm, ...)`` run and marked (see `_LOOKUPS`)."""
+    out = func(*args, **kwargs)
+    index = args[0] if args else kwargs.get("input")
+    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+    max_norm = args[3] if len(args) > 3 else kwargs.get("max_norm")
+    if max_norm is None and isinstance(index, torch.Tensor) and isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        mark_gathered(out, weight, index)
+    return out
+
 
 class _SavePolicyMode(TorchFunctionMode):
-    """Marks the saves made while a function of `SAVE_POLICIES` runs (one dict lookup per torch call)."""
+    """Marks the saves made while a function of `SAVE_POLICIES` runs (one dict lookup per torch call), and
+    the outputs of parameter-table lookups (`_LOOKUPS`)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -147,6 +165,8 @@ class _SavePolicyMode(TorchFunctionMode):
         except TypeError:  # an unhashable callable
             policy = None
         if policy is None:
+            if func in _LOOKUPS:
+                return _marked_lookup(func, args, kwargs)
             return func(*args, **kwargs)
         token = _save_policy.set(policy)
         try:
@@ -257,8 +277,13 @@ class _SavedTensorHooks:
             and storage_key(t) not in self.excluded
         )
 
-    def pack(self, t: torch.Tensor) -> _Kept | PackedActivation | _CastActivation | _SignActivation | _SquareActivation:
+    def pack(self, t: torch.Tensor) -> _Kept | Gathered | PackedActivation | _CastActivation | _SignActivation | _SquareActivation:
         policy = _save_policy.get() if self.config is not None else None
+        if self.config is not None and not _saving_packed.get():
+            rows = gathered_rows(t)  # rows of a parameter table: exact, and no bytes beyond the lookup's index
+            if rows is not None:
+                _notify(rows.index, t)
+                return rows
         if policy == EXACT or not self.eligible(t):
             # Returning ``t`` itself would make a saved output reference its own grad_fn: a cycle that
             # keeps the whole graph alive after it is dropped. A detached alias shares the data only.
@@ -297,9 +322,11 @@ class _SavedTensorHooks:
         return packed
 
     @staticmethod
-    def unpack(obj: _Kept | PackedActivation | _CastActivation | _SignActivation | _SquareActivation) -> torch.Tensor:
+    def unpack(obj: _Kept | Gathered | PackedActivation | _CastActivation | _SignActivation | _SquareActivation) -> torch.Tensor:
         if isinstance(obj, _Kept):
             return obj.get()
+        if isinstance(obj, Gathered):
+            return obj.gather()
         if isinstance(obj, PackedActivation):
             return dequantize(obj)
         if isinstance(obj, _SquareActivation):

@@ -7,7 +7,6 @@ import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..compress import (
     CompressionConfig,
@@ -18,6 +17,8 @@ from ..compress import (
     quantize,
     saving_packed,
 )
+from ..compress.gathered import Gathered, gathered_rows, whole_base
+from ..compress.gathered import gather_index, mark_gathered  # noqa: F401  (the ops import them from here)
 from ..compress.masks import keep_bits, pack_greater, pack_mask, scale_by_mask, unpack_mask
 from ..compress.packed import narrowest_int_dtype
 from ..compress.reference import compact, packing_saves_memory
@@ -59,43 +60,6 @@ class BitMask:
         return scale_by_mask(self.bits, g, on, off, out=out)
 
 
-@dataclass(frozen=True)
-class Gathered:
-    """Rows of a parameter table, ``weight[index]`` viewed as ``shape``, saved by reference and gathered
-    again in backward: exact values where a packed copy would add noise, and no bytes of its own (the table
-    is held anyway; ``index`` is the very tensor the gather's own backward keeps). `load` hands back the
-    gathered tensor. Autograd's version check on ``weight`` makes an optimizer step between forward and
-    backward an error, as it is for any op that saves a weight (``nn.Linear``)."""
-
-    weight: torch.Tensor  # (N, D) parameter
-    index: torch.Tensor  # narrowed, values in [0, N)
-    shape: torch.Size  # index.shape + (D,) or a view of it with the same elements in the same order
-
-    def gather(self) -> torch.Tensor:
-        return F.embedding(gather_index(self.index), self.weight).view(self.shape)
-
-
-def mark_gathered(out: torch.Tensor, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Note on ``out`` (``F.embedding(index, weight)``, fresh) how to gather it again, so that ops saving
-    it keep a `Gathered` reference instead of a packed copy (`maybe_quantize`). Only for tables that are
-    held anyway (parameters): gathering again from an activation would keep that activation alive."""
-    if is_parameter_like(weight):
-        out._tinykg_gathered = (weight, index, weight._version, out._version)
-    return out
-
-
-def _gathered(owner: torch.Tensor, shape: torch.Size) -> Gathered | None:
-    """The `Gathered` reference behind ``owner`` when it is still the gather it was (neither it nor the
-    table changed in place since), else None."""
-    note = getattr(owner, "_tinykg_gathered", None)
-    if note is None:
-        return None
-    weight, index, weight_version, out_version = note
-    if weight._version != weight_version or owner._version != out_version:
-        return None
-    return Gathered(weight, index, shape)
-
-
 def narrow_index(index: torch.Tensor, num_rows: int) -> torch.Tensor:
     """``index`` (values in [0, num_rows)) in the narrowest integer dtype; no copy if already narrow.
 
@@ -112,18 +76,9 @@ def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def gather_index(index: torch.Tensor) -> torch.Tensor:
-    """``index`` in a dtype PyTorch's gather/scatter kernels accept (int32 or int64).
-
-    Narrow (uint8/int16) indices are widened to int32 only for the duration of the op, so callers can
-    hand the ops the narrow tensors they keep anyway.
-    """
-    return index if index.dtype in (torch.int32, torch.int64) else index.int()
-
-
 def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: bool = False) -> torch.Tensor | PackedActivation | Gathered:
     """Packed copy of an activation, or a `Gathered` reference when ``x`` is rows of a parameter table
-    (`mark_gathered`): those are gathered again, exactly, in backward.
+    (`tinykg.compress.gathered`): those are gathered again, exactly, in backward.
 
     ``is_output``: ``x`` is the op's own fresh output (it has no grad_fn yet inside ``forward``).
     A packed copy may be pending (`quantize`'s ``defer_exact``): `save` resolves it, so ``x`` must not be
@@ -135,8 +90,7 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     """
     if is_parameter_like(x) or x.dtype == torch.float64 or not x.is_floating_point():  # masks, indices: as they are
         return x
-    owner = _cache_owner(x)
-    rows = _gathered(owner, x.shape)
+    rows = gathered_rows(x)
     if rows is not None:
         return rows
     if not packing_saves_memory(x, config):
@@ -147,6 +101,7 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     # An intermediate saved by two ops (tanh's output, which the next linear saves too) is quantized
     # once: the packed copy rides on the tensor object, valid while its version counter is unchanged.
     # Intermediates are created anew by every forward pass, so no noise is reused across steps.
+    owner = whole_base(x)
     cached = getattr(owner, "_tinykg_packed", None)
     if cached is not None and (cached[0] is config or cached[0] == config) and cached[1] == x._version:
         packed = cached[2]
@@ -157,23 +112,6 @@ def maybe_quantize(x: torch.Tensor, config: CompressionConfig, *, is_output: boo
     packed = quantize(x, config, defer_exact=True)  # resolved by `save`
     owner._tinykg_packed = (config, x._version, packed)
     return packed
-
-
-def _cache_owner(x: torch.Tensor) -> torch.Tensor:
-    """The tensor a packed copy of ``x`` is cached on: the base of a view covering all of it in the same
-    order (so a reshaped view of a cached tensor, e.g. ``y.view(B, d)``, finds the copy; views share their
-    base's version counter), else ``x`` itself."""
-    base = x._base
-    if (
-        base is not None
-        and x.dtype == base.dtype
-        and x.numel() == base.numel()
-        and x.storage_offset() == base.storage_offset()
-        and x.is_contiguous()
-        and base.is_contiguous()
-    ):
-        return base
-    return x
 
 
 _PACKED_PARTS = 5  # codes, scale, zero_point, exact_index, exact_values
@@ -202,7 +140,7 @@ def save(ctx, *items: Item) -> None:
             layout.append(("mask", item.shape))
             tensors.append(item.bits)
         elif isinstance(item, Gathered):
-            layout.append(("gathered", item.shape))
+            layout.append(("gathered", item.shape, item.version))
             tensors.extend((item.weight, item.index))
         else:
             layout.append(("tensor",))
@@ -236,7 +174,7 @@ def load(ctx) -> list:
             out.append(BitMask(tensors[pos], entry[1]))
             pos += 1
         elif kind == "gathered":
-            out.append(Gathered(tensors[pos], tensors[pos + 1], entry[1]).gather())
+            out.append(Gathered(tensors[pos], tensors[pos + 1], entry[1], entry[2]).gather())
             pos += 2
         else:
             out.append(tensors[pos])
