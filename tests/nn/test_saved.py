@@ -148,3 +148,26 @@ def test_a_table_updated_between_forward_and_backward_is_an_error():
         table.add_(1)  # an optimizer step before backward: the saved rows would be stale
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+
+
+def test_an_index_is_narrowed_once_for_every_op_that_saves_it():
+    index = torch.randint(0, 300, (64, 8))
+    first = _saved.narrow_index(index, 300)
+    assert first.dtype == torch.int16 and torch.equal(first, index)
+    assert _saved.narrow_index(index, 300) is first  # a second op keeps the same copy
+    assert _saved.narrow_index(index, 1000) is first  # a larger table of the same dtype: the same copy
+    assert _saved.narrow_index(index, 100_000).dtype == torch.int32
+    index[0, 0] = 7  # changed in place: a fresh copy
+    again = _saved.narrow_index(index, 300)
+    assert again is not first and again[0, 0] == 7
+
+
+def test_an_index_looked_up_in_a_held_table_is_kept_as_a_reference():
+    adjacency = torch.randint(0, 300, (300, 4), dtype=torch.int16)  # a buffer: (E, K) neighbour indices
+    parent = torch.randint(0, 300, (16,), dtype=torch.int16)
+    neighbours = adjacency[parent.int()]
+    assert isinstance(_saved.keep_index(neighbours, 300), torch.Tensor)  # unmarked: narrowed as it is
+    _saved.mark_gathered(neighbours, adjacency, parent, held=True)
+    kept = _saved.keep_index(neighbours.view(-1), 300)
+    assert isinstance(kept, _saved.Gathered) and kept.index is parent
+    assert torch.equal(kept.gather(), neighbours.view(-1))

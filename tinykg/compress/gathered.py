@@ -6,6 +6,10 @@ rows for its backward (the score's dot product, a linear layer's input) can keep
 instead and gather the rows again when backward needs them. That costs no bytes and no noise, where a
 quantized copy costs ``bits`` per value and adds rounding noise.
 
+The same holds for an index that is itself a lookup in a table held anyway: KGCN's hop-h neighbours are
+``adj_entity[hop h - 1 entities]``, rows of a module buffer, so an op that saves them can keep the buffer
+and the smaller parent index instead.
+
 The lookup marks its output (`mark_gathered`); whoever saves a tensor asks `gathered_rows` whether it is
 still such a lookup: neither the output nor the table changed in place since (the version counters say),
 and the tensor is the output or a view covering all of it in order (a reshape). Both tinykg's compressed
@@ -37,7 +41,7 @@ class Gathered:
     ``version``: the table's version counter when the rows were saved; `gather` refuses a table changed
     since (an optimizer step between forward and backward), as autograd does for any saved tensor."""
 
-    weight: torch.Tensor  # (N, *row) parameter
+    weight: torch.Tensor  # (N, *row): a parameter, or a buffer of integer indices
     index: torch.Tensor  # any integer dtype, values in [0, N)
     shape: torch.Size  # index.shape + row, or a view of it with the same elements in the same order
     version: int
@@ -69,11 +73,12 @@ def whole_base(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def mark_gathered(out: torch.Tensor, weight: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Note on ``out`` (the fresh result of ``weight[index]``) how to gather it again. Only for parameter
-    tables (leaves that require grad), which are held anyway: gathering again from an activation would
-    keep that activation alive. Returns ``out``."""
-    if weight.is_leaf and weight.requires_grad:
+def mark_gathered(out: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, *, held: bool = False) -> torch.Tensor:
+    """Note on ``out`` (the fresh result of ``weight[index]``) how to gather it again. Only for tables held
+    anyway: parameters (leaves that require grad), or, with ``held=True``, a table the caller vouches for
+    (a module's buffer, such as an adjacency table of neighbour indices). Gathering again from an
+    activation would keep that activation alive. Returns ``out``."""
+    if held or (weight.is_leaf and weight.requires_grad):
         out._tinykg_gathered = (weight, index, weight._version, out._version)
     return out
 

@@ -12,6 +12,10 @@ A top-K model (`TopKModel`) ranks all items for a user:
   (the full-graph propagation for KGAT/KGIN); evaluation calls it in eval mode under ``no_grad`` and
   scores ``users @ items.T``.
 
+Memory: the BPR loss saves e_u, e_i and e_j, rows of the parameter tables, which are gathered again in
+backward (`tinykg.compress.gathered`): a compressed BPR-MF keeps its three narrowed index tensors and the
+(B,) sigmoid of the score gap, nothing quantized, and trains as fp32 does up to rounding.
+
 Legend: B batch, U users, I items, D embedding dim.
 """
 

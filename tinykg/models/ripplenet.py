@@ -17,10 +17,14 @@ d x d matrices R_r; the item embedding v is refined hop by hop ("plus_transform"
 Memory layout. The TF code gathers a (B, M, d, d) relation tensor per hop and keeps it for backward.
 Here the relation matrices are stored transposed, ``relation_matrix[r] = R_r^T``, so that
 * the attention logit uses R_r^T v for every relation at once, ``(B, N_r * d) = linear(v, relation_matrix)``
-  (saves a quantized v), then picks row (b, r_i) with an embedding lookup (saves the narrowed index);
+  (saves v: quantized, except at the first hop, where v is a row of the entity table), then picks row
+  (b, r_i) with an embedding lookup (saves the narrowed index);
 * the KGE term uses R_r t = sum_k t_k relation_matrix[r, k, :], a `block_gather_aggregate` from the
-  parameter (saves the narrowed (B, M) relation index and quantized t, the parameter by reference; until
+  parameter (saves the narrowed (B, M) relation index and t, the parameter by reference; until
   session 15 it kept the (B, M, d) row index, about half of what a 2-bit step kept);
+* rows of the entity table that ops save (the first v, every h and t) are gathered again in backward from
+  the table and the lookup's index (`tinykg.compress.gathered`): no bytes, no noise. What a 2-bit step
+  keeps is mostly the quantized (B, M, d) rows of R_r^T v;
 * ||h_i||^2 and ||R_{r_i}||^2 are looked up from per-row squared norms of the tables (exact, saving the
   narrowed index only).
 The plain fp32 path runs the same formulation, so the fp32 baseline already avoids the d x d gather for

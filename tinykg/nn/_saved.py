@@ -64,9 +64,26 @@ def narrow_index(index: torch.Tensor, num_rows: int) -> torch.Tensor:
     """``index`` (values in [0, num_rows)) in the narrowest integer dtype; no copy if already narrow.
 
     The dtype follows from ``num_rows`` rather than ``index.max()``, which would need a device sync.
+    The narrowed copy rides on ``index`` (valid while its version counter is unchanged), so that ops
+    saving the same index (RippleNet's memories, looked up by three ops each) keep one copy, not one each.
     """
     dtype = narrowest_int_dtype(max(num_rows - 1, 0))
-    return index if index.dtype == dtype else index.to(dtype)
+    if index.dtype == dtype:
+        return index
+    note = getattr(index, "_tinykg_narrowed", None)
+    if note is not None and note[0] == dtype and note[1] == index._version:
+        return note[2]
+    narrow = index.to(dtype)
+    index._tinykg_narrowed = (dtype, index._version, narrow)
+    return narrow
+
+
+def keep_index(index: torch.Tensor, num_rows: int) -> torch.Tensor | Gathered:
+    """What an op saves of an index into a table of ``num_rows`` rows: a `Gathered` reference when the
+    index is itself a lookup in a table held anyway (KGCN's neighbours, ``adj_entity[parent]``, marked
+    with `mark_gathered`), whose backward gets it back by gathering again; else the narrowed index."""
+    rows = gathered_rows(index)
+    return rows if rows is not None else narrow_index(index, num_rows)
 
 
 def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

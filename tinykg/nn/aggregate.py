@@ -12,7 +12,7 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ._chunks import joined, row_chunks, rows_of
-from ._saved import as_dtype, compression_active, first_order, gather_index, load, mark_gathered, maybe_quantize, narrow_index, needs_graph, save
+from ._saved import as_dtype, compression_active, first_order, gather_index, keep_index, load, mark_gathered, maybe_quantize, narrow_index, needs_graph, save
 
 REDUCES = ("sum", "mean")
 
@@ -127,7 +127,7 @@ class _GatherAggregateFunction(torch.autograd.Function):
         need_source = weights is not None and weights.requires_grad
         save(
             ctx,
-            narrow_index(index, source.shape[0] // block if block else source.shape[0]),
+            keep_index(index, source.shape[0] // block if block else source.shape[0]),
             maybe_quantize(source, config) if need_source else None,
             maybe_quantize(weights, config) if weights is not None and source.requires_grad else None,
         )

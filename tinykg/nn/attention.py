@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
+from ._saved import as_dtype, compression_active, first_order, gather_index, keep_index, load, maybe_quantize, save
 
 
 def _check_shapes(query: torch.Tensor, keys: torch.Tensor, index: torch.Tensor) -> None:
@@ -48,7 +48,7 @@ class _IndexedAttentionFunction(torch.autograd.Function):
         ctx.scale, ctx.num_keys = scale, keys.shape[0]
         query_saved = maybe_quantize(query, query_config) if keys.requires_grad else None
         weights = _weights(query, keys, index, scale)  # (B, M, K)
-        save(ctx, query_saved, keys, narrow_index(index, keys.shape[0]), maybe_quantize(weights, config, is_output=True))
+        save(ctx, query_saved, keys, keep_index(index, keys.shape[0]), maybe_quantize(weights, config, is_output=True))
         return weights
 
     @staticmethod
