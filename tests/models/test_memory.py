@@ -5,12 +5,12 @@ Measured ratios fp32 / 2-bit (group_size 256, fp16 metadata) at the Last.FM shap
 defaults (1,872 users, 3,846 items, 9,366 entities, 60 relations):
     KGCN       B=128,  d=16, K=8, H=1            56.5x   (project target: >= 8x)
     KGNN-LS    B=128,  d=16, K=8, H=1            41.4x
-    RippleNet  B=1024, d=16, H=2, M=32           77.9x   (87.4x at B=256: the per-batch relation
-                                                          index needs int32 above 32,767 rows)
+    RippleNet  B=1024, d=16, H=2, M=32           150.1x
     CKAN       B=2048, d=64, L=3, S_u=8, S_i=64  23.3x
 Rows of parameter tables that ops save (the user vector, RippleNet's head and tail vectors) are
-gathered again in backward and cost no bytes (`tinykg.compress.gathered`); so are KGCN's neighbour
-indices, lookups of the adjacency buffers; an index saved by several ops is narrowed once.
+gathered again in backward and cost no bytes (`tinykg.compress.gathered`); so are indices that are
+lookups of module buffers (KGCN's neighbours, RippleNet's memories); an index saved by several ops is
+narrowed once.
 The tests below use the same shapes with smaller batches where the ratio does not depend on B.
 """
 
@@ -28,7 +28,7 @@ from .factories import LASTFM, NAMES, batch, make_model
 LASTFM_SHAPES = {
     "kgcn": (dict(embedding_dim=16, num_layers=1, num_neighbors=8), 128, 50.0),
     "kgnn-ls": (dict(embedding_dim=16, num_layers=1, num_neighbors=8), 128, 38.0),
-    "ripplenet": (dict(embedding_dim=16, num_hops=2, num_memory=32), 256, 80.0),
+    "ripplenet": (dict(embedding_dim=16, num_hops=2, num_memory=32), 256, 140.0),
     "ckan": (dict(embedding_dim=64, num_layers=3, user_set_size=8, item_set_size=64), 128, 22.0),
 }
 
@@ -142,10 +142,11 @@ def test_bprmf_keeps_only_its_indices_at_any_width():
 @pytest.mark.parametrize("aggregator", ["sum", "concat"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 def test_kgcn_keeps_no_neighbour_index_it_can_gather_again(monkeypatch, aggregator, num_layers):
-    """KGCN's hop-h entities and relations are lookups of the adjacency buffers by hop h - 1's entities:
-    saved as references and gathered again in backward. Against the same step with that switched off,
-    the step keeps exactly the deepest hop's entities (B, K^H) and every hop's relations (B, K^h) fewer
-    (Last.FM: int16 entities, uint8 relations), and its gradients are the same to the bit."""
+    """KGCN's hop-h entities and relations are lookups of the adjacency buffers by hop h - 1's entities,
+    down to the item column: saved as (nested) references and gathered again in backward. Against the same
+    step with that switched off, the step keeps exactly every hop's entities and relations, (B, K^h) each
+    for h = 1..H, fewer (Last.FM: int16 entities, uint8 relations), and its gradients are the same to the
+    bit."""
     from tinykg.models import kgcn as kgcn_module
 
     batch_size, k = 64, 4
@@ -166,7 +167,36 @@ def test_kgcn_keeps_no_neighbour_index_it_can_gather_again(monkeypatch, aggregat
     plain_bytes, plain_grads, _ = run()
     entity_bytes, relation_bytes = model.adj_entity.element_size(), model.adj_relation.element_size()
     assert (entity_bytes, relation_bytes) == (2, 1)
-    expected = batch_size * k**num_layers * entity_bytes + sum(batch_size * k**h * relation_bytes for h in range(1, num_layers + 1))
+    expected = sum(batch_size * k**h * (entity_bytes + relation_bytes) for h in range(1, num_layers + 1))
     assert plain_bytes - marked_bytes == expected
     for a, b in zip(marked_grads, plain_grads):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_ripplenet_keeps_its_memory_indices_as_references(monkeypatch):
+    """RippleNet's heads, relations and tails of hop h are rows user * H + h of the memory buffers: the
+    ops that save them keep the buffer and that (B,) row index. Against the same step with the marks
+    switched off (the ops then keep each index narrowed once: int16 heads and tails, uint8 relations on
+    Last.FM), the step keeps exactly H (B, M) heads, tails and relations fewer and H (B,) int32 row
+    indices more, and its gradients are the same to the bit."""
+    from tinykg.models import ripplenet as ripplenet_module
+
+    settings, batch_size, _ = LASTFM_SHAPES["ripplenet"]
+    hops, memory = settings["num_hops"], settings["num_memory"]
+    user, item, label = batch(LASTFM["num_users"], LASTFM["num_items"], batch_size)
+
+    def run():
+        model = make_model("ripplenet", CompressionConfig(bits=2), sizes=LASTFM, **settings)
+        torch.manual_seed(1)  # the quantizer's draws
+        with ActivationTracker(model, exclude=(user, item, label)) as tracker:
+            loss = model.loss(user, item, label)
+        held = tracker.report().total_bytes
+        loss.backward()
+        return held, [p.grad for p in model.parameters()]
+
+    marked_bytes, marked_grads = run()
+    monkeypatch.setattr(ripplenet_module, "mark_gathered", lambda out, *args, **kw: out)
+    plain_bytes, plain_grads = run()
+    assert plain_bytes - marked_bytes == hops * batch_size * (memory * (2 + 2 + 1) - 4)
+    for a, b in zip(marked_grads, plain_grads):
+        assert torch.equal(a, b)

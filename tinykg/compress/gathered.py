@@ -42,7 +42,7 @@ class Gathered:
     since (an optimizer step between forward and backward), as autograd does for any saved tensor."""
 
     weight: torch.Tensor  # (N, *row): a parameter, or a buffer of integer indices
-    index: torch.Tensor  # any integer dtype, values in [0, N)
+    index: "torch.Tensor | Gathered"  # any integer dtype, values in [0, N); itself a lookup when nested
     shape: torch.Size  # index.shape + row, or a view of it with the same elements in the same order
     version: int
 
@@ -53,8 +53,26 @@ class Gathered:
                 "one of the variables needed for gradient computation has been modified by an inplace "
                 f"operation: [{w.type()} {list(w.shape)}] is at version {w._version}; expected version "
                 f"{self.version} instead (a table whose rows tinykg gathers again in backward)")
-        rows = F.embedding(gather_index(self.index), w.reshape(w.shape[0], -1))
+        index = self.index.gather() if isinstance(self.index, Gathered) else self.index
+        rows = F.embedding(gather_index(index), w.reshape(w.shape[0], -1))
         return rows.view(self.shape)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The tables, outermost lookup first, then the innermost index: what autograd must hold."""
+        inner = self.index.tensors() if isinstance(self.index, Gathered) else [self.index]
+        return [self.weight, *inner]
+
+    def layout(self) -> tuple[tuple[torch.Size, int], ...]:
+        """(shape, version) of each lookup, outermost first: with `tensors`, all `from_tensors` needs."""
+        inner = self.index.layout() if isinstance(self.index, Gathered) else ()
+        return ((self.shape, self.version), *inner)
+
+    @classmethod
+    def from_tensors(cls, tensors: list[torch.Tensor], layout: tuple[tuple[torch.Size, int], ...]) -> "Gathered":
+        index = tensors[-1]
+        for weight, (shape, version) in zip(reversed(tensors[:-1]), reversed(layout)):
+            index = cls(weight, index, shape, version)
+        return index
 
 
 def whole_base(x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +103,8 @@ def mark_gathered(out: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, 
 
 def gathered_rows(x: torch.Tensor) -> Gathered | None:
     """A `Gathered` reference for ``x`` when it is a marked lookup (or a whole view of one) that neither it
-    nor its table changed in place since, else None."""
+    nor its table changed in place since, else None. When the lookup's index is itself such a lookup
+    (RippleNet's memories, KGCN's deeper hops), the reference nests: only the innermost index is held."""
     owner = whole_base(x)
     note = getattr(owner, "_tinykg_gathered", None)
     if note is None:
@@ -93,4 +112,4 @@ def gathered_rows(x: torch.Tensor) -> Gathered | None:
     weight, index, weight_version, out_version = note
     if weight._version != weight_version or owner._version != out_version:
         return None
-    return Gathered(weight, index, x.shape, weight_version)
+    return Gathered(weight, gathered_rows(index) or index, x.shape, weight_version)

@@ -282,7 +282,7 @@ class _SavedTensorHooks:
         if self.config is not None and not _saving_packed.get():
             rows = gathered_rows(t)  # rows of a parameter table: exact, and no bytes beyond the lookup's index
             if rows is not None:
-                _notify(rows.index, t)
+                _notify(rows.tensors()[-1], t)  # the innermost index: the one tensor held for it
                 return rows
         if policy == EXACT or not self.eligible(t):
             # Returning ``t`` itself would make a saved output reference its own grad_fn: a cycle that

@@ -18,13 +18,16 @@ Memory layout. The TF code gathers a (B, M, d, d) relation tensor per hop and ke
 Here the relation matrices are stored transposed, ``relation_matrix[r] = R_r^T``, so that
 * the attention logit uses R_r^T v for every relation at once, ``(B, N_r * d) = linear(v, relation_matrix)``
   (saves v: quantized, except at the first hop, where v is a row of the entity table), then picks row
-  (b, r_i) with an embedding lookup (saves the narrowed index);
+  (b, r_i) with `batched_lookup` (saves the (B, M) relation index, not the rows b * N_r + r_i of the
+  flattened products, which need int32 from 32,768 rows on);
 * the KGE term uses R_r t = sum_k t_k relation_matrix[r, k, :], a `block_gather_aggregate` from the
   parameter (saves the narrowed (B, M) relation index and t, the parameter by reference; until
   session 15 it kept the (B, M, d) row index, about half of what a 2-bit step kept);
 * rows of the entity table that ops save (the first v, every h and t) are gathered again in backward from
-  the table and the lookup's index (`tinykg.compress.gathered`): no bytes, no noise. What a 2-bit step
-  keeps is mostly the quantized (B, M, d) rows of R_r^T v;
+  the table and the lookup's index (`tinykg.compress.gathered`): no bytes, no noise. So are the memory
+  indices themselves, rows ``user * H + hop`` of the memory buffers (`_memories`): what a step keeps of
+  them is one (B,) row index per hop. What a 2-bit step keeps is mostly the quantized (B, M, d) rows of
+  R_r^T v and of R_r t;
 * ||h_i||^2 and ||R_{r_i}||^2 are looked up from per-row squared norms of the tables (exact, saving the
   narrowed index only).
 The plain fp32 path runs the same formulation, so the fp32 baseline already avoids the d x d gather for
@@ -47,9 +50,11 @@ from ..nn import (
     compressed_linear,
     compressed_sigmoid,
     compressed_softmax,
+    batched_lookup,
     block_gather_aggregate,
     gather_aggregate,
 )
+from ..nn._saved import mark_gathered
 from .base import CTR_COLUMNS, CTRModel, bce, check_batch, check_count, index_buffer, op_index, user_mask_buffer
 
 
@@ -123,24 +128,33 @@ class RippleNet(CTRModel):
         """relation_matrix as (N_r * d, d); row r * d + k is column k of R_r (a view of the parameter)."""
         return self.relation_matrix.view(self.num_relations * self.embedding_dim, self.embedding_dim)
 
+    def _memories(self, rows: torch.Tensor, marked: bool) -> list[torch.Tensor]:
+        """Heads, relations and tails (B, M) of one hop: rows ``rows`` (B,) of the memory buffers seen as
+        (U * H, M) tables. With compression (``marked``) they keep the buffers' narrow dtypes and are marked
+        as lookups (`mark_gathered`): the ops that save them keep the buffer and ``rows`` instead, and
+        gather them again in backward (Book-Crossing: int32 entity indices, 2 x 128 KB per hop at B = 1024)."""
+        out = []
+        for buffer in (self.memories_h, self.memories_r, self.memories_t):
+            table = buffer.view(-1, self.num_memory)
+            looked = table[rows]
+            out.append(mark_gathered(looked, table, rows, held=True) if marked else op_index(looked))
+        return out
+
     def propagate(self, user_index: torch.Tensor, item_index: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         """Logits (B,) and, per hop, the memory indices and head vectors the loss terms reuse."""
         config = self.active_config
         batch, d, num_rel = item_index.shape[0], self.embedding_dim, self.num_relations
-        rows = op_index(user_index)  # int32: a uint8 index would be read as a bool mask
-        heads = op_index(self.memories_h[rows])  # (B, H, M)
-        rels = op_index(self.memories_r[rows])  # (B, H, M)
-        tails = op_index(self.memories_t[rows])  # (B, H, M)
-        row_offset = torch.arange(batch, device=item_index.device, dtype=torch.int32).view(batch, 1) * num_rel
+        # Row user * H + hop of the memories seen as (U * H, M) tables (int32: uint8 would be a bool mask).
+        memory_rows = op_index(user_index) * self.num_hops  # (B,)
 
         item_vectors = compressed_embedding(op_index(item_index), self.entity_embedding, config)  # (B, d)
         responses, hops = [], []
         for hop in range(self.num_hops):
-            h_idx, r_idx, t_idx = heads[:, hop], rels[:, hop], tails[:, hop]  # (B, M)
+            h_idx, r_idx, t_idx = self._memories(memory_rows + hop, marked=config is not None)  # (B, M)
             head_vectors = compressed_embedding(h_idx, self.entity_embedding, config)  # (B, M, d)
             # R_r^T v for every relation, then the row of each memory's relation: (B, M, d)
             rtv = compressed_linear(item_vectors, self._relation_rows(), None, config)  # (B, N_r * d)
-            rtv = compressed_embedding(row_offset + r_idx, rtv.view(batch * num_rel, d), config)  # (B, M, d)
+            rtv = batched_lookup(r_idx, rtv.view(batch, num_rel, d), config)  # (B, M, d)
             logits = compressed_dot(rtv, head_vectors, config)  # (B, M) = v^T R h
             probs = compressed_softmax(logits, -1, config)  # (B, M)
             response = gather_aggregate(self.entity_embedding, t_idx, probs, config=config)  # (B, d)

@@ -20,7 +20,8 @@ from .activation import (
 )
 from .attention import IndexedAttention, indexed_attention
 from .aggregate import (
-    CompressedEmbedding, GatherAggregate, block_gather_aggregate, compressed_embedding, gather_aggregate, weighted_sum,
+    BatchedLookup, CompressedEmbedding, GatherAggregate, batched_lookup, block_gather_aggregate, compressed_embedding,
+    gather_aggregate, weighted_sum,
 )
 from .convert import compress_
 from .elementwise import CompressedDot, CompressedMul, CompressedNormalize, compressed_dot, compressed_mul, compressed_normalize
@@ -32,7 +33,7 @@ __all__ = [
     "CompressedDropout", "CompressedLeakyReLU", "CompressedReLU", "CompressedSigmoid", "CompressedSoftmax",
     "CompressedTanh", "compressed_dropout", "compressed_leaky_relu", "compressed_relu", "compressed_sigmoid",
     "compressed_softmax", "compressed_tanh", "CompressedEmbedding", "GatherAggregate", "compressed_embedding",
-    "gather_aggregate", "block_gather_aggregate", "weighted_sum", "compress_", "CompressedDot", "CompressedMul", "compressed_dot", "CompressedNormalize", "compressed_mul",
+    "gather_aggregate", "block_gather_aggregate", "BatchedLookup", "batched_lookup", "weighted_sum", "compress_", "CompressedDot", "CompressedMul", "compressed_dot", "CompressedNormalize", "compressed_mul",
     "compressed_normalize", "CompressedLinear", "compressed_linear", "CompressedBPRLoss", "compressed_bpr_loss", "EdgeAggregate", "SparseMatmul",
     "edge_aggregate", "sparse_matmul", "IndexedAttention", "indexed_attention",
 ]

@@ -157,8 +157,9 @@ def save(ctx, *items: Item) -> None:
             layout.append(("mask", item.shape))
             tensors.append(item.bits)
         elif isinstance(item, Gathered):
-            layout.append(("gathered", item.shape, item.version))
-            tensors.extend((item.weight, item.index))
+            parts = item.tensors()
+            layout.append(("gathered", len(parts), item.layout()))
+            tensors.extend(parts)
         else:
             layout.append(("tensor",))
             tensors.append(item)
@@ -191,8 +192,8 @@ def load(ctx) -> list:
             out.append(BitMask(tensors[pos], entry[1]))
             pos += 1
         elif kind == "gathered":
-            out.append(Gathered(tensors[pos], tensors[pos + 1], entry[1], entry[2]).gather())
-            pos += 2
+            out.append(Gathered.from_tensors(tensors[pos : pos + entry[1]], entry[2]).gather())
+            pos += entry[1]
         else:
             out.append(tensors[pos])
             pos += 1

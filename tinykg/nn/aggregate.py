@@ -12,7 +12,7 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ._chunks import joined, row_chunks, rows_of
-from ._saved import as_dtype, compression_active, first_order, gather_index, keep_index, load, mark_gathered, maybe_quantize, narrow_index, needs_graph, save
+from ._saved import as_dtype, compression_active, first_order, gather_index, gathered_rows, keep_index, load, mark_gathered, maybe_quantize, narrow_index, needs_graph, save
 
 REDUCES = ("sum", "mean")
 
@@ -24,24 +24,33 @@ def _check_reduce(reduce: str) -> None:
 
 class _EmbeddingFunction(torch.autograd.Function):
     # Saves one integer tensor, which the generic hook never compresses: plain save_for_backward, without
-    # the per-call Python of `save` / `load` (a sampled model's small step embeds twice).
+    # the per-call Python of `save` / `load` (a sampled model's small step embeds twice), unless the index
+    # is itself a lookup in a held table (``kept``, RippleNet's memories), saved as that reference.
     @staticmethod
-    def forward(ctx, index, weight):  # index already narrowed (`compressed_embedding`)
-        ctx.num_rows = weight.shape[0]
-        ctx.save_for_backward(index)
+    def forward(ctx, index, weight, kept):  # index already narrowed (`compressed_embedding`)
+        ctx.num_rows, ctx.kept = weight.shape[0], kept is not None
+        if ctx.kept:
+            save(ctx, kept)
+        else:
+            ctx.save_for_backward(index)
         return F.embedding(gather_index(index), weight)
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
-        (index,) = ctx.saved_tensors
-        # index_add_, not aten's embedding_dense_backward: measured 3.3x faster on CPU for 200k rows.
-        grad_w = grad_out.new_zeros(ctx.num_rows, grad_out.shape[-1])
-        # A strided gradient (a column slice of a concatenation) sends index_add_ down a 3x slower path:
-        # (B, D) is cheap to copy.
-        rows = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
-        grad_w.index_add_(0, index.reshape(-1).long(), rows)
-        return None, grad_w
+        (index,) = load(ctx) if ctx.kept else ctx.saved_tensors
+        return None, _lookup_grad(grad_out, index, ctx.num_rows), None
+
+
+def _lookup_grad(grad_out: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """The table's gradient of ``table[rows]``: grad_out (*rows.shape, D) -> (num_rows, D)."""
+    # index_add_, not aten's embedding_dense_backward: measured 3.3x faster on CPU for 200k rows.
+    grad_w = grad_out.new_zeros(num_rows, grad_out.shape[-1])
+    # A strided gradient (a column slice of a concatenation) sends index_add_ down a 3x slower path:
+    # (B, D) is cheap to copy.
+    values = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
+    grad_w.index_add_(0, rows.reshape(-1).long(), values)
+    return grad_w
 
 
 def compressed_embedding(index: torch.Tensor, weight: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
@@ -51,8 +60,67 @@ def compressed_embedding(index: torch.Tensor, weight: torch.Tensor, config: Comp
     backward instead of keeping a packed copy."""
     if not compression_active(config, weight):
         return F.embedding(gather_index(index), weight)
-    index = narrow_index(index, weight.shape[0])
-    return mark_gathered(_EmbeddingFunction.apply(index, weight), weight, index)
+    kept = gathered_rows(index)  # the index is itself a lookup in a held table: kept as that reference
+    narrow = narrow_index(index, weight.shape[0])
+    return mark_gathered(_EmbeddingFunction.apply(narrow, weight, kept), weight, narrow if kept is None else index)
+
+
+def batch_rows(index: torch.Tensor, rows_per_batch: int) -> torch.Tensor:
+    """Rows of a (B * N, D) table for ``index`` (B, *) into each batch row's own N rows:
+    ``b * N + index[b, ...]`` (int32 while it fits, as the gather ops take it)."""
+    batch = index.shape[0]
+    dtype = torch.int32 if batch * rows_per_batch <= torch.iinfo(torch.int32).max else torch.int64
+    offsets = torch.arange(batch, device=index.device, dtype=dtype) * rows_per_batch
+    return offsets.view(batch, *([1] * (index.dim() - 1))) + gather_index(index)
+
+
+class _BatchedLookupFunction(torch.autograd.Function):
+    # Saves the per-batch index (as `keep_index` keeps it: narrowed to N, or the reference it is), never
+    # the (B, *) row index into the flattened table, which is rebuilt in backward.
+    @staticmethod
+    def forward(ctx, index, table):
+        # index (B, *) in [0, N), table (B, N, D) -> (B, *, D)
+        batch, n, d = table.shape
+        ctx.n = n
+        save(ctx, keep_index(index, n))
+        return F.embedding(batch_rows(index, n), table.reshape(batch * n, d))
+
+    @staticmethod
+    @first_order
+    def backward(ctx, grad_out):
+        (index,) = load(ctx)
+        batch, n = index.shape[0], ctx.n
+        return None, _lookup_grad(grad_out, batch_rows(index, n), batch * n).view(batch, n, -1)
+
+
+def batched_lookup(index: torch.Tensor, table: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
+    """``table[b, index[b, ...]]`` -> (*index.shape, D): a lookup in each batch row's own table, e.g.
+    RippleNet's R_r^T v picked per memory from the (B, N_r, d) products of every relation.
+
+    Args:
+        index: (B, *) integers in [0, N), any integer dtype.
+        table: (B, N, D).
+        config: compressed path when given (in training): keeps the (B, *) index narrowed to N (or as the
+            reference it is, `keep_index`) instead of the (B, *) rows of the flattened (B * N, D) table,
+            which need int32 from 32,768 rows on. None = plain PyTorch.
+    """
+    if table.dim() != 3 or index.shape[0] != table.shape[0]:
+        raise ValueError(f"batched_lookup takes a (B, N, D) table and a (B, ...) index, got {tuple(table.shape)} and {tuple(index.shape)}")
+    if not compression_active(config, table):
+        batch, n, d = table.shape
+        return F.embedding(batch_rows(index, n), table.reshape(batch * n, d))
+    return _BatchedLookupFunction.apply(index, table)
+
+
+class BatchedLookup(nn.Module):
+    """`batched_lookup` as a module (compression only in training mode)."""
+
+    def __init__(self, config: CompressionConfig | None = None):
+        super().__init__()
+        self.config = config
+
+    def forward(self, index: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return batched_lookup(index, table, self.config if self.training else None)
 
 
 class CompressedEmbedding(nn.Embedding):
