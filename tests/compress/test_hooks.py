@@ -381,12 +381,34 @@ def test_lookups_that_renormalise_the_table_are_quantized():
     assert any(t.dtype == torch.uint8 and t.numel() == 256 * 64 * 2 // 8 for t in kept.values())
 
 
-def test_a_table_changed_before_backward_raises_like_pytorch():
+def test_a_table_or_index_changed_before_backward_is_an_error_not_a_wrong_gradient():
+    """fp32 keeps a copy of the rows and would not mind; the reference cannot give them back, so it
+    refuses: an in-place change of the table or of the index, or a table whose ``.data`` was replaced."""
     model = _TwoTower()
-    u = torch.arange(10)
-    with compress_saved_tensors(CompressionConfig(bits=2)):
-        loss = model(u, u).sum()
+    config = CompressionConfig(bits=2)
+
+    def forward(u):
+        with compress_saved_tensors(config):
+            return model(u, u).sum()
+
+    loss = forward(torch.arange(10))
     with torch.no_grad():
         model.user.weight.add_(1)  # an optimizer step between forward and backward
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
+    u = torch.arange(10)
+    loss = forward(u)
+    u.add_(1)  # the index
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward(inputs=[model.item.weight])  # the lookup's own backward, which checks u, is not run
+    loss = forward(torch.arange(10))
+    model.item.weight.data = model.item.weight.data.clone()
+    with pytest.raises(RuntimeError, match="replaced"):
+        loss.backward()
+
+
+def test_lookups_under_inference_mode_are_left_alone():
+    model = _TwoTower()
+    with torch.inference_mode(), compress_saved_tensors(CompressionConfig(bits=2)):
+        scores = model(torch.arange(4), torch.arange(4))
+    assert scores.shape == (4,)

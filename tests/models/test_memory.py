@@ -9,8 +9,7 @@ defaults (1,872 users, 3,846 items, 9,366 entities, 60 relations):
     CKAN       B=2048, d=64, L=3, S_u=8, S_i=64  23.3x
 Rows of parameter tables that ops save (the user vector, RippleNet's head and tail vectors) are
 gathered again in backward and cost no bytes (`tinykg.compress.gathered`); so are indices that are
-lookups of module buffers (KGCN's neighbours, RippleNet's memories); an index saved by several ops is
-narrowed once.
+lookups of module buffers (KGCN's neighbours, RippleNet's memories).
 The tests below use the same shapes with smaller batches where the ratio does not depend on B.
 """
 
@@ -176,9 +175,9 @@ def test_kgcn_keeps_no_neighbour_index_it_can_gather_again(monkeypatch, aggregat
 def test_ripplenet_keeps_its_memory_indices_as_references(monkeypatch):
     """RippleNet's heads, relations and tails of hop h are rows user * H + h of the memory buffers: the
     ops that save them keep the buffer and that (B,) row index. Against the same step with the marks
-    switched off (the ops then keep each index narrowed once: int16 heads and tails, uint8 relations on
-    Last.FM), the step keeps exactly H (B, M) heads, tails and relations fewer and H (B,) int32 row
-    indices more, and its gradients are the same to the bit."""
+    switched off (the ops then keep each index once, in the buffers' dtypes: int16 heads and tails, uint8
+    relations on Last.FM), the step keeps exactly H (B, M) heads, tails and relations fewer and H (B,)
+    int32 row indices more, and its gradients are the same to the bit."""
     from tinykg.models import ripplenet as ripplenet_module
 
     settings, batch_size, _ = LASTFM_SHAPES["ripplenet"]
@@ -200,3 +199,15 @@ def test_ripplenet_keeps_its_memory_indices_as_references(monkeypatch):
     assert plain_bytes - marked_bytes == hops * batch_size * (memory * (2 + 2 + 1) - 4)
     for a, b in zip(marked_grads, plain_grads):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_training_mode_loss_runs_under_inference_mode(name):
+    """A validation loss computed without ``.eval()`` under ``torch.inference_mode()``: nothing is saved, so
+    nothing is marked or referenced (inference tensors have no version counter)."""
+    settings, _, _ = LASTFM_SHAPES[name]
+    model = make_model(name, CompressionConfig(bits=2), sizes=LASTFM, **settings)
+    user, item, label = batch(LASTFM["num_users"], LASTFM["num_items"], 32)
+    with torch.inference_mode():
+        loss = model.loss(user, item, label)
+    assert torch.isfinite(loss)

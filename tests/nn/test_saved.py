@@ -134,6 +134,26 @@ def test_rows_changed_in_place_are_packed_instead():
     assert isinstance(_saved.maybe_quantize(x, CFG), _saved.PackedActivation)
 
 
+def test_rows_whose_index_changed_in_place_are_packed_instead():
+    table, index, _ = _table_and_index()
+    index = index.to(torch.int16)  # already narrow: the lookup keeps this very tensor
+    x = compressed_embedding(index, table, CFG)
+    index.add_(1)  # x is no longer table[index]
+    assert isinstance(_saved.maybe_quantize(x, CFG), _saved.PackedActivation)
+
+
+def test_an_index_made_in_inference_mode_is_looked_up_and_differentiated():
+    """Inference tensors have no version counter: the lookup narrows the index into a normal tensor and
+    marks the rows with that copy (an index already narrow could not be saved for backward at all)."""
+    table, index, weight = _table_and_index()
+    with torch.inference_mode():
+        frozen_index = index.clone()
+    x = compressed_embedding(frozen_index, table, CFG)
+    assert isinstance(_saved.maybe_quantize(x, CFG), _saved.Gathered)
+    compressed_linear(x, weight, None, CFG).sum().backward()
+    assert torch.equal(table.grad.sum(1).nonzero().view(-1), index.unique())
+
+
 def test_rows_of_an_activation_table_are_packed():
     """Gathering again from an activation would keep that activation alive: only parameters qualify."""
     table, index, _ = _table_and_index()
@@ -148,18 +168,6 @@ def test_a_table_updated_between_forward_and_backward_is_an_error():
         table.add_(1)  # an optimizer step before backward: the saved rows would be stale
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
-
-
-def test_an_index_is_narrowed_once_for_every_op_that_saves_it():
-    index = torch.randint(0, 300, (64, 8))
-    first = _saved.narrow_index(index, 300)
-    assert first.dtype == torch.int16 and torch.equal(first, index)
-    assert _saved.narrow_index(index, 300) is first  # a second op keeps the same copy
-    assert _saved.narrow_index(index, 1000) is first  # a larger table of the same dtype: the same copy
-    assert _saved.narrow_index(index, 100_000).dtype == torch.int32
-    index[0, 0] = 7  # changed in place: a fresh copy
-    again = _saved.narrow_index(index, 300)
-    assert again is not first and again[0, 0] == 7
 
 
 def test_an_index_looked_up_in_a_held_table_is_kept_as_a_reference():

@@ -34,26 +34,52 @@ def gather_index(index: torch.Tensor) -> torch.Tensor:
     return index if index.dtype in (torch.int32, torch.int64) else index.int()
 
 
-@dataclass(frozen=True)
-class Gathered:
-    """``weight[index]`` viewed as ``shape``: rows of a parameter table saved by reference.
+Stamp = tuple[int, int]  # (data_ptr, version counter)
 
-    ``version``: the table's version counter when the rows were saved; `gather` refuses a table changed
-    since (an optimizer step between forward and backward), as autograd does for any saved tensor."""
+
+def _stamp(t: torch.Tensor) -> Stamp:
+    """What must not change for a saved reference to stay valid: the memory behind ``t`` (``t.data = ...``
+    swaps it without a version bump) and its version counter (every in-place op bumps it)."""
+    return (t.data_ptr(), t._version)
+
+
+def _check(t: torch.Tensor, stamp: Stamp, what: str) -> None:
+    if t.data_ptr() != stamp[0]:
+        raise RuntimeError(
+            f"tinykg: the {what} [{t.type()} {list(t.shape)}] whose rows are gathered again in backward was "
+            "replaced (its .data or storage) between forward and backward")
+    if t._version != stamp[1]:
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by an inplace "
+            f"operation: [{t.type()} {list(t.shape)}] is at version {t._version}; expected version "
+            f"{stamp[1]} instead (the {what} whose rows tinykg gathers again in backward)")
+
+
+@dataclass(frozen=True, eq=False)
+class Gathered:
+    """``weight[index]`` viewed as ``shape``: rows of a table held anyway, saved by reference.
+
+    ``weight_stamp`` / ``index_stamp``: the table's and the index's memory and version when the rows were
+    looked up (``index_stamp`` is None when the index is itself a reference, which checks its own).
+    `gather` refuses a table or index changed since. Unlike fp32, which keeps a copy of the rows, a
+    compressed step therefore cannot change its tables between forward and backward (an optimizer step
+    or an EMA write there raises). Edits through ``.data`` in place bump no version and go unseen, as
+    they do for every tensor autograd saves."""
 
     weight: torch.Tensor  # (N, *row): a parameter, or a buffer of integer indices
     index: "torch.Tensor | Gathered"  # any integer dtype, values in [0, N); itself a lookup when nested
     shape: torch.Size  # index.shape + row, or a view of it with the same elements in the same order
-    version: int
+    weight_stamp: Stamp
+    index_stamp: Stamp | None
 
     def gather(self) -> torch.Tensor:
         w = self.weight
-        if w._version != self.version:
-            raise RuntimeError(
-                "one of the variables needed for gradient computation has been modified by an inplace "
-                f"operation: [{w.type()} {list(w.shape)}] is at version {w._version}; expected version "
-                f"{self.version} instead (a table whose rows tinykg gathers again in backward)")
-        index = self.index.gather() if isinstance(self.index, Gathered) else self.index
+        _check(w, self.weight_stamp, "table")
+        if isinstance(self.index, Gathered):
+            index = self.index.gather()
+        else:
+            index = self.index
+            _check(index, self.index_stamp, "index")
         rows = F.embedding(gather_index(index), w.reshape(w.shape[0], -1))
         return rows.view(self.shape)
 
@@ -62,16 +88,17 @@ class Gathered:
         inner = self.index.tensors() if isinstance(self.index, Gathered) else [self.index]
         return [self.weight, *inner]
 
-    def layout(self) -> tuple[tuple[torch.Size, int], ...]:
-        """(shape, version) of each lookup, outermost first: with `tensors`, all `from_tensors` needs."""
+    def layout(self) -> tuple[tuple, ...]:
+        """(shape, weight_stamp, index_stamp) of each lookup, outermost first: with `tensors`, all
+        `from_tensors` needs."""
         inner = self.index.layout() if isinstance(self.index, Gathered) else ()
-        return ((self.shape, self.version), *inner)
+        return ((self.shape, self.weight_stamp, self.index_stamp), *inner)
 
     @classmethod
-    def from_tensors(cls, tensors: list[torch.Tensor], layout: tuple[tuple[torch.Size, int], ...]) -> "Gathered":
+    def from_tensors(cls, tensors: list[torch.Tensor], layout: tuple[tuple, ...]) -> "Gathered":
         index = tensors[-1]
-        for weight, (shape, version) in zip(reversed(tensors[:-1]), reversed(layout)):
-            index = cls(weight, index, shape, version)
+        for weight, (shape, weight_stamp, index_stamp) in zip(reversed(tensors[:-1]), reversed(layout)):
+            index = cls(weight, index, shape, weight_stamp, index_stamp)
         return index
 
 
@@ -95,21 +122,25 @@ def mark_gathered(out: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, 
     """Note on ``out`` (the fresh result of ``weight[index]``) how to gather it again. Only for tables held
     anyway: parameters (leaves that require grad), or, with ``held=True``, a table the caller vouches for
     (a module's buffer, such as an adjacency table of neighbour indices). Gathering again from an
-    activation would keep that activation alive. Returns ``out``."""
-    if held or (weight.is_leaf and weight.requires_grad):
-        out._tinykg_gathered = (weight, index, weight._version, out._version)
+    activation would keep that activation alive. Inference tensors (no version counter) are not marked.
+    Returns ``out``."""
+    if (held or (weight.is_leaf and weight.requires_grad)) and not (out.is_inference() or index.is_inference()):
+        out._tinykg_gathered = (weight, index, _stamp(weight), _stamp(index), out._version)
     return out
 
 
 def gathered_rows(x: torch.Tensor) -> Gathered | None:
-    """A `Gathered` reference for ``x`` when it is a marked lookup (or a whole view of one) that neither it
-    nor its table changed in place since, else None. When the lookup's index is itself such a lookup
+    """A `Gathered` reference for ``x`` when it is a marked lookup (or a whole view of one) that neither it,
+    its table nor its index changed since, else None. When the lookup's index is itself such a lookup
     (RippleNet's memories, KGCN's deeper hops), the reference nests: only the innermost index is held."""
     owner = whole_base(x)
     note = getattr(owner, "_tinykg_gathered", None)
     if note is None:
         return None
-    weight, index, weight_version, out_version = note
-    if weight._version != weight_version or owner._version != out_version:
+    weight, index, weight_stamp, index_stamp, out_version = note
+    if owner._version != out_version or _stamp(weight) != weight_stamp or _stamp(index) != index_stamp:
         return None
-    return Gathered(weight, gathered_rows(index) or index, x.shape, weight_version)
+    inner = gathered_rows(index)
+    if inner is not None:
+        return Gathered(weight, inner, x.shape, weight_stamp, None)
+    return Gathered(weight, index, x.shape, weight_stamp, index_stamp)

@@ -27,6 +27,11 @@ bench_hooks).
 Autograd does not check the version of a tensor saved through hooks; the tensors these hooks keep as
 they are (aliases of the originals) are checked here, with PyTorch's error, so that an in-place change
 after the save cannot give a silently wrong gradient.
+
+Rows looked up in a parameter table by ``F.embedding`` (``nn.Embedding``) are saved as a reference to the
+table and the index and gathered again in backward (`tinykg.compress.gathered`): exact and free. The
+reference checks the table and the index the same way, so a step cannot change them between forward and
+backward (an optimizer step there raises; fp32, which keeps a copy of the rows, would not).
 """
 
 from __future__ import annotations

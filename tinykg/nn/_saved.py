@@ -64,18 +64,9 @@ def narrow_index(index: torch.Tensor, num_rows: int) -> torch.Tensor:
     """``index`` (values in [0, num_rows)) in the narrowest integer dtype; no copy if already narrow.
 
     The dtype follows from ``num_rows`` rather than ``index.max()``, which would need a device sync.
-    The narrowed copy rides on ``index`` (valid while its version counter is unchanged), so that ops
-    saving the same index (RippleNet's memories, looked up by three ops each) keep one copy, not one each.
     """
     dtype = narrowest_int_dtype(max(num_rows - 1, 0))
-    if index.dtype == dtype:
-        return index
-    note = getattr(index, "_tinykg_narrowed", None)
-    if note is not None and note[0] == dtype and note[1] == index._version:
-        return note[2]
-    narrow = index.to(dtype)
-    index._tinykg_narrowed = (dtype, index._version, narrow)
-    return narrow
+    return index if index.dtype == dtype else index.to(dtype)
 
 
 def keep_index(index: torch.Tensor, num_rows: int) -> torch.Tensor | Gathered:
