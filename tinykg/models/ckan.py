@@ -18,9 +18,9 @@ There is no user embedding table.
 
 Memory: the element-wise max of two vectors is written b + relu(a - b), which keeps a 1-bit mask for
 backward (torch.maximum keeps both inputs). With compression the attention pi is one op
-(`_KnowledgeAttentionFunction`): it keeps the two hidden layers quantized with their 1-bit ReLU masks and
-what the compressed sigmoid keeps of pi, and gathers e_h and e_r again in backward from the parameter
-tables, so its first layer's input is neither kept nor rounded; on the CPU it runs in chunks of the batch.
+(`_KnowledgeAttentionFunction`): it keeps only the triples' head and relation indices, and in backward
+gathers e_h and e_r again from the parameter tables and recomputes the MLP, so nothing of it is rounded;
+on the CPU it runs in chunks of the batch.
 
 Legend: B batch, L layers, S triples per set (S_u for users, S_i for items), d embedding dim.
 """
@@ -28,11 +28,10 @@ Legend: B batch, L layers, S triples per set (S_u for users, S_i for items), d e
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-import torch.nn.functional as F
-
-from ..compress import CompressionConfig, PackedActivation
+from ..compress import CompressionConfig
 from ..nn import (
     compressed_dot,
     compressed_embedding,
@@ -42,8 +41,7 @@ from ..nn import (
     gather_aggregate,
 )
 from ..nn._chunks import joined, row_chunks, rows_of
-from ..nn.activation import output_activation_grad, output_activation_saved
-from ..nn._saved import BitMask, as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, save
+from ..nn._saved import as_dtype, compression_active, first_order, gather_index, keep_index, load, save
 from .base import CTRModel, check_choice, check_count, index_buffer, op_index, user_mask_buffer
 
 AGGREGATORS = ("concat", "sum", "pool")
@@ -54,14 +52,26 @@ def _attention_input(entity, relation, heads, relations) -> torch.Tensor:
     return torch.cat([F.embedding(heads, entity), F.embedding(relations, relation)], dim=-1)
 
 
-class _KnowledgeAttentionFunction(torch.autograd.Function):
-    """pi(h, r) = sigmoid(w3 relu(w2 relu(w1 [e_h || e_r]))) of (B, S) triples, one op.
+def _attention_layers(x, w1, w2, w3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention MLP on (b, S, 2d) inputs: hidden layers h1, h2 (b, S, d'), logits (b, S, 1) and the
+    score sigmoid(logits) (b, S, 1)."""
+    h1 = F.linear(x, w1).relu_()
+    h2 = F.linear(h1, w2).relu_()
+    score = torch.sigmoid(F.linear(h2, w3))
+    return h1, h2, score
 
-    Kept for backward, per chunk of the batch (one chunk off the CPU): the 1-bit masks of both ReLUs and
-    both hidden layers quantized (w2's and w3's inputs); for the sigmoid, what `compressed_sigmoid` keeps
-    (below 8 bits its output's centred square, in which its derivative is linear: unbiased). The first
-    layer's input is gathered again from the tables in backward: the unfused ops kept it quantized, (B, S, 2d)
-    values, half of what the attention kept, and w1's and the tables' gradients now see it exactly.
+
+class _KnowledgeAttentionFunction(torch.autograd.Function):
+    """pi(h, r) = sigmoid(w3 relu(w2 relu(w1 [e_h || e_r]))) of (B, S) triples, one op that keeps nothing
+    but the two index tensors: backward gathers [e_h || e_r] again from the tables and recomputes the MLP,
+    per chunk of the batch (one chunk off the CPU), so its gradients are fp32's (up to rounding).
+
+    Why recompute here: the MLP has 2d -> d' -> d' -> 1 units per triple, and what a compressed copy keeps of
+    it (both hidden layers at 2 bits, their 1-bit masks, the score's square) was 85% of a 2-bit CKAN step
+    (Last.FM: 21.2 of 24.9 MB). Recomputing costs two (b S, 2d) x (2d, d') and (b S, d') x (d', d')
+    products per backward, against quantizing and packing those layers in forward and unpacking them in
+    backward. Until session 16 the op kept them quantized (and, since session 15, gathered its input
+    again).
     """
 
     @staticmethod
@@ -71,34 +81,18 @@ class _KnowledgeAttentionFunction(torch.autograd.Function):
         batch, size = heads.shape
         wide_heads, wide_relations = gather_index(heads), gather_index(relations)
         parts = row_chunks(batch, size * w1.shape[1], entity, per_thread=False)
-        scores, kept = [], []
+        scores = []
         for part in parts:
-            hidden = F.linear(
-                _attention_input(entity, relation, rows_of(wide_heads, part), rows_of(wide_relations, part)), w1
-            )  # (b, S, d')
-            mask1 = BitMask.greater(hidden)
-            hidden1 = hidden.relu_()
-            hidden = F.linear(hidden1, w2)  # (b, S, d')
-            mask2 = BitMask.greater(hidden)
-            hidden2 = hidden.relu_()
-            scores.append(torch.sigmoid(F.linear(hidden2, w3)).squeeze(-1))  # (b, S)
-            packed = [maybe_quantize(hidden1, config, is_output=True), maybe_quantize(hidden2, config, is_output=True)]
-            if len(parts) > 1:
-                # A pending copy (Triton's) holds its fp32 source until it is resolved: resolved per chunk,
-                # or every chunk's hidden layers would stay alive until `save`.
-                packed = [p.resolve() if isinstance(p, PackedActivation) else p for p in packed]
-            kept += [mask1, packed[0], mask2, packed[1]]
-        score = joined(scores)
-        score_saved, ctx.is_square = output_activation_saved(score, "sigmoid", config)
+            x = _attention_input(entity, relation, rows_of(wide_heads, part), rows_of(wide_relations, part))
+            scores.append(_attention_layers(x, w1, w2, w3)[2].squeeze(-1))  # (b, S)
         ctx.parts = parts
-        save(ctx, narrow_index(heads, entity.shape[0]), narrow_index(relations, relation.shape[0]),
-             entity, relation, w1, w2, w3, score_saved, *kept)
-        return score
+        save(ctx, keep_index(heads, entity.shape[0]), keep_index(relations, relation.shape[0]), entity, relation, w1, w2, w3)
+        return joined(scores)
 
     @staticmethod
     @first_order
     def backward(ctx, grad_score):
-        heads, relations, entity, relation, w1, w2, w3, score, *kept = load(ctx)
+        heads, relations, entity, relation, w1, w2, w3 = load(ctx)
         need = ctx.needs_input_grad
         dtype = grad_score.dtype
         heads, relations = heads.long(), relations.long()
@@ -114,24 +108,27 @@ class _KnowledgeAttentionFunction(torch.autograd.Function):
         def add(index: int, value: torch.Tensor) -> None:
             grads[index] = value if index not in grads else grads[index].add_(value)
 
-        grad_z3 = output_activation_grad(score, grad_score, "sigmoid", ctx.is_square).unsqueeze(-1)  # (B, S, 1)
-        for i, part in enumerate(ctx.parts):
-            mask1, hidden1, mask2, hidden2 = kept[4 * i : 4 * i + 4]
-            hidden1, hidden2 = as_dtype(hidden1, dtype), as_dtype(hidden2, dtype)
-            g3 = rows_of(grad_z3, part)  # (b, S, 1)
-            if need[6]:
-                add(6, g3.reshape(-1, 1).t() @ hidden2.reshape(-1, hidden2.shape[-1]))
-            g2 = mask2.scale(g3 * w3, 1.0, 0.0)  # (b, S, d'): through w3 and the second ReLU
-            if need[5]:
-                add(5, g2.reshape(-1, g2.shape[-1]).t() @ hidden1.reshape(-1, hidden1.shape[-1]))
-            g1 = mask1.scale(g2 @ w2, 1.0, 0.0)  # (b, S, d')
-            del g2
+        def flat(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(-1, t.shape[-1])
+
+        for part in ctx.parts:
             chunk_heads, chunk_relations = rows_of(heads, part), rows_of(relations, part)
+            x = _attention_input(entity, relation, chunk_heads, chunk_relations)  # (b, S, 2d)
+            h1, h2, score = _attention_layers(x, w1, w2, w3)
+            g3 = rows_of(grad_score, part).unsqueeze(-1) * score * (1.0 - score)  # (b, S, 1): through the sigmoid
+            del score
+            if need[6]:
+                add(6, flat(g3).t() @ flat(h2))
+            g2 = (g3 * w3).mul_(h2 > 0)  # (b, S, d'): through w3 and the second ReLU
+            del g3, h2
+            if need[5]:
+                add(5, flat(g2).t() @ flat(h1))
+            g1 = (g2 @ w2).mul_(h1 > 0)  # (b, S, d')
+            del g2, h1
             if need[4]:
-                x = _attention_input(entity, relation, chunk_heads, chunk_relations)  # (b, S, 2d), exact
-                add(4, g1.reshape(-1, g1.shape[-1]).t() @ x.reshape(-1, x.shape[-1]))
-                del x
-            rows = g1.reshape(-1, g1.shape[-1])  # (b S, d')
+                add(4, flat(g1).t() @ flat(x))
+            del x
+            rows = flat(g1)  # (b S, d')
             if need[2]:
                 grads[2].index_add_(0, chunk_heads.reshape(-1), rows @ w1[:, :d])
             if need[3]:
@@ -152,7 +149,7 @@ def knowledge_attention_scores(
     """CKAN's pi(h, r) = sigmoid(w3 relu(w2 relu(w1 [e_h || e_r]))) -> (B, S) for (B, S) heads and relations.
 
     Without compression: the plain composition (the fp32 baseline). With it, one op
-    (`_KnowledgeAttentionFunction`) that keeps the hidden layers quantized and gathers its input again.
+    (`_KnowledgeAttentionFunction`) that keeps only the indices and recomputes the MLP in backward.
     """
     if not compression_active(config, entity, relation, w1, w2, w3):
         hidden = torch.cat([compressed_embedding(heads, entity), compressed_embedding(relations, relation)], dim=-1)
