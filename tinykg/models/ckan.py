@@ -41,7 +41,7 @@ from ..nn import (
     gather_aggregate,
 )
 from ..nn._chunks import joined, row_chunks, rows_of
-from ..nn._saved import as_dtype, compression_active, first_order, gather_index, keep_index, load, save
+from ..nn._saved import as_dtype, compression_active, first_order, gather_index, keep_index, load, mark_gathered, save
 from .base import CTRModel, check_choice, check_count, index_buffer, op_index, user_mask_buffer
 
 AGGREGATORS = ("concat", "sum", "pool")
@@ -249,12 +249,27 @@ class CKAN(CTRModel):
         weights = compressed_softmax(scores, -1, config)  # (B, S)
         return gather_aggregate(self.entity_embedding, tails, weights, config=config)  # (B, d)
 
-    def _layers(self, heads, relations, tails, config) -> list[torch.Tensor]:
-        # heads, relations, tails: (B, L, S) -> L vectors (B, d)
-        return [
-            self.knowledge_attention(heads[:, layer], relations[:, layer], tails[:, layer], config)
-            for layer in range(self.num_layers)
-        ]
+    def _triples(self, prefix: str, index: torch.Tensor, marked: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(heads, relations, tails), (B, S) each, of every layer's triple set of the users or items
+        ``index`` (int32 (B,)): rows ``index * L + layer`` of the ``{prefix}_*`` buffers seen as (n * L, S)
+        tables. With compression (``marked``) they keep the buffers' narrow dtypes and are marked as lookups
+        (`mark_gathered`): the ops that save them keep the buffer and that (B,) row index instead."""
+        rows = index * self.num_layers  # (B,)
+        buffers = [getattr(self, f"{prefix}_{part}") for part in ("heads", "relations", "tails")]
+        out = []
+        for layer in range(self.num_layers):
+            layer_rows = rows + layer
+            triple = []
+            for buffer in buffers:
+                table = buffer.view(-1, buffer.shape[-1])
+                looked = table[layer_rows]
+                triple.append(mark_gathered(looked, table, layer_rows, held=True) if marked else op_index(looked))
+            out.append(tuple(triple))
+        return out
+
+    def _layers(self, triples, config) -> list[torch.Tensor]:
+        # triples: L (heads, relations, tails) of (B, S) -> L vectors (B, d)
+        return [self.knowledge_attention(heads, relations, tails, config) for heads, relations, tails in triples]
 
     def _combine(self, vectors: list[torch.Tensor], config) -> torch.Tensor:
         # vectors: list of (B, d) -> (B, d) or (B, len * d) for concat
@@ -268,20 +283,16 @@ class CKAN(CTRModel):
     def forward(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
         config = self.active_config
         user_index, item_index = op_index(user_index), op_index(item_index)  # a uint8 index would be a bool mask
-        user_heads = op_index(self.user_heads[user_index])  # (B, L, S_u)
-        user_relations = op_index(self.user_relations[user_index])
-        user_tails = op_index(self.user_tails[user_index])
-        item_heads = op_index(self.item_heads[item_index])  # (B, L, S_i)
-        item_relations = op_index(self.item_relations[item_index])
-        item_tails = op_index(self.item_tails[item_index])
+        user_triples = self._triples("user", user_index, marked=config is not None)  # L x 3 x (B, S_u)
+        item_triples = self._triples("item", item_index, marked=config is not None)  # L x 3 x (B, S_i)
 
         # layer 0: mean of the heads of the first layer (B, d)
-        user_vectors = [gather_aggregate(self.entity_embedding, user_heads[:, 0], reduce="mean", config=config)]
-        user_vectors += self._layers(user_heads, user_relations, user_tails, config)
+        user_vectors = [gather_aggregate(self.entity_embedding, user_triples[0][0], reduce="mean", config=config)]
+        user_vectors += self._layers(user_triples, config)
         item_vectors = [compressed_embedding(op_index(item_index), self.entity_embedding, config)]  # (B, d)
-        item_vectors += self._layers(item_heads, item_relations, item_tails, config)
+        item_vectors += self._layers(item_triples, config)
         if self.aggregator != "concat":
-            item_vectors.append(gather_aggregate(self.entity_embedding, item_heads[:, 0], reduce="mean", config=config))
+            item_vectors.append(gather_aggregate(self.entity_embedding, item_triples[0][0], reduce="mean", config=config))
         user = self._combine(user_vectors, config)
         item = self._combine(item_vectors, config)
         return compressed_dot(user, item, self.active_head_config)  # (B,)
