@@ -16,6 +16,8 @@ The tests below use the same shapes with smaller batches where the ratio does no
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -179,7 +181,7 @@ def test_ripplenet_keeps_its_memory_indices_as_references(monkeypatch):
     switched off (the ops then keep each index once, in the buffers' dtypes: int16 heads and tails, uint8
     relations on Last.FM), the step keeps exactly H (B, M) heads, tails and relations fewer and H (B,)
     int32 row indices more, and its gradients are the same to the bit."""
-    from tinykg.models import ripplenet as ripplenet_module
+    from tinykg.models import base as base_module
 
     settings, batch_size, _ = LASTFM_SHAPES["ripplenet"]
     hops, memory = settings["num_hops"], settings["num_memory"]
@@ -195,7 +197,7 @@ def test_ripplenet_keeps_its_memory_indices_as_references(monkeypatch):
         return held, [p.grad for p in model.parameters()]
 
     marked_bytes, marked_grads = run()
-    monkeypatch.setattr(ripplenet_module, "mark_gathered", lambda out, *args, **kw: out)
+    monkeypatch.setattr(base_module, "mark_gathered", lambda out, *args, **kw: out)
     plain_bytes, plain_grads = run()
     assert plain_bytes - marked_bytes == hops * batch_size * (memory * (2 + 2 + 1) - 4)
     for a, b in zip(marked_grads, plain_grads):
@@ -220,7 +222,7 @@ def test_ckan_keeps_its_triple_indices_as_references(monkeypatch):
     switched off (each index then kept once, in the buffers' dtypes: int16 entities, uint8 relations on
     Last.FM), the step keeps exactly L (B, S) heads, relations and tails fewer per side (users S_u, items
     S_i) and L (B,) int32 row indices more, and its gradients are the same to the bit."""
-    from tinykg.models import ckan as ckan_module
+    from tinykg.models import base as base_module
 
     settings, batch_size, _ = LASTFM_SHAPES["ckan"]
     layers = settings["num_layers"]
@@ -236,9 +238,66 @@ def test_ckan_keeps_its_triple_indices_as_references(monkeypatch):
         return held, [p.grad for p in model.parameters()]
 
     marked_bytes, marked_grads = run()
-    monkeypatch.setattr(ckan_module, "mark_gathered", lambda out, *args, **kw: out)
+    monkeypatch.setattr(base_module, "mark_gathered", lambda out, *args, **kw: out)
     plain_bytes, plain_grads = run()
     per_side = [layers * batch_size * (size * (2 + 1 + 2) - 4) for size in (settings["user_set_size"], settings["item_set_size"])]
     assert plain_bytes - marked_bytes == sum(per_side)
     for a, b in zip(marked_grads, plain_grads):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_references_survive_checkpointing_and_copying_hooks(name):
+    """Non-reentrant checkpointing recomputes what the ops saved, and ``save_on_cpu`` moves it: backward
+    then gets faithful copies at other addresses, which the ops' references accept (autograd checks the
+    saved tensors itself). In float64, which the compressed ops keep exactly (so a recomputed forward
+    draws no other rounding), the gradients are the plain step's to the bit."""
+    import torch.utils.checkpoint as checkpoint
+
+    user, item, label = batch(30, 40, 16)
+
+    def grads(context=None, wrap=False):
+        model = make_model(name, CompressionConfig(bits=2)).double()
+        with context or contextlib.nullcontext():
+            logits = checkpoint.checkpoint(model, user, item, use_reentrant=False) if wrap else model(user, item)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, label.double())
+        loss.backward()
+        return [p.grad for p in model.parameters() if p.grad is not None]
+
+    plain = grads()
+    copying = torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t.clone())
+    for other in (grads(wrap=True), grads(copying)):
+        assert len(other) == len(plain)
+        for a, b in zip(plain, other):
+            assert torch.equal(a, b)
+
+
+def _ckan_buffer_names():
+    return [f"{side}_{part}" for side in ("user", "item") for part in ("heads", "relations", "tails")]
+
+
+def test_ckan_trains_with_non_contiguous_or_empty_triple_sets():
+    """Buffers that cannot be seen as (n * L, S) tables without a copy are looked up directly: triple sets
+    loaded with ``assign=True`` from transposed storage, and empty item sets (concat aggregator)."""
+    user, item, label = batch(30, 40, 16)
+    for config in (None, CompressionConfig(bits=2)):
+        model = make_model("ckan", config)
+        state = model.state_dict()
+        for key in _ckan_buffer_names():
+            state[key] = state[key].transpose(1, 2).contiguous().transpose(1, 2)
+        model.load_state_dict(state, assign=True)
+        assert not model.item_heads.is_contiguous()
+        model.loss(user, item, label).backward()
+        make_model("ckan", config, item_set_size=0).loss(user, item, label).backward()
+
+
+def test_ckan_trains_with_triple_sets_made_in_inference_mode():
+    from tinykg.models import CKAN
+
+    user, item, label = batch(30, 40, 16)
+    buffers = dict(make_model("ckan").named_buffers())
+    with torch.inference_mode():
+        sets = [buffers[key].clone() for key in _ckan_buffer_names()]
+    model = CKAN(30, 40, 90, 5, *sets, embedding_dim=8, compression=CompressionConfig(bits=2))
+    model.loss(user, item, label).backward()
+    assert model.entity_embedding.grad is not None

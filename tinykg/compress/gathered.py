@@ -11,8 +11,10 @@ The same holds for an index that is itself a lookup in a table held anyway: KGCN
 and the smaller parent index instead.
 
 The lookup marks its output (`mark_gathered`); whoever saves a tensor asks `gathered_rows` whether it is
-still such a lookup: neither the output nor the table changed in place since (the version counters say),
-and the tensor is the output or a view covering all of it in order (a reshape). Both tinykg's compressed
+still such a lookup: neither the output, the table nor the index changed since (their version counters,
+and the table's and index's memory addresses, say so), and the tensor is the output or a view covering
+all of it in order (a reshape). A reference held as it is (the generic hooks) checks the table and index
+again when backward gathers; one saved through ``save_for_backward`` (the ops) leaves that to autograd. Both tinykg's compressed
 ops (`tinykg.nn`) and the generic saved-tensor hooks (`compress_saved_tensors`, which marks the outputs of
 ``F.embedding``) use it.
 """
@@ -61,7 +63,7 @@ class Gathered:
 
     ``weight_stamp`` / ``index_stamp``: the table's and the index's memory and version when the rows were
     looked up (``index_stamp`` is None when the index is itself a reference, which checks its own).
-    `gather` refuses a table or index changed since. Unlike fp32, which keeps a copy of the rows, a
+    `gather` refuses a table or index changed since (unless autograd checks them: ``check=False``). Unlike fp32, which keeps a copy of the rows, a
     compressed step therefore cannot change its tables between forward and backward (an optimizer step
     or an EMA write there raises). Edits through ``.data`` in place bump no version and go unseen, as
     they do for every tensor autograd saves."""
@@ -72,14 +74,20 @@ class Gathered:
     weight_stamp: Stamp
     index_stamp: Stamp | None
 
-    def gather(self) -> torch.Tensor:
+    def gather(self, check: bool = True) -> torch.Tensor:
+        """The rows again. ``check``: compare table and index with their stamps, for a reference held as it
+        is (the generic hooks). Ops that saved the reference's tensors with ``save_for_backward`` pass
+        False: autograd checks those itself, and what it hands back may be a faithful copy at another
+        address (non-reentrant checkpointing recomputes them; ``save_on_cpu`` moves them)."""
         w = self.weight
-        _check(w, self.weight_stamp, "table")
+        if check:
+            _check(w, self.weight_stamp, "table")
         if isinstance(self.index, Gathered):
-            index = self.index.gather()
+            index = self.index.gather(check)
         else:
             index = self.index
-            _check(index, self.index_stamp, "index")
+            if check:
+                _check(index, self.index_stamp, "index")
         rows = F.embedding(gather_index(index), w.reshape(w.shape[0], -1))
         return rows.view(self.shape)
 
@@ -124,7 +132,9 @@ def mark_gathered(out: torch.Tensor, weight: torch.Tensor, index: torch.Tensor, 
     (a module's buffer, such as an adjacency table of neighbour indices). Gathering again from an
     activation would keep that activation alive. Inference tensors (no version counter) are not marked.
     Returns ``out``."""
-    if (held or (weight.is_leaf and weight.requires_grad)) and not (out.is_inference() or index.is_inference()):
+    if (held or (weight.is_leaf and weight.requires_grad)) and not (
+        out.is_inference() or index.is_inference() or weight.is_inference()
+    ):
         out._tinykg_gathered = (weight, index, _stamp(weight), _stamp(index), out._version)
     return out
 

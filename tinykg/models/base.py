@@ -27,7 +27,7 @@ from torch import nn
 from ..compress import CompressionConfig
 from ..compress.config import ALLOWED_BITS
 from ..compress.packed import narrowest_int_dtype
-from ..nn._saved import as_dtype
+from ..nn._saved import as_dtype, mark_gathered
 
 
 def index_buffer(values, num_rows: int) -> torch.Tensor:
@@ -54,6 +54,28 @@ def user_mask_buffer(mask, num_users: int) -> torch.Tensor:
 def op_index(index: torch.Tensor) -> torch.Tensor:
     """A per-batch index as int32 for the gather ops (PyTorch rejects int16/uint8 indices)."""
     return index if index.dtype == torch.int32 else index.to(torch.int32)
+
+
+def position_rows(buffers, index: torch.Tensor, position: int, marked: bool) -> list[torch.Tensor]:
+    """``[buffer[index, position] for buffer in buffers]``, (B, S) each, for (n, P, S) index buffers of one
+    shape (RippleNet's memories per hop, CKAN's triple sets per layer) and an int32 (B,) ``index``.
+
+    ``marked`` (compressed training): looked up as rows ``index * P + position`` (one (B,) tensor shared
+    by all buffers) of each buffer seen as an (n * P, S) table, kept in the buffer's narrow dtype and
+    marked as that lookup (`mark_gathered`), so that the ops saving them keep the buffer and that row
+    index instead. A buffer that cannot be seen as such a table without a copy (not contiguous, e.g.
+    after ``load_state_dict(..., assign=True)``, or empty) is looked up directly, unmarked. Otherwise
+    int32, as the plain ops index with it.
+    """
+    rows = index * buffers[0].shape[1] + position if marked else None  # (B,)
+    out = []
+    for buffer in buffers:
+        if marked and buffer.is_contiguous() and buffer.numel():
+            table = buffer.view(-1, buffer.shape[-1])
+            out.append(mark_gathered(table[rows], table, rows, held=True))
+        else:
+            out.append(op_index(buffer[index, position]))
+    return out
 
 
 def check_batch(names: tuple[str, ...], *columns: torch.Tensor, sizes: tuple[int, ...] | None = None) -> int:

@@ -41,8 +41,8 @@ from ..nn import (
     gather_aggregate,
 )
 from ..nn._chunks import joined, row_chunks, rows_of
-from ..nn._saved import as_dtype, compression_active, first_order, gather_index, keep_index, load, mark_gathered, save
-from .base import CTRModel, check_choice, check_count, index_buffer, op_index, user_mask_buffer
+from ..nn._saved import as_dtype, compression_active, first_order, gather_index, keep_index, load, save
+from .base import CTRModel, check_choice, check_count, index_buffer, op_index, position_rows, user_mask_buffer
 
 AGGREGATORS = ("concat", "sum", "pool")
 
@@ -52,9 +52,8 @@ def _attention_input(entity, relation, heads, relations) -> torch.Tensor:
     return torch.cat([F.embedding(heads, entity), F.embedding(relations, relation)], dim=-1)
 
 
-def _attention_layers(x, w1, w2, w3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The attention MLP on (b, S, 2d) inputs: hidden layers h1, h2 (b, S, d'), logits (b, S, 1) and the
-    score sigmoid(logits) (b, S, 1)."""
+def _attention_layers(x, w1, w2, w3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The attention MLP on (b, S, 2d) inputs: hidden layers h1, h2 (b, S, d') and the score (b, S, 1)."""
     h1 = F.linear(x, w1).relu_()
     h2 = F.linear(h1, w2).relu_()
     score = torch.sigmoid(F.linear(h2, w3))
@@ -241,7 +240,8 @@ class CKAN(CTRModel):
             nn.init.xavier_uniform_(weight)
 
     def knowledge_attention(self, heads, relations, tails, config) -> torch.Tensor:
-        """sum_j softmax_j(pi(h_j, r_j)) e_{t_j}: heads/relations/tails (B, S) int32 -> (B, d)."""
+        """sum_j softmax_j(pi(h_j, r_j)) e_{t_j}: heads/relations/tails (B, S) integers (int32, or the buffers'
+        narrow dtypes with compression) -> (B, d)."""
         w1, w2, w3 = self.attention_weights
         scores = knowledge_attention_scores(
             heads, relations, self.entity_embedding, self.relation_embedding, w1, w2, w3, config
@@ -251,21 +251,10 @@ class CKAN(CTRModel):
 
     def _triples(self, prefix: str, index: torch.Tensor, marked: bool) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(heads, relations, tails), (B, S) each, of every layer's triple set of the users or items
-        ``index`` (int32 (B,)): rows ``index * L + layer`` of the ``{prefix}_*`` buffers seen as (n * L, S)
-        tables. With compression (``marked``) they keep the buffers' narrow dtypes and are marked as lookups
-        (`mark_gathered`): the ops that save them keep the buffer and that (B,) row index instead."""
-        rows = index * self.num_layers  # (B,)
+        ``index`` (int32 (B,)), from the ``{prefix}_*`` buffers; with compression (``marked``) marked
+        lookups that the ops saving them keep as the buffer and a (B,) row index (`position_rows`)."""
         buffers = [getattr(self, f"{prefix}_{part}") for part in ("heads", "relations", "tails")]
-        out = []
-        for layer in range(self.num_layers):
-            layer_rows = rows + layer
-            triple = []
-            for buffer in buffers:
-                table = buffer.view(-1, buffer.shape[-1])
-                looked = table[layer_rows]
-                triple.append(mark_gathered(looked, table, layer_rows, held=True) if marked else op_index(looked))
-            out.append(tuple(triple))
-        return out
+        return [tuple(position_rows(buffers, index, layer, marked)) for layer in range(self.num_layers)]
 
     def _layers(self, triples, config) -> list[torch.Tensor]:
         # triples: L (heads, relations, tails) of (B, S) -> L vectors (B, d)

@@ -25,7 +25,7 @@ Here the relation matrices are stored transposed, ``relation_matrix[r] = R_r^T``
   session 15 it kept the (B, M, d) row index, about half of what a 2-bit step kept);
 * rows of the entity table that ops save (the first v, every h and t) are gathered again in backward from
   the table and the lookup's index (`tinykg.compress.gathered`): no bytes, no noise. So are the memory
-  indices themselves, rows ``user * H + hop`` of the memory buffers (`_memories`): what a step keeps of
+  indices themselves, rows ``user * H + hop`` of the memory buffers (`position_rows`): what a step keeps of
   them is one (B,) row index per hop. What a 2-bit step keeps is mostly the quantized (B, M, d) rows of
   R_r^T v and of R_r t;
 * ||h_i||^2 and ||R_{r_i}||^2 are looked up from per-row squared norms of the tables (exact, saving the
@@ -54,8 +54,7 @@ from ..nn import (
     block_gather_aggregate,
     gather_aggregate,
 )
-from ..nn._saved import mark_gathered
-from .base import CTR_COLUMNS, CTRModel, bce, check_batch, check_count, index_buffer, op_index, user_mask_buffer
+from .base import CTR_COLUMNS, CTRModel, bce, check_batch, check_count, index_buffer, op_index, position_rows, user_mask_buffer
 
 
 class RippleNet(CTRModel):
@@ -128,29 +127,19 @@ class RippleNet(CTRModel):
         """relation_matrix as (N_r * d, d); row r * d + k is column k of R_r (a view of the parameter)."""
         return self.relation_matrix.view(self.num_relations * self.embedding_dim, self.embedding_dim)
 
-    def _memories(self, rows: torch.Tensor, marked: bool) -> list[torch.Tensor]:
-        """Heads, relations and tails (B, M) of one hop: rows ``rows`` (B,) of the memory buffers seen as
-        (U * H, M) tables. With compression (``marked``) they keep the buffers' narrow dtypes and are marked
-        as lookups (`mark_gathered`): the ops that save them keep the buffer and ``rows`` instead, and
-        gather them again in backward (Book-Crossing: int32 entity indices, 2 x 128 KB per hop at B = 1024)."""
-        out = []
-        for buffer in (self.memories_h, self.memories_r, self.memories_t):
-            table = buffer.view(-1, self.num_memory)
-            looked = table[rows]
-            out.append(mark_gathered(looked, table, rows, held=True) if marked else op_index(looked))
-        return out
-
     def propagate(self, user_index: torch.Tensor, item_index: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
         """Logits (B,) and, per hop, the memory indices and head vectors the loss terms reuse."""
         config = self.active_config
         batch, d, num_rel = item_index.shape[0], self.embedding_dim, self.num_relations
-        # Row user * H + hop of the memories seen as (U * H, M) tables (int32: uint8 would be a bool mask).
-        memory_rows = op_index(user_index) * self.num_hops  # (B,)
+        users = op_index(user_index)  # int32: a uint8 index would be read as a bool mask
+        marked = config is not None
 
         item_vectors = compressed_embedding(op_index(item_index), self.entity_embedding, config)  # (B, d)
         responses, hops = [], []
         for hop in range(self.num_hops):
-            h_idx, r_idx, t_idx = self._memories(memory_rows + hop, marked=config is not None)  # (B, M)
+            # (B, M) each; with compression marked lookups of the buffers (`position_rows`), which the ops
+            # saving them keep as the buffer and a (B,) row index
+            h_idx, r_idx, t_idx = position_rows((self.memories_h, self.memories_r, self.memories_t), users, hop, marked)
             head_vectors = compressed_embedding(h_idx, self.entity_embedding, config)  # (B, M, d)
             # R_r^T v for every relation, then the row of each memory's relation: (B, M, d)
             rtv = compressed_linear(item_vectors, self._relation_rows(), None, config)  # (B, N_r * d)

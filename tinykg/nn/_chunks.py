@@ -15,8 +15,8 @@ Every chunked gather / scatter computes each output element with the same operat
 the one-piece op (row-wise products and reductions, ``index_add_`` in edge order), so in fp32 and fp64 the
 results are bit for bit the same (the tests run the ops with a tiny budget against one piece); fp16 / bf16
 tensors run in one piece (`_CHUNKED_DTYPES`). CKAN's fused attention (`tinykg.models.ckan`) also runs in
-chunks, and is not bit for bit one piece: its weight gradients are sums over the chunks, and each chunk's
-hidden layers are quantized on their own. Its chunks do not depend on the thread count.
+chunks, and is not bit for bit one piece: its weight gradients are sums over the chunks (another order of
+the same terms). Its chunks do not depend on the thread count.
 
 On other devices the ops run in one piece by default: each chunk costs the host a few launches, which the
 small steps bound by a GPU's host would feel. Chunks would lower the allocator's peak, though, which the
@@ -65,8 +65,8 @@ def row_chunks(num_rows: int, row_elements: int, like: torch.Tensor, *, per_thre
     dtypes other than fp32 / fp64, and off the CPU without a ``DEVICE_CHUNK_ELEMENTS``.
 
     ``per_thread=False``: the CPU budget of one thread whatever torch's thread count, for an op whose
-    results depend on where the chunks start (CKAN's attention quantizes each chunk on its own), so that
-    they do not change with the thread count.
+    results depend on where the chunks start (CKAN's attention sums its weight gradients chunk by chunk),
+    so that they do not change with the thread count.
     """
     if like.dtype not in _CHUNKED_DTYPES:
         return [None]

@@ -183,7 +183,7 @@ def load(ctx) -> list:
             out.append(BitMask(tensors[pos], entry[1]))
             pos += 1
         elif kind == "gathered":
-            out.append(Gathered.from_tensors(tensors[pos : pos + entry[1]], entry[2]).gather())
+            out.append(Gathered.from_tensors(tensors[pos : pos + entry[1]], entry[2]).gather(check=False))
             pos += entry[1]
         else:
             out.append(tensors[pos])
