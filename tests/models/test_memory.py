@@ -141,6 +141,29 @@ def test_bprmf_keeps_only_its_indices_at_any_width():
     assert held == [3 * batch_size * 2 + batch_size * 4] * 2
 
 
+def _with_and_without_marks(monkeypatch, module, name: str, batch_size: int, **settings):
+    """One 2-bit step of model ``name`` at the Last.FM sizes with its lookups marked as references, then
+    with ``module.mark_gathered`` switched off: (bytes held with, without), after asserting that the
+    gradients of both are the same to the bit."""
+    user, item, label = batch(LASTFM["num_users"], LASTFM["num_items"], batch_size)
+
+    def run():
+        model = make_model(name, CompressionConfig(bits=2), sizes=LASTFM, **settings)
+        torch.manual_seed(1)  # the quantizer's draws
+        with ActivationTracker(model, exclude=(user, item, label)) as tracker:
+            loss = model.loss(user, item, label)
+        held = tracker.report().total_bytes
+        loss.backward()
+        return held, [p.grad for p in model.parameters()]
+
+    marked_bytes, marked_grads = run()
+    monkeypatch.setattr(module, "mark_gathered", lambda out, *args, **kw: out)
+    plain_bytes, plain_grads = run()
+    for a, b in zip(marked_grads, plain_grads):
+        assert (a is None and b is None) or torch.equal(a, b)
+    return marked_bytes, plain_bytes
+
+
 @pytest.mark.parametrize("aggregator", ["sum", "concat"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 def test_kgcn_keeps_no_neighbour_index_it_can_gather_again(monkeypatch, aggregator, num_layers):
@@ -152,27 +175,11 @@ def test_kgcn_keeps_no_neighbour_index_it_can_gather_again(monkeypatch, aggregat
     from tinykg.models import kgcn as kgcn_module
 
     batch_size, k = 64, 4
-    user, item, label = batch(LASTFM["num_users"], LASTFM["num_items"], batch_size)
-
-    def run():
-        model = make_model("kgcn", CompressionConfig(bits=2), sizes=LASTFM, num_layers=num_layers,
-                           num_neighbors=k, aggregator=aggregator)
-        torch.manual_seed(1)  # the quantizer's draws
-        with ActivationTracker(model, exclude=(user, item, label)) as tracker:
-            loss = model.loss(user, item, label)
-        held = tracker.report().total_bytes
-        loss.backward()
-        return held, [p.grad for p in model.parameters()], model
-
-    marked_bytes, marked_grads, model = run()
-    monkeypatch.setattr(kgcn_module, "mark_gathered", lambda out, *args, **kw: out)
-    plain_bytes, plain_grads, _ = run()
-    entity_bytes, relation_bytes = model.adj_entity.element_size(), model.adj_relation.element_size()
-    assert (entity_bytes, relation_bytes) == (2, 1)
+    marked_bytes, plain_bytes = _with_and_without_marks(
+        monkeypatch, kgcn_module, "kgcn", batch_size, num_layers=num_layers, num_neighbors=k, aggregator=aggregator)
+    entity_bytes, relation_bytes = 2, 1  # Last.FM: 9,366 entities, 60 relations
     expected = sum(batch_size * k**h * (entity_bytes + relation_bytes) for h in range(1, num_layers + 1))
     assert plain_bytes - marked_bytes == expected
-    for a, b in zip(marked_grads, plain_grads):
-        assert (a is None and b is None) or torch.equal(a, b)
 
 
 def test_ripplenet_keeps_its_memory_indices_as_references(monkeypatch):
@@ -184,24 +191,8 @@ def test_ripplenet_keeps_its_memory_indices_as_references(monkeypatch):
     from tinykg.models import base as base_module
 
     settings, batch_size, _ = LASTFM_SHAPES["ripplenet"]
-    hops, memory = settings["num_hops"], settings["num_memory"]
-    user, item, label = batch(LASTFM["num_users"], LASTFM["num_items"], batch_size)
-
-    def run():
-        model = make_model("ripplenet", CompressionConfig(bits=2), sizes=LASTFM, **settings)
-        torch.manual_seed(1)  # the quantizer's draws
-        with ActivationTracker(model, exclude=(user, item, label)) as tracker:
-            loss = model.loss(user, item, label)
-        held = tracker.report().total_bytes
-        loss.backward()
-        return held, [p.grad for p in model.parameters()]
-
-    marked_bytes, marked_grads = run()
-    monkeypatch.setattr(base_module, "mark_gathered", lambda out, *args, **kw: out)
-    plain_bytes, plain_grads = run()
-    assert plain_bytes - marked_bytes == hops * batch_size * (memory * (2 + 2 + 1) - 4)
-    for a, b in zip(marked_grads, plain_grads):
-        assert torch.equal(a, b)
+    marked_bytes, plain_bytes = _with_and_without_marks(monkeypatch, base_module, "ripplenet", batch_size, **settings)
+    assert plain_bytes - marked_bytes == settings["num_hops"] * batch_size * (settings["num_memory"] * (2 + 2 + 1) - 4)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -225,25 +216,9 @@ def test_ckan_keeps_its_triple_indices_as_references(monkeypatch):
     from tinykg.models import base as base_module
 
     settings, batch_size, _ = LASTFM_SHAPES["ckan"]
-    layers = settings["num_layers"]
-    user, item, label = batch(LASTFM["num_users"], LASTFM["num_items"], batch_size)
-
-    def run():
-        model = make_model("ckan", CompressionConfig(bits=2), sizes=LASTFM, **settings)
-        torch.manual_seed(1)  # the quantizer's draws
-        with ActivationTracker(model, exclude=(user, item, label)) as tracker:
-            loss = model.loss(user, item, label)
-        held = tracker.report().total_bytes
-        loss.backward()
-        return held, [p.grad for p in model.parameters()]
-
-    marked_bytes, marked_grads = run()
-    monkeypatch.setattr(base_module, "mark_gathered", lambda out, *args, **kw: out)
-    plain_bytes, plain_grads = run()
-    per_side = [layers * batch_size * (size * (2 + 1 + 2) - 4) for size in (settings["user_set_size"], settings["item_set_size"])]
-    assert plain_bytes - marked_bytes == sum(per_side)
-    for a, b in zip(marked_grads, plain_grads):
-        assert torch.equal(a, b)
+    marked_bytes, plain_bytes = _with_and_without_marks(monkeypatch, base_module, "ckan", batch_size, **settings)
+    sizes = (settings["user_set_size"], settings["item_set_size"])
+    assert plain_bytes - marked_bytes == sum(settings["num_layers"] * batch_size * (size * (2 + 1 + 2) - 4) for size in sizes)
 
 
 @pytest.mark.parametrize("name", NAMES)
