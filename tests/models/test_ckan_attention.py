@@ -60,7 +60,8 @@ def test_fused_attention_keeps_only_its_two_index_tensors():
         kept[name] = tracker.report().total_bytes
         del out
     assert kept["fused"] == 256 * 32 * (2 + 1)
-    assert kept["unfused"] > 30 * kept["fused"]
+    # the unfused ops' 2-bit codes alone: the (B, S, 2d) input and both (B, S, d') hidden layers
+    assert kept["unfused"] >= 256 * 32 * (128 + 2 * 64) * 2 // 8
 
 
 @pytest.mark.parametrize("budget", [1 << 30, 5], ids=["one piece", "chunks of a row"])

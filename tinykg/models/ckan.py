@@ -74,7 +74,7 @@ class _KnowledgeAttentionFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, heads, relations, entity, relation, w1, w2, w3, config):
+    def forward(ctx, heads, relations, entity, relation, w1, w2, w3):
         # heads, relations: (B, S) int; entity: (N, d); relation: (R, d); w1: (d', 2d); w2: (d', d'); w3: (1, d')
         # -> (B, S)
         batch, size = heads.shape
@@ -132,7 +132,7 @@ class _KnowledgeAttentionFunction(torch.autograd.Function):
                 grads[2].index_add_(0, chunk_heads.reshape(-1), rows @ w1[:, :d])
             if need[3]:
                 grads[3].index_add_(0, chunk_relations.reshape(-1), rows @ w1[:, d:])
-        return (None, None, *(grads.get(i) for i in range(2, 7)), None)
+        return (None, None, *(grads.get(i) for i in range(2, 7)))
 
 
 def knowledge_attention_scores(
@@ -155,7 +155,7 @@ def knowledge_attention_scores(
         hidden = compressed_linear(hidden, w1, None, None, "relu")  # (B, S, d)
         hidden = compressed_linear(hidden, w2, None, None, "relu")  # (B, S, d)
         return compressed_linear(hidden, w3, None, None, "sigmoid").squeeze(-1)  # (B, S)
-    return _KnowledgeAttentionFunction.apply(heads, relations, entity, relation, w1, w2, w3, config)
+    return _KnowledgeAttentionFunction.apply(heads, relations, entity, relation, w1, w2, w3)
 
 
 class CKAN(CTRModel):
