@@ -13,22 +13,20 @@ quantization seeds drawn from the quantizer's own stream as in the training loop
 Reported: median step time of each (interleaved runs, after warm-up) and the ratio; the exact bytes held
 for backward (ActivationTracker); on CUDA, the allocator peak of one step (torch.cuda.max_memory_allocated).
 
-``--cpu-peak`` (Linux with glibc, CPU): instead of timing, the peak memory of one step on the CPU, which
-PyTorch does not count: how far the process's peak resident memory (VmHWM, reset through
-/proc/self/clear_refs) rises above its resident memory at the step's start; the median of 3 steps. glibc
-first gets a fixed 64 KiB mmap threshold (mallopt), so that every block of 64 KiB or more is mapped when
-allocated and unmapped when freed, and the resident memory follows the live tensors to within a page each
-(its default threshold moves with the sizes freed, and then the same step measured 64-92 MiB). That
-setting makes large allocations slower, so this mode times nothing.
+``--cpu-peak`` (CPU): instead of timing, the peak memory of one step on the CPU, which PyTorch does not
+count: how far the bytes held by PyTorch's CPU allocator rise above their level at the step's start
+(`tinykg.profile.peak_allocated`, which replays the allocator's events from PyTorch's profiler): the CPU's
+equivalent of ``torch.cuda.max_memory_allocated`` minus the memory allocated at the start. Exact and
+deterministic; the gradients are cleared before the step, so that none is freed inside it. The profiler
+slows the step down, so this mode times nothing. (Until session 16 this mode read the rise of the
+process's resident memory with glibc's mmap threshold fixed at 64 KiB, within a page per tensor.)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import gc
-import statistics
 import sys
 
 import torch
@@ -37,7 +35,7 @@ from bench_models import add_set_option
 from tinykg.compress import restoring_quantizer_seed, seed_quantizer
 from tinykg.data import ctr_split
 from tinykg.models import TOPK_MODELS
-from tinykg.profile import time_ratio
+from tinykg.profile import peak_allocated, time_ratio
 from tinykg.train.builders import build_ctr_model, default_group_size, hyperparameters
 from tinykg.train.loop import measure_step_activation
 from tinykg.train.run import CTR_MODELS, compression_for, dataset_key, load_or_generate
@@ -67,38 +65,11 @@ def _cuda_peak(step, device) -> int | None:
     return torch.cuda.max_memory_allocated() - base
 
 
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def _fix_mmap_threshold(size: int = 1 << 16) -> None:
-    """Map every allocation of ``size`` bytes or more on its own (and unmap it when freed): glibc only."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError as exc:
-        raise SystemExit(f"--cpu-peak needs glibc: {exc}") from None
-    if libc.mallopt(_M_MMAP_THRESHOLD, size) != 1:
-        raise SystemExit("--cpu-peak: mallopt(M_MMAP_THRESHOLD) failed")
-
-
-def _status_bytes(key: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024  # reported in kB
-    raise SystemExit(f"--cpu-peak needs Linux's /proc/self/status ({key} not found)")
-
-
-def _cpu_peak(step, repeats: int = 3) -> int:
-    """Median rise of the peak resident memory above the resident memory at the start of one ``step``."""
-    rises = []
-    for _ in range(repeats):
-        gc.collect()
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # resets VmHWM to the current resident size
-        start = _status_bytes("VmRSS:")
-        step()
-        rises.append(_status_bytes("VmHWM:") - start)
-    return int(statistics.median(rises))
+def _cpu_peak(step, model) -> int:
+    """How far the CPU allocator's bytes rise above their start during one ``step`` (gradients cleared)."""
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    return peak_allocated(step)[1]
 
 
 def _ctr_model_and_batch(model_name: str, dataset, batch_size: int | None, device: str, overrides: dict | None = None):
@@ -141,9 +112,9 @@ def measure(model_name: str, dataset, bits: int, batch_size: int | None, device:
     with restoring_quantizer_seed():
         seed_quantizer(0)
         if cpu_peak:
-            for name in ("fp32", "packed"):
-                steps[name]()  # warm: Adam's state, cached plans and adjacency exist before the measured steps
-                peaks[name] = _cpu_peak(steps[name])
+            for name, model in (("fp32", fp32), ("packed", packed)):
+                steps[name]()  # warm: Adam's state, cached plans and adjacency exist before the measured step
+                peaks[name] = _cpu_peak(steps[name], model)
         else:
             ratio, t_packed, t_fp32 = time_ratio(steps["packed"], steps["fp32"], repeats=repeats, warmup=2, device=device)
     return {
@@ -202,13 +173,11 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (also the CPU kernels' threads)")
     parser.add_argument("--cpu-peak", action="store_true",
-                        help="measure each step's peak memory on the CPU instead of its time (Linux, glibc; see above)")
+                        help="measure each step's peak memory on the CPU instead of its time (see above)")
     add_set_option(parser, "every model measured")
     args = parser.parse_args(argv)
-    if args.cpu_peak:
-        if torch.device(args.device).type != "cpu":
-            parser.error("--cpu-peak measures CPU steps: use --device cpu")
-        _fix_mmap_threshold()
+    if args.cpu_peak and torch.device(args.device).type != "cpu":
+        parser.error("--cpu-peak measures CPU steps: use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = load_or_generate(args.data, synthetic_size="toy" if args.smoke else (args.synthetic_triples or "default"))

@@ -81,3 +81,22 @@ def test_report_table_aligns_the_total_with_short_names():
     rows = ActivationReport(1_500, {"fc": 1_000, "ab": 500}).table().splitlines()
     assert rows[-1].startswith("total") and len({len(row) for row in rows}) == 1
     assert rows[0].split() == ["fc", "1,000", "B"]
+
+
+def test_peak_allocated_counts_the_allocator_bytes_exactly():
+    """The peak is the largest sum of live allocations since the call's start: two 4,000-byte tensors at
+    once, whatever was allocated before the call or freed after the peak."""
+    from tinykg.profile import peak_allocated
+
+    before = torch.empty(10_000)  # allocated before the call: not counted
+
+    def fn():
+        a = torch.empty(1000)  # 4,000 B
+        b = torch.empty(1000)  # 8,000 B live
+        del a, b
+        c = torch.empty(500)  # 2,000 B: below the peak
+        return c
+
+    out, peak = peak_allocated(fn)
+    assert out.shape == (500,) and peak == 8000
+    assert peak_allocated(before.zero_)[1] == 0  # in place: nothing allocated

@@ -134,3 +134,32 @@ def activation_bytes(fn, *args, model: nn.Module | None = None, **kwargs) -> tup
     with ActivationTracker(model) as tracker:
         out = fn(*args, **kwargs)
     return out, tracker.report()
+
+
+def peak_allocated(fn, *args, **kwargs) -> tuple[object, int]:
+    """``(fn(*args, **kwargs), peak)``: how far the bytes allocated by PyTorch's allocators rise above their
+    level at the call's start, at most, while ``fn`` runs -- on the CPU what ``torch.cuda.max_memory_allocated``
+    minus the starting allocation is on a GPU, which PyTorch does not count for the CPU.
+
+    Exact and deterministic: it replays the allocator's own events (PyTorch's profiler with
+    ``profile_memory=True``: one event per allocation and per free, with its size), not the process's
+    resident memory, which moves by pages and with the C allocator's caching. A block allocated before the
+    call and freed inside it has no known size and is not subtracted, so the count is an upper bound when
+    ``fn`` frees older tensors (clear gradients before calling it). It slows ``fn`` down: a measurement, not
+    a timing.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities, profile_memory=True) as prof:
+        out = fn(*args, **kwargs)
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    )
+    level = peak = 0
+    for _, nbytes in events:
+        level += nbytes
+        peak = max(peak, level)
+    return out, peak
