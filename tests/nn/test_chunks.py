@@ -160,3 +160,28 @@ def test_block_gather_aggregate_is_gather_aggregate_of_the_block_rows_keeping_th
     with torch.no_grad():
         plain = block_gather_aggregate(matrices, which, 8, vectors)
     assert torch.equal(plain, results["rows"][0])
+
+
+def test_row_chunks_start_at_the_multiple(monkeypatch):
+    monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 10)
+    cpu = torch.empty(0)
+    # 10 elements per chunk would be 3 rows of 3; starts at multiples of 8 instead (and a last short chunk)
+    assert [(p.start, p.stop) for p in row_chunks(25, 3, cpu, per_thread=False, multiple=8)] == [(0, 8), (8, 16), (16, 24), (24, 25)]
+    # a budget of several multiples rounds down to a multiple
+    assert [(p.start, p.stop) for p in row_chunks(25, 1, cpu, per_thread=False, multiple=4)] == [(0, 8), (8, 16), (16, 24), (24, 25)]
+
+
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_normalize_backward_in_chunks_has_the_same_bits(same_bits_in_chunks, monkeypatch, layout):
+    """Rows normalised along the last dim go in chunks, their 2-bit output dequantized a chunk at a time
+    (kept packed through backward: the size below which packed copies are loaded whole is lowered to 1
+    element, as for a large graph); along another dim the op runs in one piece. A row clamped to eps
+    takes the other branch of the gradient."""
+    from tinykg.nn import _saved, compressed_normalize
+
+    monkeypatch.setattr(_saved, "_SHARE_BELOW", 1)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(37, 12, generator=g)
+    x[3] = 1e-14
+    dim = -1 if layout == "rows" else 0
+    same_bits_in_chunks(lambda x: compressed_normalize(x * 1.0, dim, 1e-12, CONFIG), [x.requires_grad_()])

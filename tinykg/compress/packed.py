@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -154,6 +155,37 @@ class PackedActivation:
     def from_tensors(cls, tensors: tuple[torch.Tensor, ...] | list[torch.Tensor], meta: PackedMeta) -> "PackedActivation":
         codes, scale, zero_point, exact_index, exact_values = tensors
         return cls(codes, scale, zero_point, exact_index, exact_values, meta)
+
+    def row_multiple(self) -> int:
+        """Rows (along the first dim) whose elements fill whole groups and whole bytes of codes: `rows` may
+        start at any multiple of this."""
+        per_row, group = self.meta.shape[1:].numel(), self.meta.group_size
+        aligned = math.lcm(group, 8 // math.gcd(self.meta.bits, 8))  # elements: whole groups, whole bytes
+        return aligned // math.gcd(aligned, per_row) if per_row else 1
+
+    def rows(self, first: int, last: int) -> "PackedActivation":
+        """The packed copy of rows ``first:last`` (along the first dim), sharing this one's memory where the
+        groups are not kept exactly: dequantizing it gives those rows of this one's dequantized tensor.
+        ``first`` must be a multiple of `row_multiple`."""
+        self.resolve()
+        meta = self.meta
+        last = min(last, meta.shape[0])
+        per_row, group, bits = meta.shape[1:].numel(), meta.group_size, meta.bits
+        if first % self.row_multiple():
+            raise ValueError(f"rows from {first} start inside a group or byte; start at a multiple of {self.row_multiple()}")
+        start, stop = first * per_row, last * per_row
+        first_group, end_group = start // group, -(-stop // group)
+        codes = self.codes[first_group * group * bits // 8 : -(-end_group * group * bits // 8)]
+        exact_index, exact_values = self.exact_index, self.exact_values
+        if exact_index.numel():
+            inside = (exact_index.long() >= first_group) & (exact_index.long() < end_group)
+            exact_values = exact_values[inside]
+            exact_index = (exact_index.long()[inside] - first_group).to(narrowest_int_dtype(max(end_group - first_group - 1, 0)))
+        shape = torch.Size((last - first, *meta.shape[1:]))
+        return PackedActivation(
+            codes, self.scale[first_group:end_group], self.zero_point[first_group:end_group], exact_index, exact_values,
+            PackedMeta(shape, meta.dtype, bits, group),
+        )
 
     def __repr__(self) -> str:
         """One line: the tensors themselves (thousands of values) are left out."""

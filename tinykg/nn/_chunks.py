@@ -59,14 +59,17 @@ DEVICE_CHUNK_ELEMENTS = _device_budget(os.environ.get("TINYKG_DEVICE_CHUNK_ELEME
 _CHUNKED_DTYPES = (torch.float32, torch.float64)
 
 
-def row_chunks(num_rows: int, row_elements: int, like: torch.Tensor, *, per_thread: bool = True) -> list[slice | None]:
+def row_chunks(
+    num_rows: int, row_elements: int, like: torch.Tensor, *, per_thread: bool = True, multiple: int = 1
+) -> list[slice | None]:
     """Slices of ``range(num_rows)`` whose temporaries of ``row_elements`` elements per row (of ``like``'s
     device and dtype) stay within the budget; ``[None]`` (one piece, no slicing) when all rows fit, for
     dtypes other than fp32 / fp64, and off the CPU without a ``DEVICE_CHUNK_ELEMENTS``.
 
     ``per_thread=False``: the CPU budget of one thread whatever torch's thread count, for an op whose
     results depend on where the chunks start (CKAN's attention sums its weight gradients chunk by chunk),
-    so that they do not change with the thread count.
+    so that they do not change with the thread count. ``multiple``: every chunk but the last has a multiple
+    of this many rows (a bit mask over the rows is sliced at whole bytes when 8 rows are).
     """
     if like.dtype not in _CHUNKED_DTYPES:
         return [None]
@@ -77,6 +80,7 @@ def row_chunks(num_rows: int, row_elements: int, like: torch.Tensor, *, per_thre
     else:
         return [None]
     step = max(1, budget // max(row_elements, 1))
+    step = max(multiple, step - step % multiple)
     if step >= num_rows:
         return [None]
     return [slice(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]

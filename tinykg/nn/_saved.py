@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,17 @@ class BitMask:
 
     def unpack(self) -> torch.Tensor:
         return unpack_mask(self.bits, self.shape)
+
+    def rows(self, part: slice | None) -> "BitMask":
+        """The mask of rows ``part`` (along the first dim; None: all of them). The start must fall on a whole
+        byte: ``part.start * (elements per row)`` a multiple of 8."""
+        if part is None:
+            return self
+        per_row, first, last = self.shape[1:].numel(), part.start, min(part.stop, self.shape[0])
+        start, stop = first * per_row, last * per_row
+        if start % 8:
+            raise ValueError(f"rows from {first} start inside a byte of the mask ({per_row} bits per row)")
+        return BitMask(self.bits[start // 8 : (stop + 7) // 8], torch.Size((last - first, *self.shape[1:])))
 
     def scale(self, g: torch.Tensor, on: float, off: float, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """``g * on`` where the mask is set, ``g * off`` elsewhere (`tinykg.compress.masks.scale_by_mask`);
@@ -159,12 +171,15 @@ def save(ctx, *items: Item) -> None:
         ctx.save_for_backward(*tensors)
 
 
-def load(ctx) -> list:
+def load(ctx, *, packed: bool = False) -> list:
     """Items saved by `save`, packed activations dequantized; masks stay `BitMask` (apply with ``scale``).
 
     A small packed activation saved by several ops (a model's score operands, attention weights) is
     dequantized once: the loaded tensor may be shared between their backward passes, so callers never
     modify loaded tensors in place.
+
+    ``packed=True``: packed activations of `_SHARE_BELOW` elements or more stay packed, for a backward that
+    dequantizes them a few rows at a time (`loaded_rows`) instead of holding the whole fp32 copy.
     """
     tensors = list(ctx.saved_tensors)
     out: list = []
@@ -174,10 +189,10 @@ def load(ctx) -> list:
         if kind == "none":
             out.append(None)
         elif kind == "packed":
-            out.append(_load_packed(tensors[pos : pos + _PACKED_PARTS], entry[1]))
+            out.append(_load_packed(tensors[pos : pos + _PACKED_PARTS], entry[1], packed))
             pos += _PACKED_PARTS
         elif kind == "packed_dense":
-            out.append(_load_packed([*tensors[pos : pos + 3], entry[2], entry[3]], entry[1]))
+            out.append(_load_packed([*tensors[pos : pos + 3], entry[2], entry[3]], entry[1], packed))
             pos += 3
         elif kind == "mask":
             out.append(BitMask(tensors[pos], entry[1]))
@@ -199,7 +214,9 @@ def load(ctx) -> list:
 _SHARE_BELOW = 1 << 16
 
 
-def _load_packed(parts: list[torch.Tensor], meta: PackedMeta) -> torch.Tensor:
+def _load_packed(parts: list[torch.Tensor], meta: PackedMeta, keep_packed: bool = False) -> torch.Tensor | PackedActivation:
+    if keep_packed and meta.numel >= _SHARE_BELOW:  # never shared (`save` counts uses below that size only)
+        return PackedActivation.from_tensors(parts, meta)
     codes = parts[0]
     uses = getattr(codes, "_tinykg_uses", 0)  # consumers whose backward has not loaded it yet
     shared = getattr(codes, "_tinykg_dequantized", None)
@@ -212,6 +229,28 @@ def _load_packed(parts: list[torch.Tensor], meta: PackedMeta) -> torch.Tensor:
         del codes._tinykg_dequantized
         codes._tinykg_uses = 0
     return x
+
+
+def row_multiple(*items: torch.Tensor | PackedActivation | BitMask | None) -> int:
+    """The smallest row count that every row chunk of ``items`` (along their first dim) may start at a
+    multiple of: whole groups and bytes of a packed activation's codes, whole bytes of a mask."""
+    multiple = 1
+    for item in items:
+        if isinstance(item, PackedActivation):
+            multiple = math.lcm(multiple, item.row_multiple())
+        elif isinstance(item, BitMask):
+            per_row = item.shape[1:].numel()
+            multiple = math.lcm(multiple, 8 // math.gcd(per_row, 8) if per_row else 1)
+    return multiple
+
+
+def loaded_rows(item: torch.Tensor | PackedActivation, part: slice | None, dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``part`` (None: all) of a loaded item in ``dtype``: a packed one (`load(ctx, packed=True)`)
+    dequantized for those rows only, the same values as those rows of the whole dequantized tensor."""
+    if isinstance(item, PackedActivation):
+        item = dequantize(item if part is None else item.rows(part.start, part.stop))
+        return as_dtype(item, dtype)
+    return as_dtype(item if part is None else item[part], dtype)
 
 
 def first_order(backward):

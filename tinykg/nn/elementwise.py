@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._saved import as_dtype, compression_active, first_order, load, maybe_quantize, save
+from ._chunks import row_chunks
+from ._saved import as_dtype, compression_active, first_order, load, loaded_rows, maybe_quantize, row_multiple, save
 
 
 class _CompressedMulFunction(torch.autograd.Function):
@@ -101,12 +102,27 @@ class _CompressedNormalizeFunction(torch.autograd.Function):
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
-        y, denom = load(ctx)
-        y = as_dtype(y, grad_out.dtype)
-        # d(x/|x|) = (g - y <g, y>) / |x|; where the norm was clamped to eps, y = x / eps is linear in x.
-        projected = grad_out - y * (grad_out * y).sum(ctx.dim, keepdim=True)
-        grad = torch.where(denom > ctx.eps, projected, grad_out) / denom
+        y, denom = load(ctx, packed=True)  # a large y stays packed
+        dim = ctx.dim if ctx.dim >= 0 else ctx.dim + grad_out.dim()
+        # Rows normalised along the last dim (KGAT's layers, (N, d)) go in row chunks (`tinykg.nn._chunks`)
+        # with y dequantized a chunk at a time; any other layout in one piece. Each row is computed alone,
+        # so the chunks give one piece's bits. In one piece this backward held y and three (N, d)
+        # temporaries besides grad_out: one of a large KGAT step's peaks.
+        parts = [None]
+        if grad_out.dim() == 2 and dim == 1:
+            parts = row_chunks(grad_out.shape[0], grad_out.shape[1], grad_out, multiple=row_multiple(y))
+        if len(parts) == 1:
+            return _normalize_grad(grad_out, loaded_rows(y, None, grad_out.dtype), denom, dim, ctx.eps), None, None, None
+        grad = torch.empty_like(grad_out)
+        for part in parts:
+            _normalize_grad(grad_out[part], loaded_rows(y, part, grad_out.dtype), denom[part], dim, ctx.eps, out=grad[part])
         return grad, None, None, None
+
+
+def _normalize_grad(grad_out, y, denom, dim: int, eps: float, out=None) -> torch.Tensor:
+    # d(x/|x|) = (g - y <g, y>) / |x|; where the norm was clamped to eps, y = x / eps is linear in x.
+    projected = grad_out - y * (grad_out * y).sum(dim, keepdim=True)
+    return torch.div(torch.where(denom > eps, projected, grad_out), denom, out=out)
 
 
 def compressed_normalize(
