@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tinykg.compress import CompressionConfig, seed_quantizer
+from tinykg.compress import CompressionConfig, restoring_quantizer_seed, seed_quantizer
 from tinykg.models.kgcn import _SumAggregateFunction
-from tinykg.nn import compressed_embedding, compressed_linear, gather_aggregate
+from tinykg.nn import _chunks, compressed_embedding, compressed_linear, gather_aggregate
 from tinykg.nn._saved import maybe_quantize
 
 from .factories import LASTFM, batch, make_model
@@ -107,11 +107,45 @@ def test_fused_sum_aggregate_matches_the_unfused_ops(activation):
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_fused_sum_aggregate_in_chunks_has_the_same_bits(same_bits_in_chunks, activation):
-    """The (B, n, K, d) neighbours gathered a few rows at a time on the CPU, forward and backward."""
-    table, self_index, neighbor_index, logits, weight, bias = _inputs(torch.float32, seed=4)
-    same_bits_in_chunks(lambda t, lg, w, b: _fused(t, self_index, neighbor_index, lg, w, b, activation),
-                        [table, logits, weight, bias])
+def test_fused_sum_aggregate_gradcheck_float64_in_chunks(monkeypatch, activation):
+    """Backward in row chunks (the smallest: 8 rows, so B * N = 12 rows make two, the second starting
+    inside the ReLU mask's byte stream at bit 8 * D = 48) is still the exact gradient."""
+    monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 5)
+    assert len(_chunks.row_chunks(B * N, K * D, torch.zeros(1, dtype=torch.float64), per_thread=False, multiple=8)) == 2
+    table, self_index, neighbor_index, logits, weight, bias = _inputs(torch.float64)
+    fn = lambda t, lg, w, b: _fused(t, self_index, neighbor_index, lg, w, b, activation)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (table, logits, weight, bias))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_fused_sum_aggregate_in_chunks(monkeypatch, activation):
+    """fp32 in row chunks against one piece, same quantizer seed: what each row computes alone (the output,
+    the weights' and so the logits' gradient) has the same bits; the gradients of the table, W and b are
+    sums over rows, added chunk by chunk, so in another order. Reordering a sum of n terms, each at most M,
+    moves it by at most 2 n^2 M u (u = 2^-24: each of the n - 1 roundings of a partial sum of at most n M,
+    in both orders). Bounds on the terms, from |tanh'|, |relu'| <= 1, softmax weights <= 1: a row's
+    pre-activation gradient is at most G = max |grad_out|, W's terms at most 2 G max |e| (x~ = e[self] +
+    mean_k w_k e[k]), the table's at most D G max |W|."""
+    table, self_index, neighbor_index, logits, weight, bias = (t.detach() for t in _inputs(torch.float32, seed=4))
+    results = []
+    for budget in (1 << 30, 5):
+        monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", budget)
+        copies = [t.detach().clone().requires_grad_() for t in (table, logits, weight, bias)]
+        with restoring_quantizer_seed():
+            seed_quantizer(0)
+            out = _fused(copies[0], self_index, neighbor_index, *copies[1:], activation)
+        grad_out = torch.linspace(-1.0, 1.0, out.numel()).view(out.shape)
+        out.backward(grad_out)
+        results.append([out.detach(), *(t.grad for t in copies)])
+    (out, g_table, g_logits, g_weight, g_bias), chunked = results
+    assert torch.equal(chunked[0], out) and torch.equal(chunked[2], g_logits)
+    u, big = 2.0**-24, float(grad_out.abs().max())
+    for got, want, n, term in (
+        (chunked[1], g_table, B * N * (K + 1), D * big * float(weight.abs().max())),
+        (chunked[3], g_weight, B * N, 2 * big * float(table.abs().max())),
+        (chunked[4], g_bias, B * N, big),
+    ):
+        torch.testing.assert_close(got, want, rtol=0, atol=2 * n * n * term * u)
 
 
 @pytest.mark.parametrize("bits", [2, 8])

@@ -41,6 +41,7 @@ from ..compress import CompressionConfig
 from ..nn import compressed_dot, compressed_embedding, compressed_linear, gather_aggregate, indexed_attention, weighted_sum
 from ..nn._saved import BitMask, as_dtype, compression_active, first_order, gather_index, keep_index, load, mark_gathered, maybe_quantize, narrow_index, save
 from ..nn.activation import OUTPUT_GRADS, mask_grad
+from ..nn._chunks import row_chunks, rows_of
 from ..nn.aggregate import add_gather_grad, gather_reductions
 from .base import CTRModel, check_choice, check_count, index_buffer, op_index, tf_l2
 
@@ -83,8 +84,9 @@ class _SumAggregateFunction(torch.autograd.Function):
             raise ValueError("the score can be fused only into the last iteration (tanh), whose output is the item vector")
         num_rows, k = table.shape[0], neighbor_index.shape[-1]
         # The (B, n, K, d) gathered neighbours exist only inside `gather_reductions` (in chunks on the CPU).
-        neighbor_sum, _ = gather_reductions(table, gather_index(neighbor_index), weights, 1.0 / k)  # (B, n, d)
-        x = F.embedding(gather_index(self_index), table) + neighbor_sum
+        neighbor_sum, _ = gather_reductions(table, neighbor_index, weights, 1.0 / k)  # (B, n, d)
+        x = neighbor_sum  # x = e[self] + neighbour sum, added into the sum's own buffer (one (B, n, d) fewer)
+        x += F.embedding(gather_index(self_index), table)
         del neighbor_sum
         ctx.num_rows, ctx.scale, ctx.activation = num_rows, 1.0 / k, activation
         out = F.linear(x, weight, bias)
@@ -131,35 +133,60 @@ class _SumAggregateFunction(torch.autograd.Function):
             if need[9]:  # score_query
                 grad_query = grad_products * act.view(query.shape)  # (B, d')
             grad_out = (grad_products * as_dtype(query, grad_out.dtype)).view(act.shape)  # (B, 1, d')
-        if ctx.activation == "relu":
-            grad_pre = mask_grad(act, grad_out, 0.0)
-        else:
-            grad_pre = OUTPUT_GRADS["tanh"](act, grad_out)  # (B, n, d')
-        dtype, d = grad_pre.dtype, table.shape[-1]
-        grad_pre2 = grad_pre.reshape(-1, grad_pre.shape[-1])  # (B n, d')
-        grad_x = grad_pre @ as_dtype(weight, dtype)  # (B, n, d)
-        g = grad_x * ctx.scale  # gradient of the neighbours' weighted sum
-        neighbor_index = neighbor_index.long()  # widened once for the uses below
-        table = as_dtype(table, dtype)
-        grad_table = grad_weights = grad_weight = None
-        # One gather of the (B, n, K, d) neighbours (in chunks on the CPU) for both: their weighted sum
-        # rebuilds W's input, their dots with g are the weights' gradient.
-        if need[3] or need[4]:
-            neighbor_sum, grad_weights = gather_reductions(
-                table, neighbor_index, as_dtype(weights, dtype) if need[4] else None, ctx.scale,
-                g if need[3] else None, summed=need[4],
-            )
-        if need[4]:
-            # x~ (class docstring): the input of the linear map, rebuilt from the quantized weights.
-            x_hat = F.embedding(self_index.long(), table)
-            x_hat += neighbor_sum  # (B, n, d)
-            del neighbor_sum
-            grad_weight = grad_pre2.t() @ x_hat.reshape(-1, d)
-        grad_bias = grad_pre2.sum(0) if need[5] else None
-        if need[0]:  # one buffer for the self rows and the neighbour rows
-            grad_table = grad_x.new_zeros(ctx.num_rows, d)
-            grad_table.index_add_(0, self_index.reshape(-1).long(), grad_x.reshape(-1, d))
-            add_gather_grad(grad_table, g, neighbor_index, weights)
+        dtype, d, k, d_out = grad_out.dtype, table.shape[-1], neighbor_index.shape[-1], grad_out.shape[-1]
+        lead = neighbor_index.shape[:-1]  # (B, n)
+        rows = lead.numel()
+        grad_out = grad_out.reshape(rows, d_out)
+        act = BitMask(act.bits, torch.Size((rows, d_out))) if ctx.activation == "relu" else act.reshape(rows, d_out)
+        self_index, neighbor_index = self_index.reshape(rows), neighbor_index.reshape(rows, k)
+        weights = as_dtype(weights, dtype).reshape(rows, k) if weights is not None else None
+        table, weight = as_dtype(table, dtype), as_dtype(weight, dtype)
+        grad_table = grad_out.new_zeros(ctx.num_rows, d) if need[0] else None
+        grad_weights = grad_weight = grad_bias = None
+        # Row chunks (`tinykg.nn._chunks`; the same ones whatever the thread count, as W's and b's gradients
+        # are sums over them): each chunk's (b, K, d) neighbours are gathered once, for both their weighted
+        # sum (it rebuilds W's input) and their dots with g (the weights' gradient), and its (b, d) / (b, d')
+        # rows live only as long as the chunk. In one piece the operations and their order are the
+        # unchunked op's. Whole-batch temporaries here set a large step's peak: KGCN at batch 8192 (synthetic
+        # default, 2 bits) held six (B, K, d) ones at once, 42 MB above the step's start.
+        parts = row_chunks(rows, k * d, grad_out, per_thread=False, multiple=8)  # 8 rows: the mask at whole bytes
+        if need[3] and len(parts) > 1:
+            grad_weights = grad_out.new_empty(rows, k)
+        for part in parts:
+            grad_part = rows_of(grad_out, part)
+            if ctx.activation == "relu":
+                grad_pre = mask_grad(act.rows(part), grad_part, 0.0)
+            else:
+                grad_pre = OUTPUT_GRADS["tanh"](rows_of(act, part), grad_part)  # (b, d')
+            grad_x = grad_pre @ weight  # (b, d)
+            # int32 for the self rows' gather and scatter; the neighbours are widened inside the gather ops
+            self_rows, neighbor_rows = gather_index(rows_of(self_index, part)), rows_of(neighbor_index, part)
+            part_weights = rows_of(weights, part)
+            if need[0]:  # one buffer for the self rows and the neighbour rows
+                grad_table.index_add_(0, self_rows, grad_x)
+            g = grad_x.mul_(ctx.scale)  # gradient of the neighbours' weighted sum
+            if need[3] or need[4]:
+                neighbor_sum, dots = gather_reductions(
+                    table, neighbor_rows, part_weights if need[4] else None, ctx.scale, g if need[3] else None,
+                    summed=need[4],
+                )
+                if need[3]:
+                    if part is None:
+                        grad_weights = dots
+                    else:
+                        grad_weights[part] = dots
+            if need[4]:
+                # x~ (class docstring): the input of the linear map, rebuilt from the quantized weights.
+                x_hat = F.embedding(self_rows, table)
+                x_hat += neighbor_sum  # (b, d)
+                del neighbor_sum
+                grad_weight = grad_pre.t() @ x_hat if grad_weight is None else grad_weight.addmm_(grad_pre.t(), x_hat)
+            if need[5]:
+                grad_bias = grad_pre.sum(0) if grad_bias is None else grad_bias.add_(grad_pre.sum(0))
+            if need[0]:
+                add_gather_grad(grad_table, g, neighbor_rows, part_weights)
+        if grad_weights is not None:
+            grad_weights = grad_weights.view(*lead, k)
         return grad_table, None, None, grad_weights, grad_weight, grad_bias, None, None, None, grad_query
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
-from ._chunks import joined, row_chunks, rows_of
+from ._chunks import row_chunks, rows_of
 from ._saved import as_dtype, compression_active, first_order, gather_index, gathered_rows, keep_index, load, mark_gathered, maybe_quantize, narrow_index, needs_graph, save
 
 REDUCES = ("sum", "mean")
@@ -27,8 +27,8 @@ class _EmbeddingFunction(torch.autograd.Function):
     # the per-call Python of `save` / `load` (a sampled model's small step embeds twice), unless the index
     # is itself a lookup in a held table (``kept``, RippleNet's memories), saved as that reference.
     @staticmethod
-    def forward(ctx, index, weight, kept):  # index already narrowed (`compressed_embedding`)
-        ctx.num_rows, ctx.kept = weight.shape[0], kept is not None
+    def forward(ctx, index, weight, kept, sparse):  # index already narrowed (`compressed_embedding`)
+        ctx.num_rows, ctx.kept, ctx.sparse = weight.shape[0], kept is not None, sparse
         if ctx.kept:
             save(ctx, kept)
         else:
@@ -39,7 +39,9 @@ class _EmbeddingFunction(torch.autograd.Function):
     @first_order
     def backward(ctx, grad_out):
         (index,) = load(ctx) if ctx.kept else ctx.saved_tensors
-        return None, _lookup_grad(grad_out, index, ctx.num_rows), None
+        if ctx.sparse:
+            return None, _sparse_lookup_grad(grad_out, index, ctx.num_rows), None, None
+        return None, _lookup_grad(grad_out, index, ctx.num_rows), None, None
 
 
 def _lookup_grad(grad_out: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
@@ -53,16 +55,34 @@ def _lookup_grad(grad_out: torch.Tensor, rows: torch.Tensor, num_rows: int) -> t
     return grad_w
 
 
-def compressed_embedding(index: torch.Tensor, weight: torch.Tensor, config: CompressionConfig | None = None) -> torch.Tensor:
+def _sparse_lookup_grad(grad_out: torch.Tensor, rows: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """The same gradient as a sparse COO tensor of the looked-up rows (uncoalesced: a repeated row is two
+    entries, summed wherever it is added to a dense tensor), as ``F.embedding(..., sparse=True)`` gives."""
+    d = grad_out.shape[-1]
+    values = grad_out.reshape(-1, d).contiguous()
+    return torch.sparse_coo_tensor(rows.reshape(1, -1).long(), values, (num_rows, d), check_invariants=False)
+
+
+def compressed_embedding(
+    index: torch.Tensor, weight: torch.Tensor, config: CompressionConfig | None = None, *, sparse_grad: bool = False,
+) -> torch.Tensor:
     """``weight[index]`` -> (*index.shape, D), saving only the narrowed index (F.embedding keeps int64).
     ``index`` may be any integer dtype (uint8/int16 included). Rows of a parameter table are marked
     (`mark_gathered`): the compressed ops that save them keep that same index and gather them again in
-    backward instead of keeping a packed copy."""
+    backward instead of keeping a packed copy.
+
+    ``sparse_grad``: the table's gradient is a sparse COO tensor of the looked-up rows, as with
+    ``F.embedding(..., sparse=True)``, compressed or not. Meant for a table that also gets a dense
+    gradient from elsewhere, such as a layer's output that the next layer reads (KGAT's layers): autograd
+    adds the sparse rows into that gradient, and no zero-filled (N, D) one is made and held until then.
+    A parameter whose only gradient is sparse needs an optimizer that takes sparse gradients (Adam does
+    not)."""
     if not compression_active(config, weight):
-        return F.embedding(gather_index(index), weight)
+        return F.embedding(gather_index(index), weight, sparse=sparse_grad)
     kept = gathered_rows(index)  # the index is itself a lookup in a held table: kept as that reference
     narrow = narrow_index(index, weight.shape[0])
-    return mark_gathered(_EmbeddingFunction.apply(narrow, weight, kept), weight, narrow if kept is None else index)
+    out = _EmbeddingFunction.apply(narrow, weight, kept, sparse_grad)
+    return mark_gathered(out, weight, narrow if kept is None else index)
 
 
 def batch_rows(index: torch.Tensor, rows_per_batch: int) -> torch.Tensor:
@@ -199,14 +219,15 @@ class _GatherAggregateFunction(torch.autograd.Function):
             maybe_quantize(source, config) if need_source else None,
             maybe_quantize(weights, config) if weights is not None and source.requires_grad else None,
         )
-        rows = block_rows(index, block) if block else gather_index(index)
+        rows = block_rows(index, block) if block else index
         return gather_reductions(source, rows, weights, scale)[0]
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
         index, source, weights = load(ctx)
-        index = block_rows(index.long(), ctx.block) if ctx.block else index.long()
+        if ctx.block:
+            index = block_rows(index, ctx.block)  # narrow indices are widened a chunk at a time below
         g = grad_out * ctx.scale  # (*, D)
         grad_s = grad_w = None
         if ctx.needs_input_grad[0]:
@@ -246,38 +267,48 @@ def gather_reductions(
     - ``g`` (*, D) given: the dots ``<source[index[..., k]], g>`` (*, K), the weights' gradient of that sum.
 
     The gathered rows are formed once for both, in chunks of the leading rows on the CPU
-    (`tinykg.nn._chunks`), and freed at once. index: (*, K) int32 or int64.
+    (`tinykg.nn._chunks`), and freed at once; each chunk's results are written into the outputs, so no
+    list of pieces is joined at the end (that join held every (*, D) result twice). index: (*, K), any
+    integer dtype; a narrow one is widened a chunk at a time.
     """
     lead, k, d = index.shape[:-1], index.shape[-1], source.shape[-1]
     parts, index, weights, g = _neighbour_chunks(index, weights if summed else None, g, d, source)
-    sums, dots = [], []
+    chunked = len(parts) > 1
+    total = source.new_empty(lead.numel(), d) if summed and chunked else None
+    dot = source.new_empty(lead.numel(), k) if g is not None and chunked else None
     for part in parts:
         # F.embedding (index_select) rather than source[index]: advanced indexing measured 7x slower on CPU.
-        gathered = F.embedding(rows_of(index, part), source)  # (*, K, D) or a chunk of (B', K, D)
+        gathered = F.embedding(gather_index(rows_of(index, part)), source)  # (*, K, D) or a chunk of (B', K, D)
         if g is not None:
-            dots.append((gathered * rows_of(g, part).unsqueeze(-2)).sum(-1))
+            dots = (gathered * rows_of(g, part).unsqueeze(-2)).sum(-1)
+            if chunked:
+                dot[part] = dots
+            else:
+                dot = dots
         if summed:
             if weights is not None:
                 gathered = gathered * rows_of(weights, part).unsqueeze(-1)
-            sums.append(gathered.sum(-2) * scale)
-    total = dot = None
-    if summed:
-        total = joined(sums) if len(parts) == 1 else joined(sums).view(*lead, d)
-    if g is not None:
-        dot = joined(dots) if len(parts) == 1 else joined(dots).view(*lead, k)
+            if chunked:
+                torch.sum(gathered, -2, out=total[part]).mul_(scale)
+            else:
+                total = gathered.sum(-2) * scale
+    if chunked:
+        total = total.view(*lead, d) if total is not None else None
+        dot = dot.view(*lead, k) if dot is not None else None
     return total, dot
 
 
 def add_gather_grad(grad_source: torch.Tensor, g: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | None) -> None:
     """``grad_source[index[..., k]] += weights[..., k] * g`` in place: the source gradient of
     ``sum_k weights[..., k] * source[index[..., k]]`` given ``g`` (*, D), the gradient of that sum.
-    index: (*, K) int64; weights: (*, K) or None (all ones); grad_source: (N, D). The (*, K, D) per-edge
-    gradient is formed in chunks on the CPU (`tinykg.nn._chunks`)."""
+    index: (*, K), any integer dtype (a narrow one widened a chunk at a time); weights: (*, K) or None
+    (all ones); grad_source: (N, D). The (*, K, D) per-edge gradient is formed in chunks on the CPU
+    (`tinykg.nn._chunks`)."""
     d = g.shape[-1]
     weights = as_dtype(weights, g.dtype) if weights is not None else None
     parts, index, weights, g = _neighbour_chunks(index, weights, g, d, g)
     for part in parts:
-        rows = rows_of(index, part)
+        rows = gather_index(rows_of(index, part))
         per_edge = rows_of(g, part).unsqueeze(-2).expand(*rows.shape, d)  # (*, K, D) or a chunk of (B', K, D)
         if weights is not None:
             per_edge = per_edge * rows_of(weights, part).unsqueeze(-1)
@@ -286,7 +317,7 @@ def add_gather_grad(grad_source: torch.Tensor, g: torch.Tensor, index: torch.Ten
 
 def gather_weights_grad(g: torch.Tensor, index: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """The weights' gradient of ``sum_k weights[..., k] * source[index[..., k]]`` given ``g`` (*, D):
-    ``<source[index[..., k]], g>``, (*, K). index: int64 (or int32)."""
+    ``<source[index[..., k]], g>``, (*, K). index: any integer dtype."""
     return gather_reductions(as_dtype(source, g.dtype), index, g=g, summed=False)[1]
 
 
@@ -306,7 +337,7 @@ def gather_aggregate(
     scale = 1.0 / index.shape[-1] if reduce == "mean" else 1.0
     if not compression_active(config, source, weights):
         if not needs_graph(source, weights):  # nothing to differentiate (evaluation): in chunks
-            return gather_reductions(source, gather_index(index), weights, scale)[0]
+            return gather_reductions(source, index, weights, scale)[0]
         gathered = source[gather_index(index)]
         if weights is not None:
             gathered = gathered * weights.unsqueeze(-1)
