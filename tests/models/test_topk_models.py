@@ -16,13 +16,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinykg.compress import CompressionConfig
+from tinykg.compress import CompressionConfig, restoring_quantizer_seed, seed_quantizer
 from tinykg.data import Interactions, KnowledgeGraph, SyntheticConfig, make_synthetic, topk_split
 from tinykg.data.ckg import build_ckg, kg_with_inverse
 from tinykg.models import BPRMF, KGAT, KGIN, TOPK_DEFAULTS, TOPK_MODELS
 from tinykg.models.base import head_config
 from tinykg.models.kgat import _bi_interaction, _csr, _propagate, _relation_project, segment_softmax
 from tinykg.models.kgin import _edge_count, _relational_mean, _scalar_parameter_function, cosine_independence, distance_correlation
+from tinykg.nn import _chunks, _saved
 from tinykg.profile import ActivationTracker
 
 NAMES = ("kgat", "kgin", "bprmf")
@@ -259,6 +260,20 @@ def test_propagate_gradcheck_matches_edge_sums_and_saves_nothing():
     assert out.shape == (7, 3) and tracker.report().total_bytes == 0
 
 
+def test_propagate_in_row_chunks_has_the_same_bits(same_bits_in_chunks):
+    """The CSR product a few rows at a time (rows without edges included), forward and backward."""
+    g = torch.Generator().manual_seed(1)
+    target, source = torch.randint(0, 30, (120,), generator=g), torch.randint(0, 30, (120,), generator=g)
+    target[target == 4] = 5  # node 4 has no edge in: an empty row of the adjacency
+    order = torch.argsort(target, stable=True)
+    target, source = target[order], source[order]
+    weight = torch.rand(120, generator=g)
+    back = torch.argsort(source, stable=True)
+    adjacency = (_csr(target, source, weight, 30, 30), _csr(source[back], target[back], weight[back], 30, 30))
+    assert len(_chunks.row_chunks(30, 3, weight)) == 1
+    same_bits_in_chunks(lambda x: _propagate(x, adjacency), [torch.randn(30, 3, generator=g, requires_grad=True)])
+
+
 def _bi_inputs(dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(*shape, generator=g, dtype=dtype).requires_grad_() for shape in ((40, 6), (40, 6), (5, 6), (5,), (5, 6), (5,))]
@@ -273,6 +288,43 @@ def test_bi_interaction_gradcheck_and_matches_the_composed_ops():
     torch.testing.assert_close(_bi_interaction(x, side, w1, b1, w2, b2, 0.2, None), plain)
     fresh = [t.detach().float().requires_grad_() for t in inputs]
     torch.testing.assert_close(_bi_interaction(*fresh, 0.2, config), plain)  # exact forward
+
+
+def test_bi_interaction_gradcheck_float64_in_chunks(monkeypatch):
+    """Backward in row chunks: the masks of (40, 5) are sliced at whole bytes, so chunks of 8 rows (5 of
+    them); float64 is kept exactly, so this checks the chunked backward itself."""
+    monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 5)
+    assert len(_chunks.row_chunks(40, 6, torch.zeros(1, dtype=torch.float64), per_thread=False, multiple=8)) == 5
+    torch.autograd.gradcheck(lambda *t: _bi_interaction(*t, 0.2, config_for(2)), _bi_inputs())
+
+
+def test_bi_interaction_in_chunks_dequantizes_rows(monkeypatch):
+    """fp32 at 2 bits, x and e_N kept packed through backward (`load(ctx, packed=True)`; the size below
+    which packed copies are dequantized whole is lowered to 1 element, as for a large graph) and dequantized
+    8 rows at a time, against one piece under the same quantizer seed: both read the same codes. Each
+    gradient is a sum of n terms in another order (the chunks' matrix products, the weights' sums over
+    the chunks), which moves it by at most 2 n^2 M u (M: a bound on the terms, u = 2^-24); a row
+    dequantized from the wrong codes or a missing chunk would move it by about a term."""
+    monkeypatch.setattr(_saved, "_SHARE_BELOW", 1)
+    inputs = [t.detach().float() for t in _bi_inputs(seed=3)]
+    grad_out = torch.linspace(-1.0, 1.0, 40 * 5).view(40, 5)
+    results = []
+    for budget in (1 << 30, 5):
+        monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", budget)
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        with restoring_quantizer_seed():
+            seed_quantizer(0)
+            x, side = leaves[0] * 1.0, leaves[1] * 1.0  # non-leaf activations: quantized, as in the model
+            _bi_interaction(x, side, *leaves[2:], 0.2, CompressionConfig(bits=2, group_size=16, backend="torch")).backward(grad_out)
+        results.append([t.grad for t in leaves])
+    x, side, w1, _, w2, _ = (float(t.abs().max()) for t in inputs)
+    big, u = float(grad_out.abs().max()), 2.0**-24
+    bounds = (  # (terms per element, bound on a term): x and e_N get 2 d' terms, the weights N
+        (2 * 5, big * max(w1, w2) * max(1.0, x, side)), (2 * 5, big * max(w1, w2) * max(1.0, x, side)),
+        (40, big * (x + side)), (40, big), (40, big * x * side), (40, big),
+    )
+    for got, want, (n, term) in zip(results[1], results[0], bounds):
+        torch.testing.assert_close(got, want, rtol=0, atol=2 * n * n * term * u)
 
 
 def test_bi_interaction_gradient_is_unbiased_and_keeps_two_packed_inputs():
@@ -365,6 +417,41 @@ def test_relational_mean_in_chunks_has_the_same_bits(same_bits_in_chunks):
     x = torch.randn(25, 16, generator=g, requires_grad=True)
     relation = torch.randn(5, 16, generator=g, requires_grad=True)
     same_bits_in_chunks(lambda x, r: _relational_mean(head, tail, rel, x, r, 20, config_for(2)), [x, relation])
+
+
+def test_relational_mean_cuts_zero_rows_inside_the_op():
+    """``cut_zero_rows`` inside the compressed op (a mask on the edges in backward) against the op followed
+    by `_cut_zero_rows` (a where on the (N, d) gradient): the same output and gradients to the bit, under
+    the same quantizer seed, with a head whose messages all read a zero row (so its row is cut) and heads without edges; and a float64 gradcheck of the op with the cut on."""
+    from tinykg.compress import restoring_quantizer_seed, seed_quantizer
+    from tinykg.models.kgin import _cut_zero_rows
+
+    g = torch.Generator().manual_seed(6)
+    head = torch.randint(0, 5, (40,), generator=g).sort().values  # heads 5..7 have no edge
+    tail, rel = torch.randint(1, 9, (40,), generator=g), torch.randint(0, 3, (40,), generator=g)
+    head[-2:], tail[-2:] = 7, 0  # head 7 reads only x[0], which is zero: its row is cut
+    x = torch.randn(9, 4, generator=g)
+    x[0] = 0.0
+    relation = torch.randn(3, 4, generator=g)
+    grad_out = torch.linspace(-1, 1, 8 * 4).view(8, 4)
+    results = []
+    for inside in (True, False):
+        leaves = [x.clone().requires_grad_(), relation.clone().requires_grad_()]
+        with restoring_quantizer_seed():
+            seed_quantizer(0)
+            xin = leaves[0] * 1.0  # an activation: quantized for the relation's gradient
+            out = _relational_mean(head, tail, rel, xin, leaves[1], 8, config_for(2), cut_zero_rows=inside)
+            out = out if inside else _cut_zero_rows(out)
+            out.backward(grad_out)
+        results.append([out.detach(), *(t.grad for t in leaves)])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert torch.equal(results[0][0][5:], torch.zeros(3, 4))
+    # The cut is not differentiable where it bites (moving x[0] off zero revives row 7): the gradcheck
+    # runs where no row is cut but the edgeless ones, whose rows stay zero under any perturbation.
+    x64, r64 = x.double().index_fill(0, torch.tensor([0]), 1.0).requires_grad_(), relation.double().requires_grad_()
+    torch.autograd.gradcheck(
+        lambda x, r: _relational_mean(head, tail, rel, x, r, 8, config_for(2), cut_zero_rows=True), (x64, r64))
 
 
 def test_relational_mean_evaluation_in_chunks_has_the_same_bits(monkeypatch):

@@ -61,7 +61,10 @@ from ..nn import (
     compressed_mul,
     compressed_normalize,
 )
-from ..nn._saved import BitMask, as_dtype, compression_active, first_order, load, maybe_quantize, narrow_index, save
+from ..nn._chunks import row_chunks, rows_of
+from ..nn._saved import (
+    BitMask, as_dtype, compression_active, first_order, load, loaded_rows, maybe_quantize, narrow_index, row_multiple, save,
+)
 from ..nn.activation import mask_grad
 from .base import BPR_COLUMNS, check_batch, check_count, index_buffer, op_index
 from .bprmf import TopKModel
@@ -83,6 +86,32 @@ def _csr(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, num_rows:
         )
 
 
+def _csr_mm(adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``adjacency @ x``: CSR (M, N) @ (N, D) -> (M, D), in row chunks on the CPU (`tinykg.nn._chunks`).
+
+    PyTorch's CSR product fills a zero (M, D) tensor and returns a new one, so it holds two outputs at
+    once; in chunks of rows, written into one output, it holds one and a chunk's two (the peak of a large
+    KGAT step's propagation: 2.0 -> 1.1 (N, D) tensors, measured). Each row's sum runs over its nonzeros
+    in the same order either way: the chunks give one piece's bits.
+    """
+    parts = row_chunks(adjacency.shape[0], x.shape[1], x)
+    if len(parts) == 1:
+        return torch.sparse.mm(adjacency, x)
+    crow, col, values = adjacency.crow_indices(), adjacency.col_indices(), adjacency.values()
+    bounds = crow[[part.start for part in parts] + [adjacency.shape[0]]].tolist()  # first nonzero of each chunk
+    out = x.new_empty(adjacency.shape[0], x.shape[1])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta", as in `_csr`
+        warnings.simplefilter("ignore", UserWarning)
+        for i, part in enumerate(parts):
+            first, last = bounds[i], bounds[i + 1]
+            rows = torch.sparse_csr_tensor(
+                crow[part.start : part.stop + 1] - first, col[first:last], values[first:last],
+                (part.stop - part.start, adjacency.shape[1]), check_invariants=False,
+            )
+            out[part] = torch.sparse.mm(rows, x)
+    return out
+
+
 class _PropagateFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, adjacency, adjacency_t):
@@ -90,12 +119,12 @@ class _PropagateFunction(torch.autograd.Function):
         # The adjacency is graph structure the model caches (`KGAT.adjacency`), not an activation: it is
         # kept on ctx by reference and nothing of size D is saved.
         ctx.adjacency_t = adjacency_t
-        return torch.sparse.mm(adjacency, x)
+        return _csr_mm(adjacency, x)
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
-        return torch.sparse.mm(ctx.adjacency_t, grad_out), None, None
+        return _csr_mm(ctx.adjacency_t, grad_out), None, None
 
 
 def _propagate(x: torch.Tensor, adjacency: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -129,24 +158,54 @@ class _BiInteractionFunction(torch.autograd.Function):
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
-        x, side, w1, w2, positive1, positive2 = load(ctx)
-        x, side = as_dtype(x, grad_out.dtype), as_dtype(side, grad_out.dtype)
+        x, side, w1, w2, positive1, positive2 = load(ctx, packed=True)  # large x, e_N stay packed
         need = ctx.needs_input_grad
-        # Every (N, d) temporary is dropped as soon as it has been used, and the last one is updated in
-        # place: this backward sets the peak memory of a large KGAT step (1.3 GB per tensor at 10M triples).
-        g1 = mask_grad(positive1, grad_out, ctx.slope)  # (N, d')
-        grad_w1 = g1.t() @ (x + side) if need[2] else None
-        grad_b1 = g1.sum(0) if need[3] else None
-        grad_in = g1 @ w1.to(g1.dtype)  # (N, d): gradient of x + e_N, shared by both
-        del g1
-        g2 = mask_grad(positive2, grad_out, ctx.slope)
-        grad_w2 = g2.t() @ (x * side) if need[4] else None
-        grad_b2 = g2.sum(0) if need[5] else None
-        grad_product = g2 @ w2.to(g2.dtype)  # (N, d): gradient of x * e_N
-        del g2
-        grad_x = torch.addcmul(grad_in, grad_product, side) if need[0] else None
-        grad_side = grad_in.addcmul_(grad_product, x) if need[1] else None
-        return grad_x, grad_side, grad_w1, grad_b1, grad_w2, grad_b2, None, None
+        dtype, (num_rows, d), d_out = grad_out.dtype, x.shape, grad_out.shape[-1]
+        w1, w2 = as_dtype(w1, dtype), as_dtype(w2, dtype)
+        # This backward sets the peak memory of a large KGAT step (1.3 GB per (N, d) tensor at 10M
+        # triples). In one piece it held x, e_N, the two (N, d) products with W1 and W2 and a gradient at
+        # once besides grad_out; in row chunks (`tinykg.nn._chunks`, the same ones whatever the thread
+        # count, as the weights' gradients are sums over them) it holds grad_out and the two gradients it
+        # returns, and x, e_N are dequantized a chunk at a time. One piece runs the same operations in the
+        # same order as the chunks, with the last temporary updated in place.
+        parts = row_chunks(num_rows, max(d, d_out), grad_out, per_thread=False,
+                           multiple=row_multiple(x, side, positive1, positive2))
+        chunked = len(parts) > 1
+        grad_x = grad_out.new_empty(num_rows, d) if need[0] and chunked else None
+        grad_side = grad_out.new_empty(num_rows, d) if need[1] and chunked else None
+        sums = [None, None, None, None]  # W1, b1, W2, b2: summed over the chunks
+
+        def add(slot: int, value: torch.Tensor) -> None:
+            sums[slot] = value if sums[slot] is None else sums[slot].add_(value)
+
+        for part in parts:
+            x_part, side_part = loaded_rows(x, part, dtype), loaded_rows(side, part, dtype)
+            grad_part = rows_of(grad_out, part)
+            g1 = mask_grad(positive1.rows(part), grad_part, ctx.slope)  # (n, d')
+            if need[2]:
+                add(0, g1.t() @ (x_part + side_part))
+            if need[3]:
+                add(1, g1.sum(0))
+            grad_in = g1 @ w1  # (n, d): gradient of x + e_N, shared by both
+            del g1
+            g2 = mask_grad(positive2.rows(part), grad_part, ctx.slope)
+            if need[4]:
+                add(2, g2.t() @ (x_part * side_part))
+            if need[5]:
+                add(3, g2.sum(0))
+            grad_product = g2 @ w2  # (n, d): gradient of x * e_N
+            del g2
+            if need[0]:
+                if chunked:
+                    torch.addcmul(grad_in, grad_product, side_part, out=grad_x[part])
+                else:
+                    grad_x = torch.addcmul(grad_in, grad_product, side_part)
+            if need[1]:
+                if chunked:
+                    torch.addcmul(grad_in, grad_product, x_part, out=grad_side[part])
+                else:
+                    grad_side = grad_in.addcmul_(grad_product, x_part)
+        return grad_x, grad_side, *sums, None, None
 
 
 def _bi_interaction(x, side, w1, b1, w2, b2, slope: float, config: CompressionConfig | None) -> torch.Tensor:
@@ -406,8 +465,9 @@ class KGAT(TopKModel):
             self.__dict__["_adjacency_cache"] = cached
         return cached[1]
 
-    def propagate_layer(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One bi-interaction layer: x (N, d_l) -> (the next x (N, d_l+1), its row-L2-normalised copy)."""
+    def propagate_layer(self, layer: int, x: torch.Tensor, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One bi-interaction layer: x (N, d_l) -> (the next x (N, d_l+1), its row-L2-normalised copy, or
+        None without ``normalize``)."""
         config = self.active_config
         side = _propagate(x, self.adjacency())  # (N, d_l)
         x = _bi_interaction(
@@ -415,10 +475,11 @@ class KGAT(TopKModel):
             self.negative_slope, config,
         )  # (N, d_l+1)
         x = compressed_dropout(x, self.mess_dropout[layer], self.training, config)
-        return x, compressed_normalize(x, -1, 1e-12, config)
+        return x, compressed_normalize(x, -1, 1e-12, config) if normalize else None
 
-    def propagate_layers(self) -> list[torch.Tensor]:
-        """Every layer's representation of all nodes: [e^(0) (N, d), norm(e^(1)) (N, d_1), ...].
+    def propagate_layers(self, normalize: bool = True) -> list[torch.Tensor]:
+        """Every layer's representation of all nodes: [e^(0) (N, d), norm(e^(1)) (N, d_1), ...]; without
+        ``normalize`` the layers' outputs as the next layer reads them, e^(l) unnormalised.
 
         With ``checkpoint_layers`` (training only), each layer is an activation checkpoint: its input is
         kept, its intermediates are recomputed in backward (`tinykg.compress.checkpoint`)."""
@@ -426,10 +487,10 @@ class KGAT(TopKModel):
         outputs = [x]
         for layer in range(len(self.layer_sizes)):
             if self.checkpoint_layers and self.training:
-                x, normalized = checkpoint(self.propagate_layer, layer, x)
+                x, normalized = checkpoint(self.propagate_layer, layer, x, normalize)
             else:
-                x, normalized = self.propagate_layer(layer, x)
-            outputs.append(normalized)
+                x, normalized = self.propagate_layer(layer, x, normalize)
+            outputs.append(normalized if normalize else x)
         return outputs
 
     def propagate(self) -> torch.Tensor:
@@ -453,10 +514,27 @@ class KGAT(TopKModel):
         index = op_index(torch.cat([user_index, pos_index + offset, neg_index + offset]))  # (3B,)
         if compression_active(config, self.node_embedding):
             index = narrow_index(index, self.num_nodes)  # narrowed once: every layer's gather saves this tensor
-        layers = self.propagate_layers()
-        rows = torch.cat([compressed_embedding(index, layer, config) for layer in layers], dim=1)  # (3B, D')
+        layers = self.propagate_layers(normalize=False)
+        # Each layer's rows are gathered first and then normalised (the normalisation is per row, so these
+        # are the rows of the normalised layer, as in `representations`): the (N, d_l) normalised layers
+        # are never formed, nor kept for backward. A layer the next one reads (and the embedding table,
+        # when there is a layer) gets its rows' gradient as a sparse tensor, added into the dense gradient
+        # that layer gets anyway, where a zero-filled (N, d_l) one per layer would be made at the start of
+        # backward and held until autograd reached that layer (the original's TF gather gives sparse
+        # IndexedSlices too). The last layer's gradient is these rows only: dense, for the ops before it.
+        rows = torch.cat(self._normalized_rows(index, layers, config), dim=1)  # (3B, D'); the pieces freed
         user, pos, neg = rows.split(batch)  # (B, D') each
         return compressed_bpr_loss(user, pos, neg, self.l2_weight, self.active_head_config)
+
+    @staticmethod
+    def _normalized_rows(index: torch.Tensor, layers: list[torch.Tensor], config) -> list[torch.Tensor]:
+        """[e^(0)[index] (B', d), norm(e^(1)[index]) (B', d_1), ...] from the unnormalised layers
+        (`propagate_layers(normalize=False)`), with sparse row gradients where a layer is read again."""
+        rows = [compressed_embedding(index, layers[0], config, sparse_grad=len(layers) > 1)]
+        for layer, x in enumerate(layers[1:], start=1):
+            looked_up = compressed_embedding(index, x, config, sparse_grad=layer < len(layers) - 1)  # (B', d_l)
+            rows.append(compressed_normalize(looked_up, -1, 1e-12, config))
+        return rows
 
     # -- phase II: TransR and the attention refresh ----------------------------------------------------
 
