@@ -95,26 +95,30 @@ def _relational_mean_chunked(head, tail, rel_type, x, relation, num_targets) -> 
 
 class _RelationalMeanFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, head, tail, rel_type, x, relation, num_targets, config):
+    def forward(ctx, head, tail, rel_type, x, relation, num_targets, config, cut_zero_rows):
         # head, tail, rel_type: (E,) narrow ints; x: (M, d); relation: (R, d) -> (num_targets, d)
         out = _relational_mean_chunked(head, tail, rel_type, x, relation, num_targets)
         ctx.num_targets, ctx.num_sources, ctx.num_relations = num_targets, x.shape[0], relation.shape[0]
+        live = None
+        if cut_zero_rows:  # `_cut_zero_rows` inside the op: one bool per row, no (num_targets, d) where
+            live = (out != 0).any(dim=1, keepdim=True)  # (num_targets, 1)
+            out.masked_fill_(~live, 0.0)  # as torch.where(live, out, 0.0): a -0.0 row becomes 0.0
         save(
             ctx,
             head, tail, rel_type,  # narrowed by the caller once per step and shared by every hop
             maybe_quantize(x, config) if relation.requires_grad else None,
             relation if x.requires_grad else None,  # a parameter: kept by reference
+            live,
         )
         return out
 
     @staticmethod
     @first_order
     def backward(ctx, grad_out):
-        head, tail, rel_type, x, relation = load(ctx)
+        head, tail, rel_type, x, relation, live = load(ctx)
         head, tail, rel_type = head.long(), tail.long(), rel_type.long()
         dtype, d = grad_out.dtype, grad_out.shape[1]
-        count = _edge_count(head, ctx.num_targets, dtype)
-        g_mean = grad_out / count.unsqueeze(1)  # (num_targets, d)
+        count = _edge_count(head, ctx.num_targets, dtype).unsqueeze(1)  # (num_targets, 1)
         need_x, need_relation = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
         relation = as_dtype(relation, dtype) if need_x else None
         x = as_dtype(x, dtype) if need_relation else None
@@ -122,12 +126,17 @@ class _RelationalMeanFunction(torch.autograd.Function):
         grad_relation = grad_out.new_zeros(ctx.num_relations, d) if need_relation else None
         for part in row_chunks(head.shape[0], d, grad_out):  # (E, d) temporaries in chunks on the CPU
             edge_tail, edge_rel = rows_of(tail, part), rows_of(rel_type, part)
-            g_edges = g_mean.index_select(0, rows_of(head, part))  # (E, d) or a chunk of it
+            # The mean's gradient per edge, divided per edge rather than per head first (the same quotient
+            # of the same two numbers): no (num_targets, d) quotient is held through the loop.
+            edge_head = rows_of(head, part)
+            g_edges = grad_out.index_select(0, edge_head).div_(count.index_select(0, edge_head))  # (E, d) or a chunk
+            if live is not None:  # no gradient through a cut row
+                g_edges.masked_fill_(~live.index_select(0, edge_head), 0.0)
             if need_x:
                 grad_x.index_add_(0, edge_tail, g_edges * relation.index_select(0, edge_rel))
             if need_relation:
                 grad_relation.index_add_(0, edge_rel, g_edges * x.index_select(0, edge_tail))
-        return None, None, None, grad_x, grad_relation, None, None
+        return None, None, None, grad_x, grad_relation, None, None, None
 
 def _relational_mean(
     head: torch.Tensor,
@@ -137,18 +146,23 @@ def _relational_mean(
     relation: torch.Tensor,
     num_targets: int,
     config: CompressionConfig | None,
+    cut_zero_rows: bool = False,
 ) -> torch.Tensor:
     """KGIN's relational path-aware aggregation ``mean_{(h, r, t)} relation[r] * x[t]`` -> (num_targets, d).
 
     head, tail, rel_type: (E,) edges; x: (M, d); relation: (R, d). With compression, saves the index
     tensors as given (narrow them once and share them), a quantized ``x`` (for the relation gradient) and
     ``relation`` by reference; the (E, d) messages are recomputed edge-wise in backward, never kept.
+    ``cut_zero_rows``: the result goes through `_cut_zero_rows`; compressed, inside the op, whose backward
+    then zeroes the cut rows' edges instead of a where forming another (num_targets, d) gradient.
     """
     if not compression_active(config, x, relation):
         if not needs_graph(x, relation):  # nothing to differentiate (evaluation): in chunks
-            return _relational_mean_chunked(head, tail, rel_type, x, relation, num_targets)
-        return _relational_mean_ref(head, tail, rel_type, x, relation, num_targets)
-    return _RelationalMeanFunction.apply(head, tail, rel_type, x, relation, num_targets, config)
+            out = _relational_mean_chunked(head, tail, rel_type, x, relation, num_targets)
+        else:
+            out = _relational_mean_ref(head, tail, rel_type, x, relation, num_targets)
+        return _cut_zero_rows(out) if cut_zero_rows else out
+    return _RelationalMeanFunction.apply(head, tail, rel_type, x, relation, num_targets, config, cut_zero_rows)
 
 
 def _cut_zero_rows(x: torch.Tensor) -> torch.Tensor:
@@ -357,8 +371,9 @@ class KGIN(TopKModel):
         # zero row (an entity without neighbours) became 0 / 0.
         eps = max(1e-12, torch.finfo(entity_x.dtype).tiny)
         for _ in range(self.num_hops):
-            entity_agg = _relational_mean(head, tail, rel, entity_x, self.relation_embedding, self.num_entities, config)
-            entity_agg = _cut_zero_rows(entity_agg)
+            entity_agg = _relational_mean(
+                head, tail, rel, entity_x, self.relation_embedding, self.num_entities, config, cut_zero_rows=True,
+            )
             logits = compressed_linear(user_x, self.intent_embedding, None, config)  # (U, F)
             attention = compressed_softmax(logits, -1, config)  # (U, F)
             intent_mix = compressed_linear(attention, intents.t(), None, config)  # (U, d)
