@@ -33,9 +33,16 @@ Memory layout with a `CompressionConfig` (what autograd keeps in phase I): the p
 is a product with the attention as a CSR matrix, which the model caches (`KGAT.adjacency`): nothing is
 kept for it, and the (E, d) messages never exist (`_propagate`). Each bi-interaction layer is one op
 (`_bi_interaction`) keeping 2-bit copies of x and e_N and two 1-bit LeakyReLU masks; dropout keeps a 1-bit
-mask, the L2 normalisation its quantized output and one norm per row; layer 0 reads the embedding table by
-reference. TransR's per-triple projection never gathers the (B, d, k) matrices
-(`_RelationProjectFunction` keeps the triple and relation indices only).
+mask; layer 0 reads the embedding table by reference. The loss gathers the batch's rows of each layer and
+normalises only those (the L2 normalisation is per row): it keeps their quantized output and one norm
+per row, never an (N, d_l) normalised layer. TransR's per-triple projection never gathers the (B, d, k)
+matrices (`_RelationProjectFunction` keeps the triple and relation indices only).
+
+Peak memory (what a step holds at once, beyond what it keeps): on the CPU the backward of the bi-
+interaction, of the CSR product and of the normalisation run in row chunks (`tinykg.nn._chunks`), with
+the packed copies dequantized a chunk at a time, and the rows gathered from every layer but the last give
+sparse gradients, added into the dense one the next layer's backward makes; none of them forms a zero-
+filled (N, d_l) gradient at the start of backward.
 
 Legend: U users, I items, N = U + N_e nodes, E CKG edges, R CKG relations, d embedding dim, k TransR dim,
 L layers, B batch.

@@ -39,9 +39,9 @@ from torch import nn
 
 from ..compress import CompressionConfig
 from ..nn import compressed_dot, compressed_embedding, compressed_linear, gather_aggregate, indexed_attention, weighted_sum
+from ..nn._chunks import row_chunks, rows_of
 from ..nn._saved import BitMask, as_dtype, compression_active, first_order, gather_index, keep_index, load, mark_gathered, maybe_quantize, narrow_index, save
 from ..nn.activation import OUTPUT_GRADS, mask_grad
-from ..nn._chunks import row_chunks, rows_of
 from ..nn.aggregate import add_gather_grad, gather_reductions
 from .base import CTRModel, check_choice, check_count, index_buffer, op_index, tf_l2
 
@@ -147,8 +147,9 @@ class _SumAggregateFunction(torch.autograd.Function):
         # are sums over them): each chunk's (b, K, d) neighbours are gathered once, for both their weighted
         # sum (it rebuilds W's input) and their dots with g (the weights' gradient), and its (b, d) / (b, d')
         # rows live only as long as the chunk. In one piece the operations and their order are the
-        # unchunked op's. Whole-batch temporaries here set a large step's peak: KGCN at batch 8192 (synthetic
-        # default, 2 bits) held six (B, K, d) ones at once, 42 MB above the step's start.
+        # unchunked op's. Whole-batch temporaries here set a large step's peak: in one piece this backward
+        # held six (B, n, d) or (B, n, K) tensors at once, and KGCN's 2-bit step at batch 8192 (synthetic
+        # default) peaked 41.8 MB above its start; in chunks 18.2 MB (`tinykg.profile.peak_allocated`).
         parts = row_chunks(rows, k * d, grad_out, per_thread=False, multiple=8)  # 8 rows: the mask at whole bytes
         if need[3] and len(parts) > 1:
             grad_weights = grad_out.new_empty(rows, k)
