@@ -16,7 +16,13 @@ growth  The activation bytes of one KGAT / KGIN step on synthetic graphs of the 
         the measured bytes on the graph's sizes (edges, nodes, ...), and the fit is checked on a size it did
         not see (``--fit-sizes`` adds measured sizes; the largest measured size is held out).
 
-What is counted: the exact bytes of the storages autograd holds for backward after the forward of one
+``--measure held`` (the default) counts what autograd holds for backward; ``--measure peak`` counts what
+a whole training step needs at its peak, the budget a device's memory sets: how far the bytes allocated
+rise above their level at the step's start during forward, backward and the Adam update
+(`tinykg.profile.peak_allocated`, exact on the CPU; Adam's state exists before the step, made by one
+update with zero gradients, and the gradients are cleared). Every probe then runs a whole profiled step.
+
+What ``held`` counts: the exact bytes of the storages autograd holds for backward after the forward of one
 training step (`tinykg.profile.ActivationTracker`, through `measure_step_activation`): parameters, model
 buffers and the input batch are held anyway and excluded. The count is deterministic for a given batch and
 graph, so every probe is one forward pass (no training, no backward: the bytes are counted before backward
@@ -55,7 +61,7 @@ import torch
 
 from tinykg.data import SyntheticConfig, ctr_split, make_synthetic
 from tinykg.data.ckg import build_ckg, kg_with_inverse
-from tinykg.profile import ActivationTracker
+from tinykg.profile import ActivationTracker, peak_allocated
 from tinykg.train.builders import build_ctr_model, default_group_size
 from tinykg.train.loop import measure_step_activation
 from tinykg.train.run import CTR_MODELS, compression_for, dataset_key, load_or_generate, write_json_atomic
@@ -166,6 +172,34 @@ def _step_bytes(model, batch) -> int:
     return measure_step_activation(model, batch, exclude=batch).total_bytes
 
 
+def adam_with_state(model) -> torch.optim.Adam:
+    """An Adam over the model's parameters whose state (two moments per parameter) already exists, as in
+    any step after the first: one update with zero gradients, which moves no parameter."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return optimizer
+
+
+def _step_peak(model, batch, optimizer) -> int:
+    """Peak bytes allocated above the start of one whole training step (forward, backward, Adam update)."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    gc.collect()
+    torch.manual_seed(0)
+
+    def step():
+        loss = model.loss(*batch)
+        loss.backward()
+        optimizer.step()
+
+    peak = peak_allocated(step)[1]
+    optimizer.zero_grad(set_to_none=True)
+    return peak
+
+
 def _full_step_ok(model, batch) -> bool:
     """One forward + backward completes with a finite loss (no optimizer step)."""
     model.train()
@@ -192,8 +226,10 @@ def _ctr_batch(train, batch_size: int) -> tuple[torch.Tensor, ...]:
     )
 
 
-def batch_capacity(dataset, models, bits_list, budget_bytes: int, resolution: float, max_batch: int = 1 << 24, log=print) -> list[dict]:
-    """Largest batch per (model, bits) under ``budget_bytes`` of activation memory; rows of capacity.json."""
+def batch_capacity(dataset, models, bits_list, budget_bytes: int, resolution: float, max_batch: int = 1 << 24, log=print,
+                   measure: str = "held") -> list[dict]:
+    """Largest batch per (model, bits) under ``budget_bytes`` of activation memory (``measure="held"``) or
+    of a step's peak (``"peak"``); rows of capacity.json."""
     key = dataset_key(dataset.name)
     train, _, _ = ctr_split(dataset.interactions, seed=0)
     rows = []
@@ -204,6 +240,20 @@ def batch_capacity(dataset, models, bits_list, budget_bytes: int, resolution: fl
         for bits in bits_list:
             model.compression = compression_for(bits, default_group_size(name, key, bits))
             start = time.perf_counter()
+            if measure == "peak":
+                optimizer = adam_with_state(model)
+                fits = lambda b: _step_peak(model, _ctr_batch(train, b), optimizer) <= budget_bytes  # noqa: E731
+                largest, smallest_over, probes = largest_fitting(fits, 256, resolution, max_batch)
+                peak = _step_peak(model, _ctr_batch(train, largest), optimizer) if largest else None
+                row = {
+                    "model": name, "bits": bits, "budget_bytes": budget_bytes, "largest": largest, "kind": "batch",
+                    "measure": "peak", "dataset": dataset.name, "smallest_over": smallest_over, "resolution": resolution,
+                    "bytes_at_largest": peak, "probes": probes, "seconds": time.perf_counter() - start,
+                }
+                rows.append(row)
+                log(f"batch  {dataset.name} {name} bits={bits}: largest {largest:,} under a {budget_bytes / MIB:g} MiB "
+                    f"step peak (over at {smallest_over}), {probes} probes, {row['seconds']:.1f}s")
+                continue
             fits = lambda b: _step_bytes(model, _ctr_batch(train, b)) <= budget_bytes  # noqa: E731
             largest, smallest_over, probes = largest_fitting(fits, 256, resolution, max_batch)
             bytes_at = _step_bytes(model, _ctr_batch(train, largest)) if largest else None
@@ -219,7 +269,7 @@ def batch_capacity(dataset, models, bits_list, budget_bytes: int, resolution: fl
             by_reference = _by_reference_bytes(model, _ctr_batch(train, 256))
             row = {
                 "model": name, "bits": bits, "budget_bytes": budget_bytes, "largest": largest, "kind": "batch",
-                "dataset": dataset.name, "smallest_over": smallest_over, "resolution": resolution,
+                "measure": "held", "dataset": dataset.name, "smallest_over": smallest_over, "resolution": resolution,
                 "bytes_at_largest": bytes_at, "per_sample_bytes": per_sample, "fixed_bytes": fixed,
                 "slope_batches": [top - 256, top], "per_sample_bytes_at_256": per_sample_small,
                 "by_reference_bytes": by_reference, "full_step_ok": step_ok, "probes": probes,
@@ -276,16 +326,19 @@ class GraphProbe:
         batch = first_batch(train, self.params["batch_size"], 0)
         return dataset, train, model, batch
 
-    def measure(self, n: int, bits: int, full_step: bool = False) -> dict:
-        """``{"activation_bytes", sizes..., "oom"}`` for the graph of ``n`` requested triples; an
-        out-of-memory error (under the address-space limit) gives ``activation_bytes=None, oom=True``."""
+    def measure(self, n: int, bits: int, full_step: bool = False, peak: bool = False) -> dict:
+        """``{"activation_bytes", sizes..., "oom"}`` for the graph of ``n`` requested triples (with ``peak``,
+        also ``"peak_bytes"``: a whole step's peak); an out-of-memory error (under the address-space limit)
+        gives ``activation_bytes=None, oom=True``."""
         start = time.perf_counter()
-        result = {"requested_triples": n, "oom": False, "activation_bytes": None}
+        result = {"requested_triples": n, "oom": False, "activation_bytes": None, "peak_bytes": None}
         try:
             dataset, train, model, batch = self.build(n)
             result.update(graph_sizes(dataset, train))
             model.compression = compression_for(bits)
             result["activation_bytes"] = _step_bytes(model, batch)
+            if peak:
+                result["peak_bytes"] = _step_peak(model, batch, adam_with_state(model))
             if full_step:
                 result["by_reference_bytes"] = _by_reference_bytes(model, batch)
                 result["full_step_ok"] = _full_step_ok(model, batch)
@@ -302,28 +355,31 @@ class GraphProbe:
 
 
 def graph_capacity(models, bits_list, budget_bytes: int, resolution: float, start: int = 1000,
-                   max_triples: int = 1 << 26, log=print) -> list[dict]:
-    """Largest synthetic graph (requested triples) per (model, bits) under ``budget_bytes``."""
+                   max_triples: int = 1 << 26, log=print, measure: str = "held") -> list[dict]:
+    """Largest synthetic graph (requested triples) per (model, bits) under ``budget_bytes`` of activation
+    memory (``measure="held"``) or of a step's peak (``"peak"``)."""
     rows = []
+    peak = measure == "peak"
+    counted = "peak_bytes" if peak else "activation_bytes"
     for name in models:
         probe = GraphProbe(name)
         for bits in bits_list:
             seen: dict[int, dict] = {}
 
             def fits(n: int) -> bool:
-                seen[n] = probe.measure(n, bits)
-                got = seen[n]["activation_bytes"]
+                seen[n] = probe.measure(n, bits, peak=peak)
+                got = seen[n][counted]
                 return got is not None and got <= budget_bytes
 
             began = time.perf_counter()
             largest, smallest_over, probes = largest_fitting(fits, start, resolution, max_triples)
-            final = probe.measure(largest, bits, full_step=True) if largest else {}
+            final = probe.measure(largest, bits, full_step=True, peak=peak) if largest else {}
             row = {
-                "model": name, "bits": bits, "budget_bytes": budget_bytes,
+                "model": name, "bits": bits, "budget_bytes": budget_bytes, "measure": measure,
                 "largest": final.get("num_triples", 0), "kind": "triples", "dataset": "synthetic",
                 "requested_triples": largest, "smallest_over_requested": smallest_over,
                 "smallest_over_oom": bool(smallest_over is not None and seen.get(smallest_over, {}).get("oom")),
-                "resolution": resolution, "bytes_at_largest": final.get("activation_bytes"),
+                "resolution": resolution, "bytes_at_largest": final.get(counted),
                 "by_reference_bytes": final.get("by_reference_bytes"), "full_step_ok": final.get("full_step_ok"),
                 "num_nodes": final.get("ckg_nodes"), "num_edges": final.get("ckg_edges"),
                 "num_train_interactions": final.get("num_train_interactions"), "probes": probes,
@@ -428,8 +484,12 @@ def _mib(value) -> str:
     return "n/a" if value is None else f"{value / MIB:,.2f}"
 
 
+def _measure(row: dict) -> str:
+    return row.get("measure", "held")  # rows from before session 17 counted the bytes held
+
+
 def _vs_fp32(rows: list[dict], row: dict) -> str:
-    base = [r for r in rows if r["model"] == row["model"] and r["kind"] == row["kind"]
+    base = [r for r in rows if r["model"] == row["model"] and r["kind"] == row["kind"] and _measure(r) == _measure(row)
             and r.get("dataset") == row.get("dataset") and r["bits"] == 32 and r["budget_bytes"] == row["budget_bytes"]]
     if not base or not base[0]["largest"]:
         return ""
@@ -438,31 +498,34 @@ def _vs_fp32(rows: list[dict], row: dict) -> str:
 
 def batch_table(rows: list[dict]) -> str:
     lines = [
-        "| dataset | model | bits | budget (MiB) | largest batch | vs fp32 | MiB at largest | bytes/sample at largest | bytes/sample at 256 | fixed bytes | graph buffers by reference (MiB) | probes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| dataset | model | bits | budget (MiB) | of | largest batch | vs fp32 | MiB at largest | bytes/sample at largest | bytes/sample at 256 | fixed bytes | graph buffers by reference (MiB) | probes |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["kind"] != "batch":
             continue
+        held = _measure(r) == "held"
         lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['bits']} | {r['budget_bytes'] / MIB:g} | {r['largest']:,} | {_vs_fp32(rows, r)} | "
-            f"{_mib(r['bytes_at_largest'])} | {r['per_sample_bytes']:,.1f} | {r['per_sample_bytes_at_256']:,.1f} | {r['fixed_bytes']:,.0f} | "
-            f"{_mib(r['by_reference_bytes'])} | {r['probes']} |"
+            f"| {r['dataset']} | {r['model']} | {r['bits']} | {r['budget_bytes'] / MIB:g} | {_measure(r)} | {r['largest']:,} | "
+            f"{_vs_fp32(rows, r)} | {_mib(r['bytes_at_largest'])} | "
+            + (f"{r['per_sample_bytes']:,.1f} | {r['per_sample_bytes_at_256']:,.1f} | {r['fixed_bytes']:,.0f} | "
+               f"{_mib(r['by_reference_bytes'])} |" if held else "n/a | n/a | n/a | n/a |")
+            + f" {r['probes']} |"
         )
     return "\n".join(lines)
 
 
 def graph_table(rows: list[dict]) -> str:
     lines = [
-        "| model | bits | budget (MiB) | largest graph (triples) | vs fp32 | requested n | CKG nodes | CKG edges | MiB at largest | graph buffers by reference (MiB) | probes |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | bits | budget (MiB) | of | largest graph (triples) | vs fp32 | requested n | CKG nodes | CKG edges | MiB at largest | graph buffers by reference (MiB) | probes |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["kind"] != "triples":
             continue
         count = lambda v: "n/a" if v is None else f"{v:,}"  # noqa: E731
         lines.append(
-            f"| {r['model']} | {r['bits']} | {r['budget_bytes'] / MIB:g} | {r['largest']:,} | {_vs_fp32(rows, r)} | "
+            f"| {r['model']} | {r['bits']} | {r['budget_bytes'] / MIB:g} | {_measure(r)} | {r['largest']:,} | {_vs_fp32(rows, r)} | "
             f"{r['requested_triples']:,} | {count(r['num_nodes'])} | {count(r['num_edges'])} | {_mib(r['bytes_at_largest'])} | "
             f"{_mib(r['by_reference_bytes'])} | {r['probes']} |"
         )
@@ -502,8 +565,11 @@ def growth_table(rows: list[dict]) -> str:
 def merge_rows(path: Path, new_rows: list[dict], key_fields: tuple[str, ...]) -> list[dict]:
     """Rows of the JSON list at ``path`` with the same key as a new row replaced, then the new rows."""
     old = json.loads(path.read_text()) if path.exists() else []
-    keys = {tuple(r.get(k) for k in key_fields) for r in new_rows}
-    return [r for r in old if tuple(r.get(k) for k in key_fields) not in keys] + new_rows
+    def key(row: dict) -> tuple:
+        return tuple(_measure(row) if k == "measure" else row.get(k) for k in key_fields)
+
+    keys = {key(r) for r in new_rows}
+    return [r for r in old if key(r) not in keys] + new_rows
 
 
 def _machine() -> dict:
@@ -530,6 +596,8 @@ def main(argv=None) -> int:
     parser.add_argument("--graph-models", nargs="+", choices=GRAPH_MODELS, default=list(GRAPH_MODELS))
     parser.add_argument("--bits", type=int, nargs="+", choices=BITS, default=list(BITS))
     parser.add_argument("--growth-bits", type=int, nargs="+", choices=BITS, default=[32, 2])
+    parser.add_argument("--measure", choices=("held", "peak"), default="held",
+                        help="budget of the bytes held for backward (default) or of a whole step's peak (see above)")
     parser.add_argument("--batch-budget-mib", type=float, default=64.0)
     parser.add_argument("--graph-budget-mib", type=float, default=128.0)
     parser.add_argument("--batch-resolution", type=float, default=0.005, help="relative resolution of the batch search")
@@ -552,6 +620,9 @@ def main(argv=None) -> int:
     return run(args)
 
 
+_BUDGET_OF = {"held": "activation memory", "peak": "a training step's peak"}
+
+
 def run(args: argparse.Namespace) -> int:
     limit_address_space(int(args.memory_limit_gib * GIB))
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
@@ -564,20 +635,20 @@ def run(args: argparse.Namespace) -> int:
             dataset = load_or_generate(None if data in ("synthetic", "toy") else data,
                                        synthetic_size="toy" if data == "toy" else "default")
             capacity_rows += batch_capacity(dataset, args.batch_models, args.bits, int(args.batch_budget_mib * MIB),
-                                            args.batch_resolution, log=log)
-        print(f"\n## Largest batch under {args.batch_budget_mib:g} MiB of activation memory\n")
+                                            args.batch_resolution, log=log, measure=args.measure)
+        print(f"\n## Largest batch under {args.batch_budget_mib:g} MiB of {_BUDGET_OF[args.measure]}\n")
         print(batch_table(capacity_rows))
     if "graph" in args.parts:
         graph_rows = graph_capacity(args.graph_models, args.bits, int(args.graph_budget_mib * MIB), args.graph_resolution,
-                                    start=200 if args.smoke else 1000, log=log)
+                                    start=200 if args.smoke else 1000, log=log, measure=args.measure)
         capacity_rows += graph_rows
-        print(f"\n## Largest synthetic graph under {args.graph_budget_mib:g} MiB of activation memory\n")
+        print(f"\n## Largest synthetic graph under {args.graph_budget_mib:g} MiB of {_BUDGET_OF[args.measure]}\n")
         print(graph_table(graph_rows))
     if capacity_rows:
         for row in capacity_rows:
             row["machine"] = _machine()
         path = args.out_dir / "capacity.json"
-        write_json_atomic(path, merge_rows(path, capacity_rows, ("kind", "model", "bits", "dataset")))
+        write_json_atomic(path, merge_rows(path, capacity_rows, ("kind", "model", "bits", "dataset", "measure", "budget_bytes")))
         print(f"\n(capacity rows written to {path})")
     if "growth" in args.parts:
         rows = growth(args.graph_models, args.growth_bits, args.growth_sizes, args.fit_sizes,

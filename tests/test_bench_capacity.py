@@ -44,3 +44,19 @@ def test_is_out_of_memory_recognises_allocation_failures():
     assert bench_capacity.is_out_of_memory(RuntimeError(torch_message))
     assert bench_capacity.is_out_of_memory(MemoryError())
     assert not bench_capacity.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_merge_rows_reads_rows_without_a_measure_as_held(tmp_path):
+    """Rows written before ``--measure`` existed counted the bytes held: a new held row of the same key
+    replaces them, a peak row is kept beside them."""
+    import json
+
+    path = tmp_path / "capacity.json"
+    old = {"kind": "batch", "model": "kgcn", "bits": 2, "dataset": "synthetic", "budget_bytes": 64, "largest": 10}
+    path.write_text(json.dumps([old]))
+    key = ("kind", "model", "bits", "dataset", "measure", "budget_bytes")
+    held, peak = {**old, "measure": "held", "largest": 11}, {**old, "measure": "peak", "largest": 3}
+    assert bench_capacity.merge_rows(path, [held], key) == [held]
+    assert bench_capacity.merge_rows(path, [peak], key) == [old, peak]
+    assert bench_capacity._vs_fp32([{**peak, "bits": 32, "largest": 1}, peak], peak) == "3.0x"
+    assert bench_capacity._vs_fp32([{**old, "bits": 32, "largest": 5}, peak], peak) == ""  # another measure
