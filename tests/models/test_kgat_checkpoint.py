@@ -57,8 +57,12 @@ def test_kgat_checkpoint_layers_hold_layer_inputs_instead_of_layer_activations()
     inputs = model.num_nodes * 8 * 4 + 2 * CPU_RNG_STATE_BYTES
     # What the BPR head keeps outside the layers: the same loss on fixed node representations.
     model.checkpoint_layers = False
-    layers = [layer.detach().requires_grad_() * 1.0 for layer in model.propagate_layers(normalize=False)]  # non-leaf, as the loss reads them
-    with mock.patch.object(model, "propagate_layers", return_value=layers), ActivationTracker(model, exclude=batch) as head:
+    layers, x = [], model.node_embedding
+    for layer in range(2):
+        x, _ = model.propagate_layer(layer, x, normalize=False)
+        layers.append(x.detach().requires_grad_() * 1.0)  # non-leaf, as the loss reads them
+    fixed = lambda layer, x, normalize: (layers[layer], None)  # noqa: E731
+    with mock.patch.object(model, "propagate_layer", side_effect=fixed), ActivationTracker(model, exclude=batch) as head:
         loss = model.loss(*batch)
     head_bytes = head.report().total_bytes
     assert head_bytes > 0

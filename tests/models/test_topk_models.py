@@ -299,7 +299,7 @@ def test_bi_interaction_gradcheck_float64_in_chunks(monkeypatch):
 
 
 def test_bi_interaction_in_chunks_dequantizes_rows(monkeypatch):
-    """fp32 at 2 bits, x and e_N kept packed through backward (`load(ctx, packed=True)`; the size below
+    """fp32 at 2 bits, forward in chunks too, x and e_N kept packed through backward (`load(ctx, packed=True)`; the size below
     which packed copies are dequantized whole is lowered to 1 element, as for a large graph) and dequantized
     8 rows at a time, against one piece under the same quantizer seed: both read the same codes. Each
     gradient is a sum of n terms in another order (the chunks' matrix products, the weights' sums over
@@ -315,13 +315,18 @@ def test_bi_interaction_in_chunks_dequantizes_rows(monkeypatch):
         with restoring_quantizer_seed():
             seed_quantizer(0)
             x, side = leaves[0] * 1.0, leaves[1] * 1.0  # non-leaf activations: quantized, as in the model
-            _bi_interaction(x, side, *leaves[2:], 0.2, CompressionConfig(bits=2, group_size=16, backend="torch")).backward(grad_out)
-        results.append([t.grad for t in leaves])
+            out = _bi_interaction(x, side, *leaves[2:], 0.2, CompressionConfig(bits=2, group_size=16, backend="torch"))
+            out.backward(grad_out)
+        results.append([t.grad for t in leaves] + [out.detach()])
     x, side, w1, _, w2, _ = (float(t.abs().max()) for t in inputs)
     big, u = float(grad_out.abs().max()), 2.0**-24
-    bounds = (  # (terms per element, bound on a term): x and e_N get 2 d' terms, the weights N
+    b1, b2 = (float(t.abs().max()) for t in (inputs[3], inputs[5]))
+    # (terms per element, bound on a term): the gradients of x and e_N sum 2 d' terms, the weights' N; the
+    # output (its forward runs in the same chunks) sums d + 1 per linear map, each term below the bound.
+    bounds = (
         (2 * 5, big * max(w1, w2) * max(1.0, x, side)), (2 * 5, big * max(w1, w2) * max(1.0, x, side)),
         (40, big * (x + side)), (40, big), (40, big * x * side), (40, big),
+        (2 * 7, max(w1 * (x + side), w2 * x * side, b1, b2)),
     )
     for got, want, (n, term) in zip(results[1], results[0], bounds):
         torch.testing.assert_close(got, want, rtol=0, atol=2 * n * n * term * u)
@@ -352,6 +357,38 @@ def test_bi_interaction_gradient_is_unbiased_and_keeps_two_packed_inputs():
     # zero point) = 32 B each; two 1-bit masks of (40, 5): 25 B each. The composed ops kept four copies.
     assert tracker.report().total_bytes == 2 * (64 + 32) + 2 * 25
     del out
+
+
+def test_kgat_batch_rows_are_the_rows_of_every_normalised_layer(toy):
+    """`KGAT.batch_rows` (rows gathered per layer, then normalised; sparse row gradients into the layers
+    read again) against the rows of `propagate_layers` (every layer normalised whole, dense gathers), in
+    fp32 without dropout: the same rows and the same gradients up to rounding (the sums run in another
+    order). Compressed, the two differ by their quantization (the whole normalised layer is kept at 2 bits,
+    the few gathered rows are not), so there the gradients are only checked to arrive dense and finite."""
+    dataset, train = toy
+    index = torch.tensor([0, 3, 3, 7, 11, 2])
+    weights = torch.linspace(-1, 1, 6 * (8 + 8 + 4)).view(6, -1)
+
+    def run(model, via_rows):
+        model.zero_grad(set_to_none=True)
+        if via_rows:
+            rows = torch.cat(model.batch_rows(index), dim=1)
+        else:
+            rows = torch.cat([layer[index] for layer in model.propagate_layers()], dim=1)
+        (rows * weights).sum().backward()
+        return rows.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    model = make_topk("kgat", dataset, train, mess_dropout=0.0).train()
+    (rows, grads), (want_rows, want_grads) = run(model, True), run(model, False)
+    torch.testing.assert_close(rows, want_rows, rtol=0, atol=1e-6)
+    assert len(grads) == len(want_grads) and all(g.layout == torch.strided for g in grads)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    compressed = make_topk("kgat", dataset, train, compression=config_for(2), mess_dropout=0.0).train()
+    rows, grads = run(compressed, True)
+    torch.testing.assert_close(rows, want_rows, rtol=0, atol=1e-6)  # the forward is exact
+    assert len(grads) == len(want_grads)
+    assert all(g.layout == torch.strided and bool(g.isfinite().all()) for g in grads)
 
 
 def test_kgat_adjacency_follows_the_attention_and_any_edge_order(toy):

@@ -68,7 +68,7 @@ from ..nn import (
     compressed_mul,
     compressed_normalize,
 )
-from ..nn._chunks import row_chunks, rows_of
+from ..nn._chunks import joined, row_chunks, rows_of
 from ..nn._saved import (
     BitMask, as_dtype, compression_active, first_order, load, loaded_rows, maybe_quantize, narrow_index, row_multiple, save,
 )
@@ -155,12 +155,29 @@ class _BiInteractionFunction(torch.autograd.Function):
         # backward rebuilds x + e_N and x * e_N from the two copies. Each copy is unbiased and their
         # rounding noise is independent, so the sum and the product are unbiased too.
         x_saved, side_saved = maybe_quantize(x, config), maybe_quantize(side, config)
-        summed = F.linear(x + side, w1, b1)  # (N, d')
-        product = F.linear(x * side, w2, b2)  # (N, d')
-        masks = BitMask.greater(summed), BitMask.greater(product)
+        num_rows, d_out = x.shape[0], w1.shape[0]
+        # Row chunks on the CPU (`tinykg.nn._chunks`): x + e_N, x * e_N and the two (N, d') pre-activations
+        # exist a chunk at a time (in one piece they were a large step's forward peak, beside x and e_N);
+        # each chunk starts on a whole byte of the masks, which are joined from the chunks' bits.
+        parts = row_chunks(num_rows, max(x.shape[1], d_out), x, multiple=8 // math.gcd(d_out, 8) if d_out else 1)
+        out = x.new_empty(num_rows, d_out) if len(parts) > 1 else None
+        bits1, bits2 = [], []
+        for part in parts:
+            x_part, side_part = rows_of(x, part), rows_of(side, part)
+            summed = F.linear(x_part + side_part, w1, b1)  # (n, d')
+            product = F.linear(x_part * side_part, w2, b2)  # (n, d')
+            bits1.append(BitMask.greater(summed).bits)
+            bits2.append(BitMask.greater(product).bits)
+            result = F.leaky_relu_(summed, slope).add_(F.leaky_relu_(product, slope))
+            if out is None:
+                out = result
+            else:
+                out[part] = result
+        shape = torch.Size((num_rows, d_out))
+        masks = BitMask(joined(bits1), shape), BitMask(joined(bits2), shape)
         ctx.slope = slope
         save(ctx, x_saved, side_saved, w1, w2, *masks)
-        return F.leaky_relu_(summed, slope) + F.leaky_relu_(product, slope)
+        return out
 
     @staticmethod
     @first_order
@@ -484,21 +501,52 @@ class KGAT(TopKModel):
         x = compressed_dropout(x, self.mess_dropout[layer], self.training, config)
         return x, compressed_normalize(x, -1, 1e-12, config) if normalize else None
 
-    def propagate_layers(self, normalize: bool = True) -> list[torch.Tensor]:
-        """Every layer's representation of all nodes: [e^(0) (N, d), norm(e^(1)) (N, d_1), ...]; without
-        ``normalize`` the layers' outputs as the next layer reads them, e^(l) unnormalised.
+    def propagate_layers(self) -> list[torch.Tensor]:
+        """Every layer's representation of all nodes: [e^(0) (N, d), norm(e^(1)) (N, d_1), ...].
 
         With ``checkpoint_layers`` (training only), each layer is an activation checkpoint: its input is
         kept, its intermediates are recomputed in backward (`tinykg.compress.checkpoint`)."""
         x = self.node_embedding  # (N, d)
         outputs = [x]
         for layer in range(len(self.layer_sizes)):
-            if self.checkpoint_layers and self.training:
-                x, normalized = checkpoint(self.propagate_layer, layer, x, normalize)
-            else:
-                x, normalized = self.propagate_layer(layer, x, normalize)
-            outputs.append(normalized if normalize else x)
+            x, normalized = self._layer(layer, x, normalize=True)
+            outputs.append(normalized)
         return outputs
+
+    def _layer(self, layer: int, x: torch.Tensor, normalize: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.checkpoint_layers and self.training:
+            return checkpoint(self.propagate_layer, layer, x, normalize)
+        return self.propagate_layer(layer, x, normalize)
+
+    def batch_rows(self, index: torch.Tensor) -> list[torch.Tensor]:
+        """The rows ``index`` (B',) of every layer's representation: [e^(0)[index] (B', d),
+        norm(e^(1))[index] (B', d_1), ...], the rows of `propagate_layers` without its (N, d_l) tensors.
+
+        Each layer's rows are gathered as soon as the layer is computed, and then normalised (the
+        normalisation is per row): only the current layer's (N, d_l) tensors exist at a time, and no
+        normalised (N, d_l) layer is formed or kept for backward. The rows of a layer the next one reads
+        (and of the embedding table, when there is a layer) get their gradient as a sparse tensor where
+        that is the smaller (B' rows well below N), added
+        into the dense gradient that layer gets anyway, where a zero-filled (N, d_l) one per layer would be
+        made at the start of backward and held until autograd reached that layer (the original's TF gather
+        gives sparse IndexedSlices too). The last layer's gradient is these rows only: dense, for the ops
+        before it.
+        """
+        config = self.active_config
+        num_layers = len(self.layer_sizes)
+
+        def sparse(x: torch.Tensor, read_again: bool) -> bool:
+            # A sparse gradient of B' rows costs B' (d_l + 2) words (values and an int64 row index), the
+            # dense one N d_l: sparse only where it is the smaller (not on a graph of a few batches' nodes).
+            return read_again and index.numel() * (x.shape[1] + 2) < x.shape[0] * x.shape[1]
+
+        x = self.node_embedding  # (N, d)
+        rows = [compressed_embedding(index, x, config, sparse_grad=sparse(x, num_layers > 0))]
+        for layer in range(num_layers):
+            x, _ = self._layer(layer, x, normalize=False)  # (N, d_l+1)
+            looked_up = compressed_embedding(index, x, config, sparse_grad=sparse(x, layer < num_layers - 1))  # (B', d_l+1)
+            rows.append(compressed_normalize(looked_up, -1, 1e-12, config))
+        return rows
 
     def propagate(self) -> torch.Tensor:
         """Representations of all nodes, (N, d + sum(layer_sizes)): the concatenation of every layer."""
@@ -511,9 +559,9 @@ class KGAT(TopKModel):
     def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
         """BPR loss of phase I (B,) x 3 -> scalar.
 
-        The batch's rows are gathered from each layer at once, users, positives and negatives together:
-        the (N, d + sum d_l) concatenation of all nodes is never formed (3.4 GiB at 10M triples), and
-        backward builds one gradient per layer rather than one (N, d + sum d_l) gradient per gather.
+        The batch's rows are gathered from each layer at once, users, positives and negatives together
+        (`batch_rows`): neither the (N, d + sum d_l) concatenation of all nodes (3.4 GiB at 10M triples) nor
+        a normalised (N, d_l) layer is formed.
         """
         config = self.active_config
         sizes = (self.num_users, self.num_items, self.num_items)
@@ -521,27 +569,9 @@ class KGAT(TopKModel):
         index = op_index(torch.cat([user_index, pos_index + offset, neg_index + offset]))  # (3B,)
         if compression_active(config, self.node_embedding):
             index = narrow_index(index, self.num_nodes)  # narrowed once: every layer's gather saves this tensor
-        layers = self.propagate_layers(normalize=False)
-        # Each layer's rows are gathered first and then normalised (the normalisation is per row, so these
-        # are the rows of the normalised layer, as in `representations`): the (N, d_l) normalised layers
-        # are never formed, nor kept for backward. A layer the next one reads (and the embedding table,
-        # when there is a layer) gets its rows' gradient as a sparse tensor, added into the dense gradient
-        # that layer gets anyway, where a zero-filled (N, d_l) one per layer would be made at the start of
-        # backward and held until autograd reached that layer (the original's TF gather gives sparse
-        # IndexedSlices too). The last layer's gradient is these rows only: dense, for the ops before it.
-        rows = torch.cat(self._normalized_rows(index, layers, config), dim=1)  # (3B, D'); the pieces freed
+        rows = torch.cat(self.batch_rows(index), dim=1)  # (3B, D'); the per-layer pieces are freed here
         user, pos, neg = rows.split(batch)  # (B, D') each
         return compressed_bpr_loss(user, pos, neg, self.l2_weight, self.active_head_config)
-
-    @staticmethod
-    def _normalized_rows(index: torch.Tensor, layers: list[torch.Tensor], config) -> list[torch.Tensor]:
-        """[e^(0)[index] (B', d), norm(e^(1)[index]) (B', d_1), ...] from the unnormalised layers
-        (`propagate_layers(normalize=False)`), with sparse row gradients where a layer is read again."""
-        rows = [compressed_embedding(index, layers[0], config, sparse_grad=len(layers) > 1)]
-        for layer, x in enumerate(layers[1:], start=1):
-            looked_up = compressed_embedding(index, x, config, sparse_grad=layer < len(layers) - 1)  # (B', d_l)
-            rows.append(compressed_normalize(looked_up, -1, 1e-12, config))
-        return rows
 
     # -- phase II: TransR and the attention refresh ----------------------------------------------------
 
