@@ -73,7 +73,7 @@ from ..nn._saved import (
     BitMask, as_dtype, compression_active, first_order, load, loaded_rows, maybe_quantize, narrow_index, row_multiple, save,
 )
 from ..nn.activation import mask_grad
-from .base import BPR_COLUMNS, check_batch, check_count, index_buffer, op_index
+from .base import BPR_COLUMNS, check_batch, check_count, index_buffer, op_index, sparse_rows_grad
 from .bprmf import TopKModel
 
 # --------------------------------------------------------------------------------------------------------
@@ -536,9 +536,7 @@ class KGAT(TopKModel):
         num_layers = len(self.layer_sizes)
 
         def sparse(x: torch.Tensor, read_again: bool) -> bool:
-            # A sparse gradient of B' rows costs B' (d_l + 2) words (values and an int64 row index), the
-            # dense one N d_l: sparse only where it is the smaller (not on a graph of a few batches' nodes).
-            return read_again and index.numel() * (x.shape[1] + 2) < x.shape[0] * x.shape[1]
+            return sparse_rows_grad(index.numel(), x, read_again)  # not on a graph of a few batches' nodes
 
         x = self.node_embedding  # (N, d)
         rows = [compressed_embedding(index, x, config, sparse_grad=sparse(x, num_layers > 0))]

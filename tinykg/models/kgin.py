@@ -53,7 +53,7 @@ from ..nn import (
 )
 from ..nn._chunks import row_chunks, rows_of
 from ..nn._saved import as_dtype, compression_active, first_order, load, maybe_quantize, needs_graph, save
-from .base import BPR_COLUMNS, check_batch, check_choice, check_count, index_buffer, op_index
+from .base import BPR_COLUMNS, check_batch, check_choice, check_count, index_buffer, op_index, sparse_rows_grad
 from .bprmf import TopKModel
 
 INDEPENDENCE = ("distance", "cosine")
@@ -353,8 +353,9 @@ class KGIN(TopKModel):
         kept = torch.rand(user.shape[0], device=user.device) < keep_prob
         return head[picked], rel[picked], tail[picked], user[kept], item[kept], 1.0 / keep_prob
 
-    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final user (U, d) and entity (N_e, d) representations: the residual sum over hops."""
+    def hops(self):
+        """Each hop's user (U, d) and entity (N_e, d) representations, hop 0 (the embedding table's views)
+        first: a generator, so that a caller keeps only what it needs of each hop."""
         config = self.active_config
         compress = compression_active(config, self.node_embedding)
         head, rel, tail, ui_user, ui_item, ui_scale = self._graph()
@@ -364,9 +365,9 @@ class KGIN(TopKModel):
             head, rel, tail, ui_user, ui_item = (t.long() for t in (head, rel, tail, ui_user, ui_item))
         user_x = self.node_embedding[: self.num_users]  # (U, d) views of the parameter
         entity_x = self.node_embedding[self.num_users :]  # (N_e, d)
+        yield user_x, entity_x
         # (F, d); plain autograd either way: it keeps its (F, R) softmax, F R floats whatever the graph.
         intents = intent_mixture(self.intent_relation_logits, self.relation_embedding)
-        user_sum, entity_sum = user_x, entity_x
         # F.normalize's 1e-12 (the original's), unless the dtype cannot hold it: in fp16 it rounds to 0 and a
         # zero row (an entity without neighbours) became 0 / 0.
         eps = max(1e-12, torch.finfo(entity_x.dtype).tiny)
@@ -387,9 +388,40 @@ class KGIN(TopKModel):
             user_agg = compressed_dropout(user_agg, self.mess_dropout, self.training, config)
             entity_x = compressed_normalize(entity_agg, -1, eps, config)  # (N_e, d)
             user_x = compressed_normalize(user_agg, -1, eps, config)  # (U, d)
+            yield user_x, entity_x
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user (U, d) and entity (N_e, d) representations: the residual sum over hops."""
+        hops = self.hops()
+        user_sum, entity_sum = next(hops)
+        for user_x, entity_x in hops:
             entity_sum = entity_sum + entity_x
             user_sum = user_sum + user_x
         return user_sum, entity_sum
+
+    def batch_rows(self, user_index: torch.Tensor, item_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``user_index`` (B,) of `propagate`'s users and ``item_index`` (B',) of its entities, without
+        its (U, d) and (N_e, d) sums: each hop's rows are gathered as soon as the hop is computed and added
+        up in the same order, so they are the same numbers. The rows of a hop the next one reads get their
+        gradient as a sparse tensor where that is the smaller (as `KGAT.batch_rows`), added into the dense
+        one that hop gets anyway, instead of one zero-filled (N_e, d) gradient held through backward; hop
+        0's are rows of the embedding table itself (its slices would not take a sparse gradient)."""
+        config = self.active_config
+        user_index, item_index = op_index(user_index), op_index(item_index)
+        sparse = sparse_rows_grad
+        hops = self.hops()
+        next(hops)  # hop 0: the table itself
+        table, read_again = self.node_embedding, self.num_hops > 0
+        users = compressed_embedding(user_index, table, config, sparse_grad=sparse(len(user_index), table, read_again))
+        items = compressed_embedding(item_index + self.num_users, table, config,
+                                     sparse_grad=sparse(len(item_index), table, read_again))
+        for hop, (user_x, entity_x) in enumerate(hops, start=1):
+            read_again = hop < self.num_hops
+            users = users + compressed_embedding(user_index, user_x, config,
+                                                 sparse_grad=sparse(len(user_index), user_x, read_again))
+            items = items + compressed_embedding(item_index, entity_x, config,
+                                                 sparse_grad=sparse(len(item_index), entity_x, read_again))
+        return users, items
 
     def representations(self) -> tuple[torch.Tensor, torch.Tensor]:
         users, entities = self.propagate()
@@ -404,11 +436,8 @@ class KGIN(TopKModel):
     def loss(self, user_index: torch.Tensor, pos_index: torch.Tensor, neg_index: torch.Tensor) -> torch.Tensor:
         """BPR + batch L2 + sim_weight * independence, (B,) x 3 -> scalar."""
         check_batch(BPR_COLUMNS, user_index, pos_index, neg_index, sizes=(self.num_users, self.num_items, self.num_items))
-        config = self.active_config
-        users, entities = self.propagate()
-        user = compressed_embedding(op_index(user_index), users, config)  # (B, d)
-        # Positives and negatives in one gather: backward builds one entity-sized gradient, not two.
-        items = compressed_embedding(op_index(torch.cat([pos_index, neg_index])), entities, config)  # (2B, d)
+        # Positives and negatives in one gather per hop (`batch_rows`): the full sums are never formed.
+        user, items = self.batch_rows(user_index, torch.cat([pos_index, neg_index]))  # (B, d), (2B, d)
         pos, neg = items.split(user_index.shape[0])  # (B, d) each
         loss = compressed_bpr_loss(user, pos, neg, self.l2_weight, self.active_head_config)
         if self.sim_weight:
