@@ -123,7 +123,7 @@ def _segment_bytes(model: nn.Module, method: str, batch: tuple) -> int:
         x = model.node_embedding
         for layer in range(len(model.layer_sizes)):
             with ActivationTracker(model, exclude=(x,)) as tracker:
-                x, _ = model.propagate_layer(layer, x)
+                x, _ = model.propagate_layer(layer, x, normalize=False)  # the segment the loss checkpoints
             largest = max(largest, tracker.report().total_bytes)
             x = x.detach().requires_grad_()
     return largest
