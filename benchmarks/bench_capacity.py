@@ -20,7 +20,8 @@ growth  The activation bytes of one KGAT / KGIN step on synthetic graphs of the 
 a whole training step needs at its peak, the budget a device's memory sets: how far the bytes allocated
 rise above their level at the step's start during forward, backward and the Adam update
 (`tinykg.profile.peak_allocated`, exact on the CPU; Adam's state exists before the step, made by one
-update with zero gradients, and the gradients are cleared). Every probe then runs a whole profiled step.
+update with zero gradients, and the gradients are cleared). Every probe then runs a whole profiled step,
+Adam's update included, so the parameters move from probe to probe: the peak does not depend on them.
 
 What ``held`` counts: the exact bytes of the storages autograd holds for backward after the forward of one
 training step (`tinykg.profile.ActivationTracker`, through `measure_step_activation`): parameters, model

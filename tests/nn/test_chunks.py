@@ -185,3 +185,18 @@ def test_normalize_backward_in_chunks_has_the_same_bits(same_bits_in_chunks, mon
     x[3] = 1e-14
     dim = -1 if layout == "rows" else 0
     same_bits_in_chunks(lambda x: compressed_normalize(x * 1.0, dim, 1e-12, CONFIG), [x.requires_grad_()])
+
+
+def test_gather_reductions_in_chunks_keep_the_promoted_dtype(monkeypatch):
+    """fp32 rows with fp64 weights: the chunked outputs have the dtype (and the bits) of one piece's."""
+    from tinykg.nn.aggregate import gather_reductions
+
+    g = torch.Generator().manual_seed(3)
+    source, index = torch.randn(20, 4, generator=g), torch.randint(0, 20, (9, 3), generator=g)
+    weights, grad = torch.rand(9, 3, generator=g, dtype=torch.float64), torch.randn(9, 4, generator=g, dtype=torch.float64)
+    one_piece = gather_reductions(source, index, weights, 0.5, grad)
+    monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", 5)
+    assert len(row_chunks(9, 12, source)) > 1
+    chunked = gather_reductions(source, index, weights, 0.5, grad)
+    for a, b in zip(chunked, one_piece):
+        assert a.dtype == b.dtype == torch.float64 and torch.equal(a, b)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tinykg.compress import CompressionConfig
-from tinykg.nn import _saved, batched_lookup
+from tinykg.nn import _saved, batched_lookup, compressed_embedding
 from tinykg.profile import ActivationTracker
 
 CFG = CompressionConfig(bits=2, group_size=64)
@@ -76,3 +76,36 @@ def test_batched_lookup_rejects_a_table_without_a_batch_dimension():
         batched_lookup(index, table[0], CFG)
     with pytest.raises(ValueError, match=r"\(B, N, D\) table"):
         batched_lookup(index[:3], table, CFG)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_sparse_grad_lookup_adds_into_the_dense_gradient(compressed):
+    """``sparse_grad=True`` on a table that another op also reads (a view of a parameter, as KGIN's hop
+    0): the parameter's gradient is dense and the dense lookup's up to rounding; uncompressed, double backward
+    (``create_graph=True``, a gradient penalty) works too, with the same result as the dense lookup."""
+    config = CompressionConfig(bits=2, group_size=32) if compressed else None
+    g = torch.Generator().manual_seed(0)
+    weight0 = torch.randn(12, 4, generator=g, dtype=torch.float64)
+    index = torch.tensor([[1, 3], [3, 7]])
+    results = []
+    for sparse in (True, False):
+        weight = weight0.clone().requires_grad_()
+        view = weight[2:]  # another reader of the table, read after the lookup's gradient arrives
+        out = compressed_embedding(index, weight, config, sparse_grad=sparse)
+        loss = (out * torch.arange(8.0, dtype=torch.float64).view(2, 2, 2).repeat(1, 1, 2)).sum() + (view**2).sum()
+        if compressed:
+            loss.backward()
+            results.append(weight.grad)
+            continue
+        (grad,) = torch.autograd.grad(loss, weight, create_graph=True)
+        assert grad.layout == torch.strided
+        (grad**2).sum().backward()  # double backward through the lookup's gradient
+        results.append((grad.detach(), weight.grad))
+    # The same terms added in another order (the sparse rows into the view's dense gradient): float64
+    # rounding at most.
+    if compressed:
+        assert results[0].layout == torch.strided
+        torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+    else:
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -59,11 +59,12 @@ def op_index(index: torch.Tensor) -> torch.Tensor:
 def sparse_rows_grad(rows: int, table: torch.Tensor, read_again: bool) -> bool:
     """Whether a lookup of ``rows`` rows of ``table`` (N, d), a representation that another op also reads
     (``read_again``: its dense gradient comes anyway), should give its gradient as a sparse tensor
-    (`compressed_embedding`'s ``sparse_grad``): where that is the smaller, ``rows`` (d + 2) words (values and
-    an int64 row index) against N d, and in fp32 / fp64, the dtypes whose sparse gradients PyTorch's CPU
-    adds into dense ones (fp16 and bf16 do not: "cadd_sparse" not implemented)."""
+    (`compressed_embedding`'s ``sparse_grad``): where that is the smaller, ``rows`` rows of values and an int64
+    row index each against N rows of values, and in fp32 / fp64, the dtypes whose sparse gradients
+    PyTorch's CPU adds into dense ones (fp16 and bf16 do not: "cadd_sparse" not implemented)."""
     n, d = table.shape
-    return read_again and table.dtype in (torch.float32, torch.float64) and rows * (d + 2) < n * d
+    row_bytes = d * table.element_size()
+    return read_again and table.dtype in (torch.float32, torch.float64) and rows * (row_bytes + 8) < n * row_bytes
 
 
 def position_rows(buffers, index: torch.Tensor, position: int, marked: bool) -> list[torch.Tensor]:

@@ -63,6 +63,26 @@ def _sparse_lookup_grad(grad_out: torch.Tensor, rows: torch.Tensor, num_rows: in
     return torch.sparse_coo_tensor(rows.reshape(1, -1).long(), values, (num_rows, d), check_invariants=False)
 
 
+class _SparseGradLookup(torch.autograd.Function):
+    # The plain (uncompressed) lookup with ``sparse_grad``: F.embedding(sparse=True)'s gradient, except
+    # under grad mode (double backward, ``create_graph=True``), where it is dense and differentiable, since
+    # autograd cannot add a sparse gradient to a dense one out of place (it adds them in place otherwise).
+    @staticmethod
+    def forward(ctx, index, weight):
+        ctx.save_for_backward(index)
+        ctx.num_rows = weight.shape[0]
+        return F.embedding(index, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (index,) = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            d = grad_out.shape[-1]
+            rows = index.reshape(-1).long()
+            return None, grad_out.new_zeros(ctx.num_rows, d).index_add(0, rows, grad_out.reshape(-1, d))
+        return None, _sparse_lookup_grad(grad_out, index, ctx.num_rows)
+
+
 def compressed_embedding(
     index: torch.Tensor, weight: torch.Tensor, config: CompressionConfig | None = None, *, sparse_grad: bool = False,
 ) -> torch.Tensor:
@@ -76,9 +96,12 @@ def compressed_embedding(
     gradient from elsewhere, such as a layer's output that the next layer reads (KGAT's layers): autograd
     adds the sparse rows into that gradient, and no zero-filled (N, D) one is made and held until then.
     A parameter whose only gradient is sparse needs an optimizer that takes sparse gradients (Adam does
-    not)."""
+    not). Under ``create_graph=True`` the uncompressed lookup's gradient is dense (the compressed ops give
+    first-order gradients only)."""
     if not compression_active(config, weight):
-        return F.embedding(gather_index(index), weight, sparse=sparse_grad)
+        if sparse_grad and needs_graph(weight):
+            return _SparseGradLookup.apply(gather_index(index), weight)
+        return F.embedding(gather_index(index), weight)
     kept = gathered_rows(index)  # the index is itself a lookup in a held table: kept as that reference
     narrow = narrow_index(index, weight.shape[0])
     out = _EmbeddingFunction.apply(narrow, weight, kept, sparse_grad)
@@ -274,24 +297,25 @@ def gather_reductions(
     lead, k, d = index.shape[:-1], index.shape[-1], source.shape[-1]
     parts, index, weights, g = _neighbour_chunks(index, weights if summed else None, g, d, source)
     chunked = len(parts) > 1
-    total = source.new_empty(lead.numel(), d) if summed and chunked else None
-    dot = source.new_empty(lead.numel(), k) if g is not None and chunked else None
+    total = dot = None
     for part in parts:
         # F.embedding (index_select) rather than source[index]: advanced indexing measured 7x slower on CPU.
         gathered = F.embedding(gather_index(rows_of(index, part)), source)  # (*, K, D) or a chunk of (B', K, D)
         if g is not None:
             dots = (gathered * rows_of(g, part).unsqueeze(-2)).sum(-1)
-            if chunked:
-                dot[part] = dots
-            else:
+            if not chunked:
                 dot = dots
+            else:  # the output in the chunks' own (promoted) dtype
+                dot = dots.new_empty(lead.numel(), k) if dot is None else dot
+                dot[part] = dots
         if summed:
             if weights is not None:
                 gathered = gathered * rows_of(weights, part).unsqueeze(-1)
-            if chunked:
-                torch.sum(gathered, -2, out=total[part]).mul_(scale)
-            else:
+            if not chunked:
                 total = gathered.sum(-2) * scale
+            else:
+                total = gathered.new_empty(lead.numel(), d) if total is None else total
+                torch.sum(gathered, -2, out=total[part]).mul_(scale)
     if chunked:
         total = total.view(*lead, d) if total is not None else None
         dot = dot.view(*lead, k) if dot is not None else None

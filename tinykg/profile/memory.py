@@ -144,14 +144,15 @@ def peak_allocated(fn, *args, **kwargs) -> tuple[object, int]:
     Exact and deterministic: it replays the allocator's own events (PyTorch's profiler with
     ``profile_memory=True``: one event per allocation and per free, with its size), not the process's
     resident memory, which moves by pages and with the C allocator's caching. A block allocated before the
-    call and freed inside it has no known size and is not subtracted, so the count is an upper bound when
-    ``fn`` frees older tensors (clear gradients before calling it). It slows ``fn`` down: a measurement, not
-    a timing.
+    call and freed inside it is subtracted only if an earlier profiled call saw it allocated; otherwise its
+    size is unknown and the count is an upper bound. So clear older tensors (gradients) before the call
+    for a count that does not depend on what ran before. Allocations on the calling thread are counted
+    (and on threads that take over its profiling state, as PyTorch's intra-op workers do); a backward run
+    by autograd's own device threads (a GPU's) is not. It slows ``fn`` down: a measurement, not a timing.
     """
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    with profile(activities=activities, profile_memory=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn(*args, **kwargs)
     events = sorted(
         (e.start_ns(), e.nbytes())
