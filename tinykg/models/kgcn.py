@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
+from ..compress.gathered import scatter_index
 from ..nn import compressed_dot, compressed_embedding, compressed_linear, gather_aggregate, indexed_attention, weighted_sum
 from ..nn._chunks import row_chunks, rows_of
 from ..nn._saved import BitMask, as_dtype, compression_active, first_order, gather_index, keep_index, load, mark_gathered, maybe_quantize, narrow_index, save
@@ -160,8 +161,8 @@ class _SumAggregateFunction(torch.autograd.Function):
             else:
                 grad_pre = OUTPUT_GRADS["tanh"](rows_of(act, part), grad_part)  # (b, d')
             grad_x = grad_pre @ weight  # (b, d)
-            # int32 for the self rows' gather and scatter; the neighbours are widened inside the gather ops
-            self_rows, neighbor_rows = gather_index(rows_of(self_index, part)), rows_of(neighbor_index, part)
+            # int64 for the self rows' scatter (`scatter_index`); the neighbours are widened inside the gather ops
+            self_rows, neighbor_rows = scatter_index(rows_of(self_index, part)), rows_of(neighbor_index, part)
             part_weights = rows_of(weights, part)
             if need[0]:  # one buffer for the self rows and the neighbour rows
                 grad_table.index_add_(0, self_rows, grad_x)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig
+from ..compress.gathered import scatter_index
 from ._chunks import row_chunks, rows_of
 from ._saved import as_dtype, compression_active, first_order, gather_index, gathered_rows, keep_index, load, mark_gathered, maybe_quantize, narrow_index, needs_graph, save
 
@@ -51,7 +52,7 @@ def _lookup_grad(grad_out: torch.Tensor, rows: torch.Tensor, num_rows: int) -> t
     # A strided gradient (a column slice of a concatenation) sends index_add_ down a 3x slower path:
     # (B, D) is cheap to copy.
     values = grad_out.reshape(-1, grad_out.shape[-1]).contiguous()
-    grad_w.index_add_(0, rows.reshape(-1).long(), values)
+    grad_w.index_add_(0, scatter_index(rows.reshape(-1)), values)
     return grad_w
 
 
@@ -325,14 +326,14 @@ def gather_reductions(
 def add_gather_grad(grad_source: torch.Tensor, g: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | None) -> None:
     """``grad_source[index[..., k]] += weights[..., k] * g`` in place: the source gradient of
     ``sum_k weights[..., k] * source[index[..., k]]`` given ``g`` (*, D), the gradient of that sum.
-    index: (*, K), any integer dtype (a narrow one widened a chunk at a time); weights: (*, K) or None
+    index: (*, K), any integer dtype (widened to int64 a chunk at a time); weights: (*, K) or None
     (all ones); grad_source: (N, D). The (*, K, D) per-edge gradient is formed in chunks on the CPU
     (`tinykg.nn._chunks`)."""
     d = g.shape[-1]
     weights = as_dtype(weights, g.dtype) if weights is not None else None
     parts, index, weights, g = _neighbour_chunks(index, weights, g, d, g)
     for part in parts:
-        rows = gather_index(rows_of(index, part))
+        rows = scatter_index(rows_of(index, part))
         per_edge = rows_of(g, part).unsqueeze(-2).expand(*rows.shape, d)  # (*, K, D) or a chunk of (B', K, D)
         if weights is not None:
             per_edge = per_edge * rows_of(weights, part).unsqueeze(-1)

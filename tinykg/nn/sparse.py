@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..compress import CompressionConfig
+from ..compress.gathered import scatter_index
 from ._chunks import joined, row_chunks, rows_of
 from ._saved import as_dtype, compression_active, first_order, gather_index, load, maybe_quantize, narrow_index, needs_graph, save
 
@@ -51,7 +52,7 @@ def _edge_sum(target_index, source_index, edge_weight, x, num_targets) -> torch.
         messages = x.index_select(0, rows_of(sources, part))  # (E, D) or a chunk of it
         if edge_weight is not None:
             messages = messages * rows_of(edge_weight, part).unsqueeze(1)
-        out.index_add_(0, rows_of(targets, part), messages)
+        out.index_add_(0, scatter_index(rows_of(targets, part)), messages)
     return out
 
 
@@ -116,7 +117,7 @@ def edge_aggregate(
         messages = x.index_select(0, gather_index(source_index))
         if edge_weight is not None:
             messages = messages * edge_weight.unsqueeze(1)
-        return x.new_zeros(num_targets, x.shape[1]).index_add_(0, gather_index(target_index), messages)
+        return x.new_zeros(num_targets, x.shape[1]).index_add_(0, scatter_index(target_index), messages)
     return _EdgeAggregateFunction.apply(target_index, source_index, edge_weight, x, num_targets, config)
 
 
