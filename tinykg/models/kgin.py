@@ -29,7 +29,9 @@ products, dropout and normalisation go through the compressed ops. The intent mi
 intermediates, is differentiated in forward and keeps its (F, R) gradient: both independent of the graph.
 Rows that aggregate nothing in a step (node dropout) have their gradient cut (`_cut_zero_rows`): exact,
 and it keeps normalize's grad/eps spike at zero rows from leaking through quantized zeros. On the CPU the
-(E, d) messages and per-edge gradients are formed in chunks of edges (`tinykg.nn._chunks`).
+(E, d) messages and per-edge gradients are formed in chunks of edges (`tinykg.nn._chunks`). On graphs much
+larger than a batch the loss gathers each hop's batch rows as the hop is computed (`KGIN.batch_rows`),
+with sparse row gradients, so neither the residual sums nor a zero-filled (N_e, d) gradient of them exist.
 
 Legend: U users, I items, N_e entities, R KG relations with inverses, E KG edges, F intents, d embedding
 dim, L hops, B batch.
