@@ -37,10 +37,11 @@ def gather_index(index: torch.Tensor) -> torch.Tensor:
 
 
 def scatter_index(index: torch.Tensor) -> torch.Tensor:
-    """``index`` as int64, for ``index_add_``: on the CPU an int32 index sends it down a path 2.5-4x slower
-    (torch 2.13, one thread, (n, 16) rows into a table: n = 1,024, 57 us against 15 us; n = 65,536, 9.0 ms
-    against 3.6 ms), while gathers (`gather_index`) run as fast with int32."""
-    return index.long()
+    """``index`` for ``index_add_``: int64 on the CPU, where an int32 index sends it down a path 2.5-4x
+    slower (torch 2.13, one thread, (n, 16) rows into a table: n = 1,024, 57 us against 15 us; n = 65,536,
+    9.0 ms against 3.6 ms), while gathers (`gather_index`) run as fast with int32. Elsewhere as
+    `gather_index` gives it (int32 stays int32): not measured there, and a conversion is one more launch."""
+    return index.long() if index.device.type == "cpu" else gather_index(index)
 
 
 Stamp = tuple[int, int]  # (data_ptr, version counter)

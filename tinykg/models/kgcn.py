@@ -150,7 +150,7 @@ class _SumAggregateFunction(torch.autograd.Function):
         # rows live only as long as the chunk. In one piece the operations and their order are the
         # unchunked op's. Whole-batch temporaries here set a large step's peak: in one piece this backward
         # held six (B, n, d) or (B, n, K) tensors at once, and KGCN's 2-bit step at batch 8192 (synthetic
-        # default) peaked 41.8 MB above its start; in chunks 18.2 MB (`tinykg.profile.peak_allocated`).
+        # default) peaked 39.7 MB above its start; in chunks 16.8 MB (`benchmarks/bench_step.py --cpu-peak`).
         parts = row_chunks(rows, k * d, grad_out, per_thread=False, multiple=8)  # 8 rows: the mask at whole bytes
         if need[3] and len(parts) > 1:
             grad_weights = grad_out.new_empty(rows, k)
