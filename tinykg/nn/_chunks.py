@@ -14,9 +14,13 @@ in one piece and 23 MB in chunks (fp32: 165 MB).
 Every chunked gather / scatter computes each output element with the same operations in the same order as
 the one-piece op (row-wise products and reductions, ``index_add_`` in edge order), so in fp32 and fp64 the
 results are bit for bit the same (the tests run the ops with a tiny budget against one piece); fp16 / bf16
-tensors run in one piece (`_CHUNKED_DTYPES`). CKAN's fused attention (`tinykg.models.ckan`) also runs in
-chunks, and is not bit for bit one piece: its weight gradients are sums over the chunks (another order of
-the same terms). Its chunks do not depend on the thread count.
+tensors run in one piece (`_CHUNKED_DTYPES`). So do the row-wise backwards of `compressed_normalize` and
+KGAT's CSR product. CKAN's fused attention (`tinykg.models.ckan`), KGCN's fused aggregation backward and
+KGAT's bi-interaction (`tinykg.models.kgcn`, `tinykg.models.kgat`) also run in chunks, and are not bit for
+bit one piece: their weight gradients are sums over the chunks (another order of the same terms), and a
+matrix product's bits may depend on its row count. Their chunks do not depend on the thread count.
+Packed activations are dequantized a chunk of rows at a time there (`PackedActivation.rows`,
+`tinykg.nn._saved.loaded_rows`), and chunks start on whole groups and bytes (``multiple``).
 
 On other devices the ops run in one piece by default: each chunk costs the host a few launches, which the
 small steps bound by a GPU's host would feel. Chunks would lower the allocator's peak, though, which the
