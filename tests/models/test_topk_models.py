@@ -360,12 +360,24 @@ def test_bi_interaction_gradient_is_unbiased_and_keeps_two_packed_inputs():
     del out
 
 
+def _same_sums_in_another_order(got, want, terms):
+    """float64 gradients that add the same ``terms`` (at most) terms in another order: they differ by at
+    most 2 terms 2^-53 times the sum of the terms' magnitudes. Here that sum is taken as at most 1,000x the
+    largest gradient (no element of these toy models cancels more), so the bound is below 1e-9 of it for
+    the few thousand terms of a toy graph, while a missing, doubled or wrong term moves an element by about
+    the term itself."""
+    for g, w in zip(got, want):
+        scale = 1000 * float(w.abs().max())
+        torch.testing.assert_close(g, w, rtol=0, atol=2 * terms * 2.0**-53 * scale)
+
+
 def test_kgat_batch_rows_are_the_rows_of_every_normalised_layer(toy):
     """`KGAT.batch_rows` (rows gathered per layer, then normalised; sparse row gradients into the layers
-    read again) against the rows of `propagate_layers` (every layer normalised whole, dense gathers), in
-    fp32 without dropout: the same rows and the same gradients up to rounding (the sums run in another
-    order). Compressed, the two differ by their quantization (the whole normalised layer is kept at 2 bits,
-    the few gathered rows are not), so there the gradients are only checked to arrive dense and finite."""
+    read again) against the rows of `propagate_layers` (every layer normalised whole, dense gathers), without
+    dropout: the same rows (the normalisation is per row) and, in float64, the same gradients up to the
+    order of their sums. Compressed, the two differ by their quantization (the whole normalised layer is
+    kept at 2 bits, the few gathered rows are not), so there the gradients are only checked to arrive dense
+    and finite."""
     dataset, train = toy
     index = torch.tensor([0, 3, 3, 7, 11, 2])
     weights = torch.linspace(-1, 1, 6 * (8 + 8 + 4)).view(6, -1)
@@ -376,27 +388,28 @@ def test_kgat_batch_rows_are_the_rows_of_every_normalised_layer(toy):
             rows = torch.cat(model.batch_rows(index), dim=1)
         else:
             rows = torch.cat([layer[index] for layer in model.propagate_layers()], dim=1)
-        (rows * weights).sum().backward()
+        (rows * weights.to(rows.dtype)).sum().backward()
         return rows.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     model = make_topk("kgat", dataset, train, mess_dropout=0.0).train()
     (rows, grads), (want_rows, want_grads) = run(model, True), run(model, False)
-    torch.testing.assert_close(rows, want_rows, rtol=0, atol=1e-6)
+    assert torch.equal(rows, want_rows)
     assert len(grads) == len(want_grads) and all(g.layout == torch.strided for g in grads)
-    for got, want in zip(grads, want_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    model64 = make_topk("kgat", dataset, train, mess_dropout=0.0).double().train()
+    (_, grads64), (_, want64) = run(model64, True), run(model64, False)
+    _same_sums_in_another_order(grads64, want64, terms=model64.head_index.numel() + len(index))
     compressed = make_topk("kgat", dataset, train, compression=config_for(2), mess_dropout=0.0).train()
     rows, grads = run(compressed, True)
-    torch.testing.assert_close(rows, want_rows, rtol=0, atol=1e-6)  # the forward is exact
+    assert torch.equal(rows, want_rows)  # the forward is exact
     assert len(grads) == len(want_grads)
     assert all(g.layout == torch.strided and bool(g.isfinite().all()) for g in grads)
 
 
 def test_kgin_batch_rows_are_the_rows_of_the_residual_sums(toy):
     """`KGIN.batch_rows` (each hop's rows gathered and added as the hop is computed; sparse row gradients
-    into the hops read again, hop 0 from the table itself) against rows of `propagate`'s sums, fp32, no
-    dropout: the same numbers (the same additions in the same order) and the same gradients up to rounding
-    (another order of the same sums)."""
+    into the hops read again, hop 0 from the table itself) against rows of `propagate`'s sums, no dropout:
+    the same numbers (the same additions in the same order) and, in float64, the same gradients up to the
+    order of their sums."""
     dataset, train = toy
     users, items = torch.tensor([0, 2, 2, 5]), torch.tensor([1, 4, 4, 0, 3])
     w_users, w_items = torch.linspace(-1, 1, 4 * 8).view(4, 8), torch.linspace(1, -2, 5 * 8).view(5, 8)
@@ -409,7 +422,8 @@ def test_kgin_batch_rows_are_the_rows_of_the_residual_sums(toy):
         else:
             user_sum, entity_sum = model.propagate()
             user_rows, item_rows = user_sum[users], entity_sum[items]
-        ((user_rows * w_users).sum() + (item_rows * w_items).sum()).backward()
+        loss = (user_rows * w_users.to(user_rows.dtype)).sum() + (item_rows * w_items.to(item_rows.dtype)).sum()
+        loss.backward()
         return [user_rows.detach(), item_rows.detach()], [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     model = make_topk("kgin", dataset, train, mess_dropout=0.0).train()
@@ -417,8 +431,9 @@ def test_kgin_batch_rows_are_the_rows_of_the_residual_sums(toy):
     for got, want in zip(rows, want_rows):
         assert torch.equal(got, want)
     assert len(grads) == len(want_grads) and all(g.layout == torch.strided for g in grads)
-    for got, want in zip(grads, want_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    model64 = make_topk("kgin", dataset, train, mess_dropout=0.0).double().train()
+    (_, grads64), (_, want64) = run(model64, True), run(model64, False)
+    _same_sums_in_another_order(grads64, want64, terms=model64.kg_head.numel() + train.num_interactions + len(users) + len(items))
     # Where sparse gradients do not pay (a graph of a few batches), `batch_rows` takes the sums and one
     # lookup each: the very ops of the plain reading, so the same bits.
     with mock.patch("tinykg.models.kgin.sparse_rows_grad", return_value=False):

@@ -162,7 +162,7 @@ class _BiInteractionFunction(torch.autograd.Function):
         # each chunk starts on a whole byte of the masks, which are joined from the chunks' bits.
         # The same chunks whatever the thread count: a matrix product's bits may depend on its row count.
         parts = row_chunks(num_rows, max(x.shape[1], d_out), x, per_thread=False,
-                           multiple=8 // math.gcd(d_out, 8) if d_out else 1)
+                           multiple=BitMask.whole_bytes(d_out))
         out = x.new_empty(num_rows, d_out) if len(parts) > 1 else None
         bits1, bits2 = [], []
         for part in parts:
@@ -538,14 +538,13 @@ class KGAT(TopKModel):
         config = self.active_config
         num_layers = len(self.layer_sizes)
 
-        def sparse(x: torch.Tensor, read_again: bool) -> bool:
-            return sparse_rows_grad(index.numel(), x, read_again)  # not on a graph of a few batches' nodes
-
         x = self.node_embedding  # (N, d)
-        rows = [compressed_embedding(index, x, config, sparse_grad=sparse(x, num_layers > 0))]
+        # sparse_rows_grad: not on a graph of a few batches' nodes
+        rows = [compressed_embedding(index, x, config, sparse_grad=sparse_rows_grad(index.numel(), x, num_layers > 0))]
         for layer in range(num_layers):
             x, _ = self._layer(layer, x, normalize=False)  # (N, d_l+1)
-            looked_up = compressed_embedding(index, x, config, sparse_grad=sparse(x, layer < num_layers - 1))  # (B', d_l+1)
+            read_again = layer < num_layers - 1
+            looked_up = compressed_embedding(index, x, config, sparse_grad=sparse_rows_grad(index.numel(), x, read_again))
             rows.append(compressed_normalize(looked_up, -1, 1e-12, config))
         return rows
 

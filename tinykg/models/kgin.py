@@ -413,8 +413,7 @@ class KGIN(TopKModel):
         lookup each."""
         config = self.active_config
         user_index, item_index = op_index(user_index), op_index(item_index)
-        sparse = sparse_rows_grad
-        if not sparse(len(item_index), self.node_embedding[self.num_users :], self.num_hops > 0):
+        if not sparse_rows_grad(len(item_index), self.node_embedding[self.num_users :], self.num_hops > 0):
             # A graph of a few batches' entities (the synthetic default): a sparse gradient would not be the
             # smaller, so the sums and one lookup each, the same numbers in fewer ops (there 50 fewer
             # top-level aten ops per 2-bit step, 789 -> 739, each a few microseconds of a GPU's host time).
@@ -423,15 +422,15 @@ class KGIN(TopKModel):
         hops = self.hops()
         next(hops)  # hop 0: the table itself
         table, read_again = self.node_embedding, self.num_hops > 0
-        users = compressed_embedding(user_index, table, config, sparse_grad=sparse(len(user_index), table, read_again))
+        users = compressed_embedding(user_index, table, config, sparse_grad=sparse_rows_grad(len(user_index), table, read_again))
         items = compressed_embedding(item_index + self.num_users, table, config,
-                                     sparse_grad=sparse(len(item_index), table, read_again))
+                                     sparse_grad=sparse_rows_grad(len(item_index), table, read_again))
         for hop, (user_x, entity_x) in enumerate(hops, start=1):
             read_again = hop < self.num_hops
             users = users + compressed_embedding(user_index, user_x, config,
-                                                 sparse_grad=sparse(len(user_index), user_x, read_again))
+                                                 sparse_grad=sparse_rows_grad(len(user_index), user_x, read_again))
             items = items + compressed_embedding(item_index, entity_x, config,
-                                                 sparse_grad=sparse(len(item_index), entity_x, read_again))
+                                                 sparse_grad=sparse_rows_grad(len(item_index), entity_x, read_again))
         return users, items
 
     def representations(self) -> tuple[torch.Tensor, torch.Tensor]:

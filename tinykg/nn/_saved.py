@@ -53,6 +53,15 @@ class BitMask:
     def unpack(self) -> torch.Tensor:
         return unpack_mask(self.bits, self.shape)
 
+    def row_multiple(self) -> int:
+        """Rows (along the first dim) that fill whole bytes: `rows` may start at any multiple of this."""
+        return self.whole_bytes(self.shape[1:].numel())
+
+    @staticmethod
+    def whole_bytes(per_row: int) -> int:
+        """The fewest rows of ``per_row`` bits that fill whole bytes."""
+        return 8 // math.gcd(per_row, 8) if per_row else 1
+
     def rows(self, part: slice | None) -> "BitMask":
         """The mask of rows ``part`` (along the first dim; None: all of them). The start must fall on a whole
         byte: ``part.start * (elements per row)`` a multiple of 8."""
@@ -60,7 +69,7 @@ class BitMask:
             return self
         per_row, first, last = self.shape[1:].numel(), part.start, min(part.stop, self.shape[0])
         start, stop = first * per_row, last * per_row
-        if start % 8:
+        if first % self.row_multiple():
             raise ValueError(f"rows from {first} start inside a byte of the mask ({per_row} bits per row)")
         return BitMask(self.bits[start // 8 : (stop + 7) // 8], torch.Size((last - first, *self.shape[1:])))
 
@@ -236,11 +245,8 @@ def row_multiple(*items: torch.Tensor | PackedActivation | BitMask | None) -> in
     multiple of: whole groups and bytes of a packed activation's codes, whole bytes of a mask."""
     multiple = 1
     for item in items:
-        if isinstance(item, PackedActivation):
+        if isinstance(item, (PackedActivation, BitMask)):
             multiple = math.lcm(multiple, item.row_multiple())
-        elif isinstance(item, BitMask):
-            per_row = item.shape[1:].numel()
-            multiple = math.lcm(multiple, 8 // math.gcd(per_row, 8) if per_row else 1)
     return multiple
 
 

@@ -77,10 +77,8 @@ class _SparseGradLookup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (index,) = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            d = grad_out.shape[-1]
-            rows = index.reshape(-1).long()
-            return None, grad_out.new_zeros(ctx.num_rows, d).index_add(0, rows, grad_out.reshape(-1, d))
+        if torch.is_grad_enabled():  # recorded by autograd: differentiable in grad_out
+            return None, _lookup_grad(grad_out, index, ctx.num_rows)
         return None, _sparse_lookup_grad(grad_out, index, ctx.num_rows)
 
 
