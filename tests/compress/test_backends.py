@@ -710,3 +710,70 @@ def test_cpu_quantize_follows_torch_thread_count_after_its_plan_is_cached(monkey
         torch.set_num_threads(threads)
     assert calls == [2]  # the one-thread call runs the kernel directly, not through run_tasks
     assert torch.equal(first.codes, second.codes)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("seed, salt", [(1234, 0), (1234, 1), (0, 2**32 - 1), (2**32 - 1, 2**40 + 7)])
+def test_triton_device_salt_gives_the_reference_codes_of_the_salted_seed(backend, bits, seed, salt):
+    """Inside `device_salt`, the quantize and keep-mask kernels read the salt from device memory and give
+    the reference's codes and masks for `salted_seed(seed, salt)` (its low 32 bits; a CUDA graph advances
+    it at every replay). Different salts give different codes."""
+    from tinykg.compress.masks import pack_mask_ref
+    from tinykg.compress.rng import device_salt, salted_seed, uniform_noise
+
+    kind, device = backend
+    if kind != Backend.TRITON:
+        pytest.skip("only the Triton kernels read a device salt")
+    config = CompressionConfig(bits=bits, group_size=32, backend=kind)
+    x = _sample((6, 100), torch.float32, device)
+    salt_tensor = torch.tensor([salt], dtype=torch.int64, device=device)
+    with device_salt(salt_tensor):
+        packed = quantize(x, config, seed=seed)
+        mask = triton_kernels.keep_bits_triton(1001, 0.3, seed, torch.device(device))
+    salted = salted_seed(seed, salt & 0xFFFFFFFF)
+    assert_same_packed(packed, quantize_ref(x, config, salted))
+    assert torch.equal(mask.cpu(), pack_mask_ref(uniform_noise(1001, salted) >= 0.3))
+    with device_salt(salt_tensor + 1):
+        other = quantize(x, config, seed=seed)
+    assert not torch.equal(other.codes, packed.codes)
+
+
+def test_triton_capture_word_collects_exact_groups_without_waiting(backend):
+    """Inside `exact_groups_to` (a CUDA graph's capture), quantize returns a final result with no exact
+    group and no pending check, and sets the word exactly when some group had to be kept exactly; the
+    codes of the other groups are the reference's."""
+    kind, device = backend
+    if kind != Backend.TRITON:
+        pytest.skip("Triton's exact-group word")
+    config = CompressionConfig(bits=2, group_size=32, backend=kind)
+    word = torch.zeros(1, dtype=torch.int32, device=device)
+    y = _sample((4, 64), torch.float32, device)
+    with triton_kernels.exact_groups_to(word):
+        packed = quantize(y, config, seed=3, defer_exact=True)
+    assert packed.pending is None and int(word) == 0
+    assert_same_packed(packed, quantize_ref(y, config, 3))
+    x = _special_groups().to(device)
+    with triton_kernels.exact_groups_to(word):
+        packed = quantize(x, config, seed=3, defer_exact=True)
+    want = quantize_ref(x, config, 3)
+    assert want.exact_index.numel() and packed.exact_index.numel() == 0 and int(word) == 1
+    assert torch.equal(packed.codes, want.codes)
+
+
+def test_device_salt_is_refused_by_backends_that_cannot_read_it():
+    """A backend that takes its seed as a host value only would freeze the noise into a captured graph:
+    inside `device_salt` it raises instead (the stochastic quantizer and the keep-mask); round to nearest
+    draws no noise and is allowed."""
+    from tinykg.compress.masks import keep_bits
+    from tinykg.compress.rng import device_salt
+
+    x = torch.randn(4, 32)
+    with device_salt(torch.zeros(1, dtype=torch.int64)):
+        with pytest.raises(RuntimeError, match="Triton backend only"):
+            quantize(x, CompressionConfig(bits=2, backend="torch"))
+        with pytest.raises(RuntimeError, match="Triton kernels only"):
+            keep_bits(100, 0.5, 1, "cpu")
+        quantize(x, CompressionConfig(bits=2, backend="torch", stochastic=False))
+    with pytest.raises(ValueError, match="one int64"):
+        with device_salt(torch.zeros(2, dtype=torch.int64)):
+            pass

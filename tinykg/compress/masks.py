@@ -34,7 +34,7 @@ import torch
 
 from . import cpu_kernels, triton_kernels
 from .packed import pack_codes, unpack_codes
-from .rng import uniform_noise
+from .rng import current_device_salt, uniform_noise
 
 PackFn = Callable[[torch.Tensor], torch.Tensor]
 UnpackFn = Callable[[torch.Tensor, torch.Size], torch.Tensor]
@@ -130,10 +130,13 @@ def keep_bits(numel: int, p: float, seed: int, device: torch.device | str = "cpu
     """
     device = torch.device(device)
     fused = _impl(device).fused
-    if fused == "cpu":
-        return cpu_kernels.keep_bits_cpu(numel, p, seed)
     if fused == "triton":
         return triton_kernels.keep_bits_triton(numel, p, seed, device)
+    if current_device_salt() is not None:
+        raise RuntimeError(f"tinykg: a CUDA-graph step draws dropout masks with the Triton kernels only, not on "
+                           f"{device}: their seeds would be frozen into the graph")
+    if fused == "cpu":
+        return cpu_kernels.keep_bits_cpu(numel, p, seed)
     return pack_mask(uniform_noise(numel, seed, device) >= p)
 
 

@@ -17,7 +17,7 @@ import torch
 from .config import Backend, CompressionConfig
 from .packed import PackedActivation
 from .reference import dequantize_ref, quantize_ref
-from .rng import draw_seed
+from .rng import current_device_salt, draw_seed
 
 log = logging.getLogger("tinykg.compress")
 
@@ -30,6 +30,8 @@ class BackendImpl:
     # ``quantize`` whose result may be pending (`PackedActivation.resolve`), for a device that runs
     # asynchronously; None: ``quantize`` is used (its results are always final).
     deferred_quantize: Callable[[torch.Tensor, CompressionConfig, int], PackedActivation] | None = None
+    # Whether ``quantize`` reads `tinykg.compress.rng.device_salt` (what a CUDA-graph replay needs).
+    reads_device_salt: bool = False
 
 
 class _Registry(dict):
@@ -125,6 +127,10 @@ def quantize(
     if x.requires_grad and torch.is_grad_enabled():  # off inside an autograd Function's forward: no call
         x = x.detach()
     impl = resolve_backend(config.backend, x.device)
+    if config.stochastic and not impl.reads_device_salt and current_device_salt() is not None:
+        raise RuntimeError(
+            f"tinykg: a CUDA-graph step quantizes with the Triton backend only, but this {x.device.type} tensor "
+            f"goes to another ({config.backend.value!r} here): its seeds would be frozen into the graph")
     if defer_exact and impl.deferred_quantize is not None:
         return impl.deferred_quantize(x, config, seed)
     return impl.quantize(x, config, seed)

@@ -163,6 +163,39 @@ def quantizer_generator() -> QuantizerStream | None:
     return _quantizer_generator.get()
 
 
+def salted_seed(seed: int, salt: int) -> int:
+    """The seed a kernel uses when it reads a salt from device memory (`device_salt`):
+    ``seed XOR hash32(salt mod 2**32)``. `hash32` is a bijection of 32-bit words, so a fixed seed gives a
+    different seed for every salt below 2**32, and the reference given this seed gives the kernel's codes."""
+    return (seed ^ hash32_int(salt)) & MASK32
+
+
+# A CUDA graph replays its kernels with the arguments they were captured with: a seed passed as an argument
+# would give every replay the same noise. Inside `device_salt`, the seeded kernels also read a salt from
+# device memory, which the graph advances at every replay (`tinykg.train.graphed`).
+_device_salt: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("tinykg_device_salt", default=None)
+
+
+@contextlib.contextmanager
+def device_salt(salt: torch.Tensor | None) -> Iterator[None]:
+    """Inside the block, every seeded kernel (the quantizer's stochastic rounding, compressed dropout's
+    masks) uses `salted_seed` of its seed and the value of ``salt``, read on the device when the kernel
+    runs: a (1,) int64 CUDA tensor (None: plain seeds). Only the Triton backend reads it; the other
+    backends raise inside the block rather than give a captured graph frozen noise."""
+    if salt is not None and (salt.dtype != torch.int64 or salt.numel() != 1):
+        raise ValueError(f"a device salt is one int64 value, got {salt.dtype} x {tuple(salt.shape)}")
+    token = _device_salt.set(salt)
+    try:
+        yield
+    finally:
+        _device_salt.reset(token)
+
+
+def current_device_salt() -> torch.Tensor | None:
+    """The salt `device_salt` set in this context, or None."""
+    return _device_salt.get()
+
+
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A fresh 32-bit seed from ``generator`` (a CPU generator), else from the quantizer's own stream
     (`seed_quantizer`), else from the global CPU generator."""

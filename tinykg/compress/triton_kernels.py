@@ -33,11 +33,13 @@ be set before Triton is imported. Triton is imported, and the kernels built, on 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import logging
 import os
 from functools import partial
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 
@@ -53,7 +55,7 @@ from .packed import (
     scatter_exact,
 )
 from .reference import resolve_group_size
-from .rng import seed_key
+from .rng import current_device_salt, seed_key
 
 # ``triton.language``, bound by `_get_kernels` on first use (importing Triton costs time, and the kernel
 # bodies below only need it when they run).
@@ -324,15 +326,27 @@ def md_next(bits, SIGN: tl.constexpr, INF: tl.constexpr, UP: tl.constexpr):
     return res.to(tl.uint32)
 
 
-def noise(offs, key):
-    """u_i of `tinykg.compress.rng` for int64 padded flat indices ``offs`` (uint32 arithmetic wraps)."""
-    h = offs.to(tl.uint32) ^ key
+def hash32(h):
+    """`tinykg.compress.rng.hash32` of uint32 values (uint32 arithmetic wraps)."""
     h = h ^ (h >> 16)
     h = h * 0x7FEB352D
     h = h ^ (h >> 15)
     h = h * 0x2C1B3C6D
-    h = h ^ (h >> 16)
-    return (h >> 8).to(tl.float32) * 5.9604644775390625e-08
+    return h ^ (h >> 16)
+
+
+def noise(offs, key):
+    """u_i of `tinykg.compress.rng` for int64 padded flat indices ``offs``."""
+    return (hash32(offs.to(tl.uint32) ^ key) >> 8).to(tl.float32) * 5.9604644775390625e-08
+
+
+def stream_key(key_i32, salt_ptr, SALTED: tl.constexpr):
+    """The noise key: ``key_i32`` itself, or (SALTED) the key of `rng.salted_seed` of the seed ``key_i32``
+    and the salt at ``salt_ptr`` (int64, its low 32 bits), read when the kernel runs (CUDA-graph replays)."""
+    key = key_i32.to(tl.uint32)
+    if SALTED:
+        key = hash32(key ^ hash32(tl.load(salt_ptr).to(tl.uint32)))
+    return key
 
 
 def load_x(ptrs, mask, IN_BF16: tl.constexpr):
@@ -403,11 +417,12 @@ def store_codes(v, rows, col, num_groups, zf, inv, exact, key, G, codes_ptr, c, 
         tl.store(codes_ptr + offs, q.to(tl.uint8), mask=(g < num_groups) & (col < G))
 
 
-def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, any_ptr, numel, num_groups, G,
+def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, any_ptr, salt_ptr, numel, num_groups, G,
                     bytes_per_group, key_i32, value_max, BITS: tl.constexpr, LEVELS: tl.constexpr, MD: tl.constexpr,
                     MD_SIGN: tl.constexpr, MD_INF: tl.constexpr, IN_BF16: tl.constexpr,
                     STOCHASTIC: tl.constexpr, PACKED: tl.constexpr, ROWS: tl.constexpr, NB: tl.constexpr,
-                    PB: tl.constexpr, NUM_CHUNKS: tl.constexpr, IDX64: tl.constexpr, WORD: tl.constexpr):
+                    PB: tl.constexpr, NUM_CHUNKS: tl.constexpr, IDX64: tl.constexpr, WORD: tl.constexpr,
+                    SALTED: tl.constexpr):
     pid = tl.program_id(0)
     if IDX64:  # element indices beyond int32
         pid = pid.to(tl.int64)
@@ -415,7 +430,7 @@ def quantize_kernel(x_ptr, codes_ptr, scale_ptr, zp_ptr, flags_ptr, any_ptr, num
     g = rows[:, None, None]  # (ROWS, 1, 1)
     row_ok = g < num_groups
     col0 = tl.arange(0, NB)[None, :, None] * PB + tl.arange(0, PB)[None, None, :]  # (1, NB, PB)
-    key = key_i32.to(tl.uint32)
+    key = stream_key(key_i32, salt_ptr, SALTED)
 
     # 1. min / max / non-finite per group
     if NUM_CHUNKS == 1:
@@ -562,10 +577,12 @@ def pack_greater_kernel(x_ptr, out_ptr, numel, num_bytes, threshold, OR_EQUAL: t
     store_bits(out_ptr, offs, hit & ok, lane, num_bytes)
 
 
-def keep_bits_kernel(out_ptr, numel, num_bytes, key_i32, p, BLOCK: tl.constexpr, IDX64: tl.constexpr):
-    """`pack_mask_kernel` of ``u_i >= p``, u the noise of `tinykg.compress.rng` under ``key_i32``."""
+def keep_bits_kernel(out_ptr, numel, num_bytes, key_i32, p, salt_ptr, BLOCK: tl.constexpr, IDX64: tl.constexpr,
+                     SALTED: tl.constexpr):
+    """`pack_mask_kernel` of ``u_i >= p``, u the noise of `tinykg.compress.rng` under `stream_key`."""
     offs, idx, lane = mask_bytes(BLOCK, IDX64)
-    store_bits(out_ptr, offs, (noise(idx, key_i32.to(tl.uint32)) >= p) & (idx < numel), lane, num_bytes)
+    key = stream_key(key_i32, salt_ptr, SALTED)
+    store_bits(out_ptr, offs, (noise(idx, key) >= p) & (idx < numel), lane, num_bytes)
 
 
 def scale_by_mask_kernel(bits_ptr, g_ptr, out_ptr, numel, on, off, BLOCK: tl.constexpr, IDX64: tl.constexpr):
@@ -575,7 +592,7 @@ def scale_by_mask_kernel(bits_ptr, g_ptr, out_ptr, numel, on, off, BLOCK: tl.con
     tl.store(out_ptr + idx, g * tl.where(bit != 0, on, off), mask=ok)
 
 
-_RAW = {fn.__name__: fn for fn in (md_round, md_value, md_store, md_load, md_next, noise, load_x, load_tile, tile_extremes, store_codes,
+_RAW = {fn.__name__: fn for fn in (md_round, md_value, md_store, md_load, md_next, hash32, noise, stream_key, load_x, load_tile, tile_extremes, store_codes,
                                    quantize_kernel, dequantize_kernel, mask_bytes, store_bits, mask_elements, pack_mask_kernel,
                                    unpack_mask_kernel, pack_greater_kernel, keep_bits_kernel, scale_by_mask_kernel)}
 
@@ -599,6 +616,12 @@ def _needs_int64(num_groups: int, group_size: int) -> bool:
 def _as_i32(key: int) -> int:
     """A 32-bit key as a signed int32 value, so that Triton always types the argument as i32."""
     return key - (1 << 32) if key >= 1 << 31 else key
+
+
+def _seed_arg(seed: int, salt: torch.Tensor | None) -> int:
+    """The ``key_i32`` argument: the seed's key, or with a device salt the seed itself (the kernel derives
+    the key from both, `stream_key`)."""
+    return _as_i32(seed_key(seed) if salt is None else seed & 0xFFFFFFFF)
 
 
 def _md_arg(t: torch.Tensor) -> torch.Tensor:
@@ -640,16 +663,17 @@ def launch_quantize(flat: torch.Tensor, config: CompressionConfig, seed: int, gr
     flags = torch.empty(num_groups, dtype=torch.uint8, device=device)
     if any_word is None:
         any_word = torch.empty(1, dtype=torch.int32, device=device)
+    salt = current_device_salt() if config.stochastic else None
     kind = _MD_KIND[md]
     units_per_group = group_size * bits // 32 if words else group_size // per_byte
     quantize_kernel[(-(-num_groups // rows),)](
         flat.view(torch.int16) if flat.dtype == torch.bfloat16 else flat,
-        codes, _md_arg(scale), _md_arg(zero_point), flags, any_word, numel,
-        num_groups, group_size, units_per_group, _as_i32(seed_key(seed) if config.stochastic else 0),
+        codes, _md_arg(scale), _md_arg(zero_point), flags, any_word, any_word if salt is None else salt, numel,
+        num_groups, group_size, units_per_group, _seed_arg(seed, salt) if config.stochastic else 0,
         _VALUE_MAX[flat.dtype], BITS=bits, LEVELS=(1 << bits) - 1, MD=kind, MD_SIGN=_MD_SIGN[kind], MD_INF=_MD_INF[kind],
         IN_BF16=flat.dtype == torch.bfloat16, STOCHASTIC=config.stochastic, PACKED=packed_in_kernel,
         ROWS=rows, NB=chunk // lanes, PB=lanes, NUM_CHUNKS=num_chunks, IDX64=_needs_int64(num_groups, group_size),
-        WORD=words, num_warps=warps, enable_fp_fusion=False,
+        WORD=words, SALTED=salt is not None, num_warps=warps, enable_fp_fusion=False,
     )
     if not packed_in_kernel:
         codes = pack_codes(codes, bits)
@@ -679,6 +703,11 @@ def quantize_triton(x: torch.Tensor, config: CompressionConfig, seed: int, *,
         x = x.detach()
     # The kernel reads flat indices from the data pointer: a contiguous tensor is used as it is (no view).
     flat = x if x.is_contiguous() else x.reshape(-1).contiguous()
+    captured = _captured_signal.get()
+    if captured is not None:  # inside a CUDA graph's capture: nothing may wait (`exact_groups_to`)
+        codes, scale, zero_point, flags = launch_quantize(flat, config, seed, group_size, any_word=captured.word)
+        empty = no_exact_groups(flat.device, narrowest_int_dtype(max(meta.num_groups - 1, 0)), flat.dtype, group_size)
+        return PackedActivation(codes, scale, zero_point, *empty, meta)
     words = _flag_words(flat.device)
     if words is None:  # this device cannot write host memory: read the flags back at once
         codes, scale, zero_point, flags = launch_quantize(flat, config, seed, group_size)
@@ -715,6 +744,33 @@ class _Signal:
         if words.owner[self.index] != self.ticket:
             return None  # the word was handed out again since (thousands of calls later): unknown
         return bool(words.host[self.index])
+
+
+class _CapturedSignal(NamedTuple):
+    word: torch.Tensor  # (1,) int32 on the device, set to 1 by any quantize call with an exact group
+
+
+_captured_signal: contextvars.ContextVar[_CapturedSignal | None] = contextvars.ContextVar(
+    "tinykg_captured_signal", default=None)
+
+
+@contextlib.contextmanager
+def exact_groups_to(word: torch.Tensor) -> Iterator[None]:
+    """Inside the block (the capture of a CUDA graph), each quantize call sets ``word`` ((1,) int32, on the
+    device) to 1 if some group must be kept exactly, and its result keeps no exact group, without waiting.
+
+    A capture may not wait for the device, and ``exact_index`` has a data-dependent size. Groups are kept
+    exactly only where an activation is non-finite or its group's range passes the input dtype's largest
+    value; a replay that met one computed with wrong values there. Whoever replays the graph must read
+    ``word`` after each replay and refuse the step if it is set (`tinykg.train.graphed.GraphedStep` does).
+    """
+    if word.dtype != torch.int32 or word.numel() != 1:
+        raise ValueError(f"the exact-group word is one int32, got {word.dtype} x {tuple(word.shape)}")
+    token = _captured_signal.set(_CapturedSignal(word))
+    try:
+        yield
+    finally:
+        _captured_signal.reset(token)
 
 
 class _FlagWords:
@@ -861,9 +917,10 @@ def keep_bits_triton(numel: int, p: float, seed: int, device: torch.device) -> t
     num_bytes = -(-numel // 8)
     out = torch.empty(num_bytes, dtype=torch.uint8, device=device)
     if num_bytes:
+        salt = current_device_salt()
         _get_kernels().keep_bits[(-(-num_bytes // _MASK_BYTES),)](
-            out, numel, num_bytes, _as_i32(seed_key(seed)), float(p), BLOCK=_MASK_BYTES,
-            IDX64=numel + 8 * _MASK_BYTES >= 2**31)
+            out, numel, num_bytes, _seed_arg(seed, salt), float(p), out if salt is None else salt,
+            BLOCK=_MASK_BYTES, IDX64=numel + 8 * _MASK_BYTES >= 2**31, SALTED=salt is not None)
     return out
 
 
@@ -881,7 +938,8 @@ def _register() -> None:
     from .quantize import BackendImpl, register_backend
 
     register_backend(Backend.TRITON, BackendImpl(quantize_triton, dequantize_triton, available,
-                                                 deferred_quantize=partial(quantize_triton, defer_exact=True)))
+                                                 deferred_quantize=partial(quantize_triton, defer_exact=True),
+                                                 reads_device_salt=True))
 
 
 _register()
