@@ -196,6 +196,47 @@ def test_topk_model_8bit_gradients_track_fp32(toy, name):
     assert F.cosine_similarity(grads[None], grads[8], dim=0) > 0.99
 
 
+@pytest.mark.parametrize("bits", (None, 2))
+def test_kgin_node_dropout_under_capture_gives_the_same_loss_and_gradients(toy, monkeypatch, bits):
+    """Inside a CUDA graph's capture KGIN's dropped user-item pairs point to a spare row instead of being
+    removed (boolean indexing reads a count back to the host): the same draws give the same loss and
+    gradients, to the bit (the kept pairs are summed in the same order)."""
+    from tinykg.models import kgin
+
+    dataset, train = toy
+    # The KG edges are sampled otherwise under capture (tested below): the same subset in both runs here.
+    monkeypatch.setattr(kgin, "_sample_edges", lambda num_edges, count, device: torch.arange(count, device=device))
+    results = []
+    for capturing in (False, True):
+        monkeypatch.setattr(kgin, "_capturing", lambda device, capturing=capturing: capturing)
+        model = make_topk("kgin", dataset, train, config_for(bits), node_dropout=0.5)
+        assert model._graph()[-1] == model.num_users + capturing  # the spare row, or none
+        torch.manual_seed(1)
+        loss = model.loss(*bpr_batch(train))
+        loss.backward()
+        results.append([loss.detach()] + [p.grad for p in model.parameters()])
+    for got, want in zip(*results):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("capturing", (False, True))
+def test_kgin_edge_sample_is_a_uniform_subset(monkeypatch, capturing):
+    """Both ways of sampling KG edges (randperm; random keys sorted under capture) give ``count`` distinct
+    sorted indices, each edge kept with probability count / num_edges: over 400 draws of 30 of 100 edges
+    each edge's count is Binomial(400, 0.3), within 6 standard deviations of 120."""
+    from tinykg.models import kgin
+
+    monkeypatch.setattr(kgin, "_capturing", lambda device: capturing)
+    torch.manual_seed(0)
+    hits = torch.zeros(100)
+    for _ in range(400):
+        picked = kgin._sample_edges(100, 30, torch.device("cpu"))
+        assert picked.shape == (30,) and bool((picked[1:] > picked[:-1]).all())
+        assert 0 <= int(picked[0]) and int(picked[-1]) < 100
+        hits[picked] += 1
+    assert float((hits - 120).abs().max()) <= 6 * math.sqrt(400 * 0.3 * 0.7)
+
+
 @pytest.mark.parametrize("bits", (8, 2))
 def test_kgin_rows_emptied_by_node_dropout_do_not_blow_up_gradients(toy, bits):
     """Node dropout leaves rows that aggregate nothing; F.normalize's gradient there is grad / eps. A
@@ -451,10 +492,17 @@ def test_kgat_adjacency_follows_the_attention_and_any_edge_order(toy):
     torch.testing.assert_close(forward.to_dense(), dense)
     torch.testing.assert_close(transpose.to_dense(), dense.t())
     assert model.adjacency()[0] is forward  # cached while nothing changes
+    before = forward.to_dense()
     model.update_attention()
-    refreshed = model.adjacency()[0]
-    assert refreshed is not forward
-    torch.testing.assert_close(refreshed.values(), model.attention)
+    # New attention on the same edges is written into the same matrices (a captured CUDA graph holds them).
+    refreshed, refreshed_t = model.adjacency()
+    assert refreshed is forward and refreshed_t is transpose
+    dense = torch.zeros(n, n).index_put_((model.head_index.long(), model.tail_index.long()), model.attention, accumulate=True)
+    assert not torch.equal(forward.to_dense(), before)
+    torch.testing.assert_close(forward.to_dense(), dense, rtol=0, atol=0)
+    torch.testing.assert_close(transpose.to_dense(), dense.t(), rtol=0, atol=0)
+    model.head_index.add_(0)  # the edges changed (their version): built anew
+    assert model.adjacency()[0] is not forward
     # Edges given in any order are stored sorted by head: the same propagation.
     ckg = build_ckg(train, dataset.kg)
     shuffle = torch.randperm(len(ckg.head_index), generator=torch.Generator().manual_seed(0)).numpy()

@@ -478,19 +478,24 @@ class KGAT(TopKModel):
         e.g. after `update_attention` or loading a state dict) or move to another device. Not a buffer: it
         is derived state, never saved. Memory: 8 bytes per edge and direction (int32 column, fp32 value).
         """
-        key = (
-            self.attention.device, self.attention.data_ptr(),
-            self.attention._version, self.head_index._version, self.tail_index._version,
-        )
+        key = (self.attention.device, self.attention.data_ptr(), self.head_index._version, self.tail_index._version)
         cached = self.__dict__.get("_adjacency_cache")
         if cached is None or cached[0] != key:
             n = self.num_nodes
             forward = _csr(self.head_index, self.tail_index, self.attention, n, n)  # edges sorted by head
             order = torch.argsort(self.tail_index, stable=True)
             transpose = _csr(self.tail_index[order], self.head_index[order], self.attention[order], n, n)
-            cached = (key, (forward, transpose))
+            cached = [key, self.attention._version, (forward, transpose)]
             self.__dict__["_adjacency_cache"] = cached
-        return cached[1]
+        elif cached[1] != self.attention._version:
+            # New attention on the same edges: written into the matrices in place, so that a step captured
+            # in a CUDA graph (`tinykg.train.graphed`), which holds these tensors, reads it too.
+            forward, transpose = cached[2]
+            if forward.values().data_ptr() != self.attention.data_ptr():
+                forward.values().copy_(self.attention)
+            transpose.values().copy_(self.attention[torch.argsort(self.tail_index, stable=True)])
+            cached[1] = self.attention._version
+        return cached[2]
 
     def propagate_layer(self, layer: int, x: torch.Tensor, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One bi-interaction layer: x (N, d_l) -> (the next x (N, d_l+1), its row-L2-normalised copy, or

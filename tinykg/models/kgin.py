@@ -65,6 +65,22 @@ INDEPENDENCE = ("distance", "cosine")
 # --------------------------------------------------------------------------------------------------------
 
 
+def _capturing(device: torch.device) -> bool:
+    """Whether ops on ``device`` are being captured into a CUDA graph (`tinykg.train.graphed`)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _sample_edges(num_edges: int, count: int, device: torch.device) -> torch.Tensor:
+    """``count`` distinct edge indices in [0, num_edges), sorted, uniformly at random.
+
+    Inside a CUDA graph's capture by sorting random keys: a small ``randperm`` on a GPU is drawn on the
+    host and copied over, which a capture cannot hold (and a replay would repeat); ``torch.rand`` advances
+    its generator at every replay."""
+    if _capturing(device):
+        return torch.rand(num_edges, device=device).argsort()[:count].sort().values
+    return torch.randperm(num_edges, device=device)[:count].sort().values
+
+
 def _edge_count(head: torch.Tensor, num_targets: int, dtype: torch.dtype) -> torch.Tensor:
     """Edges per head (at least 1), (num_targets,) in ``dtype``: exact below 2**24 edges per head in fp32.
 
@@ -344,23 +360,31 @@ class KGIN(TopKModel):
             nn.init.xavier_uniform_(weight)
 
     def _graph(self) -> tuple[torch.Tensor, ...]:
-        """KG edges (head, rel, tail), user-item pairs (user, item) and the user-mean rescale factor, node
-        dropout applied in training (one fresh sample per call)."""
+        """KG edges (head, rel, tail), user-item pairs (user, item), the user-mean rescale factor and the
+        number of user rows the pairs point to, node dropout applied in training (one fresh sample per call).
+
+        Inside a CUDA graph's capture the dropped pairs point to one extra row past the users instead of
+        being removed: removing them (boolean indexing) reads their count back to the host, which a capture
+        cannot do. The kept pairs are summed in the same order either way: the same user rows."""
         head, rel, tail, user, item = self.kg_head, self.kg_rel, self.kg_tail, self.ui_user, self.ui_item
         if not (self.training and self.node_dropout > 0):
-            return head, rel, tail, user, item, 1.0
+            return head, rel, tail, user, item, 1.0, self.num_users
         keep_prob = 1.0 - self.node_dropout
         num_edges = head.shape[0]
-        picked = torch.randperm(num_edges, device=head.device)[: int(round(num_edges * keep_prob))].sort().values
+        picked = _sample_edges(num_edges, int(round(num_edges * keep_prob)), head.device)
         kept = torch.rand(user.shape[0], device=user.device) < keep_prob
-        return head[picked], rel[picked], tail[picked], user[kept], item[kept], 1.0 / keep_prob
+        if _capturing(user.device):
+            spare = torch.full((), self.num_users, dtype=torch.int32, device=user.device)
+            return (head[picked], rel[picked], tail[picked], torch.where(kept, user.int(), spare), item,
+                    1.0 / keep_prob, self.num_users + 1)
+        return head[picked], rel[picked], tail[picked], user[kept], item[kept], 1.0 / keep_prob, self.num_users
 
     def hops(self):
         """Each hop's user (U, d) and entity (N_e, d) representations, hop 0 (the embedding table's views)
         first: a generator, so that a caller keeps only what it needs of each hop."""
         config = self.active_config
         compress = compression_active(config, self.node_embedding)
-        head, rel, tail, ui_user, ui_item, ui_scale = self._graph()
+        head, rel, tail, ui_user, ui_item, ui_scale, user_rows = self._graph()
         if compress:
             ui_user, ui_item = op_index(ui_user), op_index(ui_item)  # the KG indices stay narrow (saved as is)
         else:
@@ -380,7 +404,9 @@ class KGIN(TopKModel):
             logits = compressed_linear(user_x, self.intent_embedding, None, config)  # (U, F)
             attention = compressed_softmax(logits, -1, config)  # (U, F)
             intent_mix = compressed_linear(attention, intents.t(), None, config)  # (U, d)
-            user_mean = edge_aggregate(ui_user, ui_item, None, entity_x, self.num_users, config)  # (U, d)
+            user_mean = edge_aggregate(ui_user, ui_item, None, entity_x, user_rows, config)  # (U, d)
+            if user_rows != self.num_users:
+                user_mean = user_mean[: self.num_users]  # without the dropped pairs' spare row
             user_mean = user_mean * self.user_inv_degree  # constant buffer: saved by reference
             if ui_scale != 1.0:
                 user_mean = user_mean * ui_scale
