@@ -674,62 +674,46 @@ def _no_wait(signal) -> bool:
 @restoring_quantizer_seed()
 def measure_graphed_steps(name: str, make_step: MakeStep, *, bits: int = 2, repeats: int = 20,
                           device: torch.device | str = "cuda") -> dict:
-    """Step time of the fp32 and the compressed step, each captured whole (forward, backward, Adam) in a
-    CUDA graph and replayed: the step ratio with the host's Python out of the way.
+    """Step time of the fp32 and the compressed step as ``tinykg train --cuda-graph`` runs them
+    (`tinykg.train.graphed.GraphedStep`: captured after 3 eager steps, replayed with new quantization
+    noise, exact groups checked after each replay), and of the same eager steps, each pair timed side by
+    side (interleaved, a sync after every step, as the training loops' ``loss.item()`` does)."""
+    from tinykg.train.graphed import GraphedStep
 
-    A timing experiment, not a training mode: the compressed graph replays one draw of quantization noise
-    and dropout masks (seeds are kernel arguments, frozen at capture), and its exact-group answers are
-    neither recorded nor waited for (`_no_wait`). Its kernels and bytes are those of a real step.
-    """
     seed_quantizer(0)
-    real_wait, real_record = triton_kernels._Signal.wait_any, triton_kernels._Signal.record
     row: dict = {"model": name, "bits": bits}
-    replays = {}
+    graphed, eager = {}, {}
     alive = []  # each graph replays into its model's, batch's and optimizer's memory: all kept to the end
     try:
         for label, config in (("fp32", None), (f"{bits}-bit", CompressionConfig(bits=bits, backend="triton"))):
+            eager[label] = make_step(config)
             step = make_step(config)
-            step()
-            row[f"{label}_eager_enqueue_ms"] = 1e3 * host_call_seconds(step, torch.device(device), 5)
-            model, batch = step.model, step.batch
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, capturable=True)
+            optimizer = torch.optim.Adam(step.model.parameters(), lr=1e-4, capturable=True)
+            graph_step = GraphedStep(step.model.loss, optimizer, name=f"{name} {label} step")
+            batch = step.batch
 
-            def body(model=model, batch=batch, optimizer=optimizer) -> None:
-                model.loss(*batch).backward()
-                optimizer.step()
+            def replay(graph_step=graph_step, batch=batch) -> None:
+                graph_step(*batch)
 
-            side = torch.cuda.Stream(device)  # warm-up off the default stream, as capture requires
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    optimizer.zero_grad(set_to_none=True)
-                    body()
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            optimizer.zero_grad(set_to_none=True)  # the graph's backward then writes fresh .grad tensors
-            triton_kernels._Signal.wait_any, triton_kernels._Signal.record = _no_wait, _no_record
-            try:
-                with torch.cuda.graph(graph):
-                    body()
-            except Exception as err:  # a failed capture raises again on leaving the block: keep the cause
-                raise (err.__context__ or err) from None
-            finally:
-                triton_kernels._Signal.wait_any, triton_kernels._Signal.record = real_wait, real_record
-                # A capture that raised may leave its stream current.
-                torch.cuda.set_stream(torch.cuda.default_stream(device))
-            replays[label] = graph.replay
-            alive.append((graph, step, model, batch, optimizer))
-        ratio, t_compressed, t_plain = time_ratio(replays[f"{bits}-bit"], replays["fp32"], repeats=repeats,
-                                                  warmup=3, device=device)
-        row.update({"graph_step_ratio": ratio, "fp32_graph_ms": 1e3 * t_plain,
-                    "compressed_graph_ms": 1e3 * t_compressed})
+            for _ in range(graph_step.warmup + 1):  # the eager warm-up steps, then the capture
+                replay()
+            graphed[label] = replay
+            alive.append((graph_step, step, optimizer))
+        compressed = f"{bits}-bit"
+        ratio, t_compressed, t_plain = time_ratio(graphed[compressed], graphed["fp32"], repeats=repeats, warmup=3,
+                                                  device=device)
+        eager_ratio, e_compressed, e_plain = time_ratio(eager[compressed], eager["fp32"], repeats=repeats, warmup=3,
+                                                        device=device)
+        for graph_step, _, _ in alive:
+            graph_step.check()
+        row.update({"graph_step_ratio": ratio, "fp32_graph_ms": 1e3 * t_plain, "compressed_graph_ms": 1e3 * t_compressed,
+                    "eager_step_ratio": eager_ratio, "fp32_eager_ms": 1e3 * e_plain,
+                    "compressed_eager_ms": 1e3 * e_compressed,
+                    # What a user gains turning both on: the 2-bit graphed step against fp32's eager one.
+                    "graph_2bit_over_eager_fp32": t_compressed / e_plain})
     except Exception as err:  # capture refuses some op: say which, keep the other models' rows
         row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
     return row
-
-
-def _no_record(signal, device) -> None:
-    """Stand-in for `triton_kernels._Signal.record` while a step is captured (see `_no_wait`)."""
 
 
 @restoring_quantizer_seed()
@@ -815,8 +799,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler tables of the selected --steps instead of timing them")
     parser.add_argument("--cuda-graph", action="store_true",
-                        help="time the selected --steps captured whole in CUDA graphs, fp32 and compressed (a "
-                             "timing experiment: frozen noise, exact groups not resolved) instead of eagerly")
+                        help="time the selected --steps as `tinykg train --cuda-graph` runs them (captured whole "
+                             "in a CUDA graph, replayed), fp32 and compressed, next to the eager steps")
     parser.add_argument("--skip-no-wait", action="store_true",
                         help="time the model steps without the never-wait diagnostic (half the step timing)")
     parser.add_argument("--host-profile", action="store_true",
@@ -957,9 +941,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("no model steps registered yet\n")
     if report.get("graphed_steps"):
-        columns = ["model", "bits", "graph_step_ratio", "fp32_graph_ms", "compressed_graph_ms",
-                   "fp32_eager_enqueue_ms", "2-bit_eager_enqueue_ms", "error"]
-        print("## Steps captured in CUDA graphs (timing experiment: frozen noise, exact groups not resolved)\n")
+        columns = ["model", "bits", "graph_step_ratio", "fp32_graph_ms", "compressed_graph_ms", "eager_step_ratio",
+                   "fp32_eager_ms", "compressed_eager_ms", "graph_2bit_over_eager_fp32", "error"]
+        print("## Steps as `tinykg train --cuda-graph` runs them (GraphedStep: new noise per replay, exact groups "
+              "checked), next to the eager steps; each ratio from one interleaved run\n")
         print(markdown_table([{c: r.get(c) for c in columns} for r in report["graphed_steps"]], columns), "\n")
 
     ok = all(r["triton_equals_reference"] and r["dequantize_equal"] for r in correctness)

@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint here after every epoch (atomic)")
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint DIR")
     train.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    train.add_argument("--cuda-graph", action="store_true",
+                       help="GPU only: capture the training step (forward, backward, Adam) in a CUDA graph after 3 "
+                            "eager steps and replay it, so that the host's Python no longer bounds a small step "
+                            "(one process; new quantization noise at every replay)")
 
     data = commands.add_parser("data", help="dataset utilities")
     data_commands = data.add_subparsers(dest="data_command", required=True)
@@ -196,6 +200,10 @@ def _cmd_train(args) -> int:
         raise ValueError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"--device {args.device}: no such CUDA device on this machine")
+    if args.cuda_graph and device.type != "cuda":
+        raise ValueError(f"--cuda-graph captures GPU steps: it needs --device cuda, got --device {args.device}")
+    if args.cuda_graph and (args.nproc > 1 or distributed.launched_by_torchrun()):
+        raise ValueError("--cuda-graph runs one process: leave out --nproc and torchrun")
     if args.nproc > 1:
         if distributed.launched_by_torchrun():
             raise ValueError("--nproc starts its own processes: leave it out under torchrun (use --nproc-per-node)")
@@ -236,6 +244,7 @@ def _train_and_report(args, device: str) -> int:
         device=device,
         patience=args.patience,
         progress=not args.quiet and sys.stderr.isatty(),
+        cuda_graph=args.cuda_graph,
         log=log,
     )
     if args.model in TOPK_MODEL_NAMES:

@@ -60,6 +60,7 @@ def test_cli_train_uncompressed_baseline(tmp_path):
         (["train", "--synthetic", "toy", "--data", "/nonexistent/dir"], "--synthetic"),
         (["train", "--synthetic", "toy", "--checkpoint", __file__], "is a file"),
         (["train", "--synthetic", "toy", "--out", str(Path(__file__).parent)], "is a directory"),
+        (["train", "--synthetic", "toy", "--cuda-graph", "--quiet"], "needs --device cuda"),
     ],
 )
 def test_cli_bad_input_one_line_error(capsys, argv, message):

@@ -22,6 +22,7 @@ from ..compress.quantize import backend_in_use
 from ..profile import ActivationTracker
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .graphed import check_cuda_graph_device, graphed_step
 from .metrics import accuracy, f1_score, roc_auc
 
 
@@ -46,6 +47,7 @@ class TrainConfig:
     progress: bool = True
     checkpoint_dir: str | None = None
     resume: bool = False
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -58,6 +60,7 @@ class TrainConfig:
             raise ValueError("patience and weight_decay must be >= 0")
         if self.resume and self.checkpoint_dir is None:
             raise ValueError("resume needs a checkpoint directory")
+        check_cuda_graph_device(self.cuda_graph, self.device)
 
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the run that wrote the checkpoint."""
@@ -219,8 +222,10 @@ def fit_ctr(
     device = torch.device(config.device)
     model.to(device)
     log = distributed.rank_zero_only(log)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                 capturable=config.cuda_graph)
     step_loss = distributed.wrap(model)
+    graphed = graphed_step(model.loss, optimizer, config.cuda_graph, name=f"{type(model).__name__} training step")
     users, items, labels = _tensors(train, device)
     num_rows = len(users)
     num_batches = num_rows // config.batch_size if config.drop_last else math.ceil(num_rows / config.batch_size)
@@ -271,14 +276,20 @@ def fit_ctr(
         bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not (config.progress and distributed.is_main()), unit="batch")
         for step in bar:
             rows, weight = distributed.shard(order[step * config.batch_size : (step + 1) * config.batch_size])
-            optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients are not held through it
-            loss = step_loss("loss", users[rows], items[rows], labels[rows])
+            if graphed is not None:  # forward, backward and update replayed: the check below comes after them
+                loss = graphed(users[rows], items[rows], labels[rows])
+            else:
+                optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients are not held through it
+                loss = step_loss("loss", users[rows], items[rows], labels[rows])
             if not torch.isfinite(loss):
                 kept = f"; the last good checkpoint (epoch {state['epoch']}) is kept" if config.checkpoint_dir else ""
                 raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}{kept}")
-            (loss * weight).backward()
-            optimizer.step()
+            if graphed is None:
+                (loss * weight).backward()
+                optimizer.step()
             total_loss += loss.item() * weight
+        if graphed is not None:
+            graphed.check()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         state["epoch_seconds"].append(time.perf_counter() - start)

@@ -93,6 +93,7 @@ def train_ctr(
     progress: bool = True,
     checkpoint_dir: str | None = None,
     resume: bool = False,
+    cuda_graph: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Split, build, train and evaluate one CTR model; returns the results-file payload.
@@ -134,6 +135,7 @@ def train_ctr(
         progress=progress,
         checkpoint_dir=checkpoint_dir,
         resume=resume,
+        cuda_graph=cuda_graph,
     )
     fp32_bytes = None
     if compression is not None:

@@ -37,6 +37,7 @@ from ..data.ckg import CollaborativeGraph, build_ckg, kg_with_inverse
 from ..models import TOPK_DEFAULTS, TOPK_MODELS
 from . import distributed
 from .builders import settings_for
+from .graphed import check_cuda_graph_device, graphed_step
 from .loop import TrainingError, TrainResult, count_of, measure_step_activation, results_payload, seed_everything
 from .names import is_lastfm_name
 
@@ -213,6 +214,7 @@ class TopKConfig:
     device: str = "cpu"
     eval_batch_size: int = 1024
     progress: bool = True
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "kg_batch_size", "eval_every", "eval_batch_size"):
@@ -227,6 +229,7 @@ class TopKConfig:
         if not ks or any(k < 1 for k in ks):
             raise ValueError(f"ks must be positive ints, got {self.ks!r}")
         object.__setattr__(self, "ks", tuple(sorted(set(ks) | {20})))
+        check_cuda_graph_device(self.cuda_graph, self.device)
 
 
 def _long(values: np.ndarray, device) -> torch.Tensor:
@@ -264,7 +267,9 @@ def fit_topk(
     device = torch.device(config.device)
     model.to(device)
     log = distributed.rank_zero_only(log)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, capturable=config.cuda_graph)
+    # KGAT's TransR phase stays eager: its per-relation grouping reads each relation's count to the host.
+    graphed = graphed_step(model.loss, optimizer, config.cuda_graph, name=f"{type(model).__name__} BPR step")
     kg_optimizer = torch.optim.Adam(model.parameters(), lr=config.lr) if kg_sampler is not None else None
     # KGAT's BPR and TransR phases train different parameter subsets: DDP must look for the unused ones.
     step_loss = distributed.wrap(model, find_unused_parameters=kg_sampler is not None)
@@ -298,13 +303,19 @@ def fit_topk(
         bar = tqdm(range(num_batches), desc=f"epoch {epoch}", leave=False, disable=not (config.progress and distributed.is_main()), unit="batch")
         for step in bar:
             rows, weight = distributed.shard(positions[step * config.batch_size : (step + 1) * config.batch_size])
-            optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients are not held through it
-            loss = step_loss("loss", users[rows], positives[rows], negatives[rows])
+            if graphed is not None:  # forward, backward and update replayed: the check below comes after them
+                loss = graphed(users[rows], positives[rows], negatives[rows])
+            else:
+                optimizer.zero_grad(set_to_none=True)  # before the forward: last step's gradients are not held through it
+                loss = step_loss("loss", users[rows], positives[rows], negatives[rows])
             if not torch.isfinite(loss):
                 raise TrainingError(f"non-finite loss ({loss.item()}) at epoch {epoch}, step {step + 1}")
-            (loss * weight).backward()
-            optimizer.step()
+            if graphed is None:
+                (loss * weight).backward()
+                optimizer.step()
             total_loss += loss.item() * weight
+        if graphed is not None:
+            graphed.check()
         for step in range(num_kg_batches):
             # Every rank draws the same global TransR batch (same rng) and trains on its shard of it.
             triples = [_long(a, device) for a in kg_sampler.sample(config.kg_batch_size, rng)]
@@ -443,6 +454,7 @@ def train_topk(
     device: str = "cpu",
     patience: int = 0,
     progress: bool = True,
+    cuda_graph: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Split, build, train and evaluate one top-K model; returns the results-file payload (the schema of
@@ -461,7 +473,7 @@ def train_topk(
     config = TopKConfig(
         epochs=params["epochs"], batch_size=params["batch_size"], kg_batch_size=params.get("kg_batch_size", 2048),
         lr=params["lr"], patience=patience, eval_every=params.get("eval_every", 1), seed=seed, device=device,
-        progress=progress,
+        progress=progress, cuda_graph=cuda_graph,
     )
     fp32_bytes = None
     if compression is not None:

@@ -1,0 +1,126 @@
+"""CUDA-graph training steps (`tinykg.train.graphed`). The GPU tests run where CUDA is available (the
+device check of benchmarks/RESULTS.md); the checks of settings run everywhere."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tinykg.compress import CompressionConfig, triton_kernels
+from tinykg.nn import compressed_linear
+from tinykg.train.graphed import ExactGroupsInGraph, GraphedStep, graphed_step
+from tinykg.train.loop import TrainConfig
+from tinykg.train.topk import TopKConfig
+
+cuda = pytest.mark.skipif(not (torch.cuda.is_available() and triton_kernels.available(torch.device("cuda"))),
+                          reason="needs a CUDA GPU with Triton")
+
+
+def test_graph_settings_refuse_a_cpu_device():
+    for make in (TrainConfig, TopKConfig):
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            make(device="cpu", cuda_graph=True)
+    model = torch.nn.Linear(2, 1)
+    assert graphed_step(model, torch.optim.Adam(model.parameters()), False, name="step") is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is missing")
+def test_graphed_step_says_it_needs_cuda():
+    model = torch.nn.Linear(2, 1)
+    with pytest.raises(RuntimeError, match="need a CUDA device"):
+        GraphedStep(lambda x: model(x).sum(), torch.optim.Adam(model.parameters(), capturable=True))
+
+
+def _linear_problem(rows=512, cols=64, outputs=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, cols, generator=g).cuda()
+    c = torch.randn(rows, outputs, generator=g).cuda()  # dL/dy: the loss is sum(c * y)
+    weight = torch.nn.Parameter(torch.randn(outputs, cols, generator=g).cuda())
+    return x, c, weight
+
+
+@cuda
+def test_replays_draw_new_noise_and_the_mean_gradient_is_unbiased():
+    """grad W = c^T x_hat with x quantized at 2 bits: each replay draws new noise (the salt), so the
+    mean of K replays' gradients converges to the exact c^T x. Each x_hat element has variance at most
+    s^2 / 4 (s = its group's scale <= 1.01 * range / 3, fp16 rounding up), so each mean element is within
+    6 standard deviations, sqrt(sum_b c[b, o]^2 * s^2 / 4 / K). A graph that froze the noise would repeat
+    one draw's error, ~sqrt(K) times that bound."""
+    x, c, weight = _linear_problem()
+    config = CompressionConfig(bits=2, group_size=256, backend="triton")
+    optimizer = torch.optim.Adam([weight], lr=0.0, capturable=True)  # lr 0: W stays, only gradients vary
+    step = GraphedStep(lambda x, c: (compressed_linear(x, weight, None, config) * c).sum(), optimizer)
+    grads = []
+    for _ in range(200):
+        step(x, c)
+        grads.append(weight.grad.detach().clone())
+    step.check()
+    assert step.replays == 200 - step.warmup
+    assert not torch.equal(grads[-1], grads[-2])
+    exact = c.t() @ x
+    scale = 1.01 * float(x.max() - x.min()) / 3
+    std = (c.pow(2).sum(0).unsqueeze(1) * scale**2 / 4 / len(grads)).sqrt().expand_as(exact)
+    mean = torch.stack(grads).mean(0)
+    assert bool(((mean - exact).abs() <= 6 * std + 1e-4 * exact.abs()).all())
+
+
+@cuda
+def test_a_replay_that_meets_an_exact_group_is_refused():
+    """Non-finite activations must be kept exactly, which a captured step cannot: the next call raises."""
+    x, c, weight = _linear_problem()
+    config = CompressionConfig(bits=2, group_size=256, backend="triton")
+    optimizer = torch.optim.Adam([weight], lr=0.0, capturable=True)
+    step = GraphedStep(lambda x, c: (compressed_linear(x, weight, None, config) * c).sum(), optimizer, warmup=1)
+    for _ in range(3):
+        step(x, c)
+    bad = x.clone()
+    bad[3, 5] = math.inf
+    step(bad, c)
+    with pytest.raises(ExactGroupsInGraph, match="kept exactly"):
+        step.check()
+    step(x, c)  # a finite batch replays again
+    step.check()
+
+
+@cuda
+def test_batches_of_other_shapes_run_eagerly_and_gradients_stay_in_place():
+    x, c, weight = _linear_problem()
+    config = CompressionConfig(bits=2, group_size=256, backend="triton")
+    optimizer = torch.optim.Adam([weight], lr=1e-3, capturable=True)
+    step = GraphedStep(lambda x, c: (compressed_linear(x, weight, None, config) * c).sum(), optimizer, warmup=1)
+    step(x, c)
+    step(x, c)
+    grad = weight.grad
+    replays = step.replays
+    loss = step(x[:100], c[:100])
+    assert step.replays == replays and weight.grad is grad and torch.isfinite(loss)
+    step(x, c)
+    assert step.replays == replays + 1
+
+
+@cuda
+def test_capture_failure_names_the_step():
+    weight = torch.nn.Parameter(torch.randn(4, device="cuda"))
+    optimizer = torch.optim.Adam([weight], capturable=True)
+    step = GraphedStep(lambda x: weight[x > 0].sum(), optimizer, warmup=1, name="toy step")
+    step(torch.randn(4, device="cuda"))
+    with pytest.raises(RuntimeError, match="toy step could not be captured"):
+        step(torch.randn(4, device="cuda"))
+
+
+@cuda
+@pytest.mark.parametrize("model", ["kgcn", "kgnn-ls", "ripplenet", "ckan", "kgat", "kgin", "bprmf"])
+def test_training_loops_with_cuda_graphs(model):
+    """Every loop trains with --cuda-graph: finite metrics, and fp32 and 2-bit runs both."""
+    from tinykg.data import SyntheticConfig, make_synthetic
+    from tinykg.train.run import train_ctr
+    from tinykg.train.topk import train_topk
+
+    dataset = make_synthetic(SyntheticConfig.toy(), seed=0)
+    train = train_topk if model in ("kgat", "kgin", "bprmf") else train_ctr
+    for bits in (32, 2):
+        result = train(model, dataset, bits=bits, overrides={"epochs": 2}, device="cuda", progress=False,
+                       cuda_graph=True, log=lambda _: None)
+        assert all(math.isfinite(v) for v in result["metrics"].values()), result["metrics"]
