@@ -101,6 +101,31 @@ def test_batches_of_other_shapes_run_eagerly_and_gradients_stay_in_place():
 
 
 @cuda
+@pytest.mark.parametrize("model", ["kgcn", "kgnn-ls", "ripplenet", "ckan", "kgat", "kgin", "bprmf"])
+def test_training_loops_with_cuda_graphs(monkeypatch, model):
+    """Every loop trains with --cuda-graph, fp32 and 2 bits: its steps are replayed, metrics finite."""
+    from tinykg.data import SyntheticConfig, make_synthetic
+    from tinykg.train import graphed, loop, topk
+    from tinykg.train.run import train_ctr
+
+    made = []
+
+    def spy(*args, **kwargs):
+        made.append(graphed.graphed_step(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(loop, "graphed_step", spy)
+    monkeypatch.setattr(topk, "graphed_step", spy)
+    dataset = make_synthetic(SyntheticConfig.toy(), seed=0)
+    train = topk.train_topk if model in ("kgat", "kgin", "bprmf") else train_ctr
+    for bits in (32, 2):
+        result = train(model, dataset, bits=bits, overrides={"epochs": 3, "batch_size": 64}, device="cuda",
+                       progress=False, cuda_graph=True, log=lambda _: None)
+        assert all(math.isfinite(v) for v in result["metrics"].values()), result["metrics"]
+    assert len(made) == 2 and all(step.replays > 0 for step in made), [step.replays for step in made]
+
+
+@cuda
 def test_capture_failure_names_the_step():
     weight = torch.nn.Parameter(torch.randn(4, device="cuda"))
     optimizer = torch.optim.Adam([weight], capturable=True)
@@ -108,19 +133,3 @@ def test_capture_failure_names_the_step():
     step(torch.randn(4, device="cuda"))
     with pytest.raises(RuntimeError, match="toy step could not be captured"):
         step(torch.randn(4, device="cuda"))
-
-
-@cuda
-@pytest.mark.parametrize("model", ["kgcn", "kgnn-ls", "ripplenet", "ckan", "kgat", "kgin", "bprmf"])
-def test_training_loops_with_cuda_graphs(model):
-    """Every loop trains with --cuda-graph: finite metrics, and fp32 and 2-bit runs both."""
-    from tinykg.data import SyntheticConfig, make_synthetic
-    from tinykg.train.run import train_ctr
-    from tinykg.train.topk import train_topk
-
-    dataset = make_synthetic(SyntheticConfig.toy(), seed=0)
-    train = train_topk if model in ("kgat", "kgin", "bprmf") else train_ctr
-    for bits in (32, 2):
-        result = train(model, dataset, bits=bits, overrides={"epochs": 2}, device="cuda", progress=False,
-                       cuda_graph=True, log=lambda _: None)
-        assert all(math.isfinite(v) for v in result["metrics"].values()), result["metrics"]

@@ -147,6 +147,7 @@ class GraphedStep:
             with exact_groups_to(self._word), torch.cuda.graph(graph):
                 self._loss = self._body(self._static)
         except Exception as err:  # a failed capture raises again on leaving the block: keep the cause
+            torch.cuda.set_stream(torch.cuda.default_stream(self.device))  # it may leave its stream current
             cause = err.__context__ if isinstance(err.__context__, Exception) else err
             raise RuntimeError(
                 f"tinykg: the {self.name} could not be captured in a CUDA graph ({type(cause).__name__}: "
