@@ -84,7 +84,9 @@ class GraphedStep:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _body(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """What the graph holds: salt advance, loss, backward, update, exact-group word to the host."""
+        """What the graph holds: salt advance, loss, backward, update, exact-group word to the host. The
+        loss comes back detached: a loss that kept its autograd graph would keep that graph's gradient
+        accumulators (made on the capture's stream) for the next eager backward, which then syncs streams."""
         self._salt.add_(1)
         self._word.zero_()
         with device_salt(self._salt):
@@ -92,7 +94,7 @@ class GraphedStep:
             loss.backward()
         self.optimizer.step()
         self._host_word.copy_(self._word, non_blocking=True)
-        return loss
+        return loss.detach()
 
     def _fits(self, batch: tuple[torch.Tensor, ...]) -> bool:
         return len(batch) == len(self._static) and all(
@@ -136,7 +138,7 @@ class GraphedStep:
         loss = self.loss_fn(*batch)
         loss.backward()
         self.optimizer.step()
-        return loss
+        return loss.detach()
 
     def _capture(self, batch) -> None:
         self._static = tuple(t.clone() for t in batch)
