@@ -28,6 +28,7 @@ def test_cli_train_each_model_writes_results_schema(tmp_path, model):
     assert set(result["metrics"]) == {"auc", "f1"}
     assert 0.0 <= result["metrics"]["auc"] <= 1.0
     assert result["peak_memory_bytes"] is None  # CPU
+    assert result["cuda_graph"] is False
     # Exact accounting: the compressed step holds far less than the same step uncompressed.
     assert 0 < result["activation_bytes"] * 8 <= result["activation_bytes_fp32"]
 

@@ -123,6 +123,7 @@ def test_training_loops_with_cuda_graphs(monkeypatch, model):
         result = train(model, dataset, bits=bits, overrides={"epochs": 3, "batch_size": 64}, device="cuda",
                        progress=False, cuda_graph=True, log=lambda _: None)
         assert all(math.isfinite(v) for v in result["metrics"].values()), result["metrics"]
+        assert result["cuda_graph"] is True
     assert len(made) == 2 and all(step.replays > 0 for step in made), [step.replays for step in made]
 
 

@@ -159,4 +159,4 @@ def train_ctr(
     result = fit_ctr(model, train, valid, test, config, log=log)
     metrics = {"auc": result.metrics["auc"], "f1": result.metrics["f1"]}
     return results_payload(model_name, dataset, bits, seed, metrics, result, fp32_bytes, params, compression, device,
-                           hparams=key)
+                           hparams=key, cuda_graph=cuda_graph)

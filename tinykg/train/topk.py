@@ -495,5 +495,5 @@ def train_topk(
     split = {"train": train.num_interactions, "valid": valid.num_interactions, "test": test.num_interactions}
     return results_payload(
         model_name, dataset, bits, seed, dict(result.metrics), result, fp32_bytes, params, compression, device,
-        hparams=key, split=split,
+        hparams=key, split=split, cuda_graph=cuda_graph,
     )
