@@ -944,7 +944,8 @@ def main(argv: list[str] | None = None) -> int:
         columns = ["model", "bits", "graph_step_ratio", "fp32_graph_ms", "compressed_graph_ms", "eager_step_ratio",
                    "fp32_eager_ms", "compressed_eager_ms", "graph_2bit_over_eager_fp32", "error"]
         print("## Steps as `tinykg train --cuda-graph` runs them (GraphedStep: new noise per replay, exact groups "
-              "checked), next to the eager steps; each ratio from one interleaved run\n")
+              "checked), next to the eager steps; graph_step_ratio and eager_step_ratio each from one interleaved "
+              "run; graph_2bit_over_eager_fp32 divides times of those two runs\n")
         print(markdown_table([{c: r.get(c) for c in columns} for r in report["graphed_steps"]], columns), "\n")
 
     ok = all(r["triton_equals_reference"] and r["dequantize_equal"] for r in correctness)

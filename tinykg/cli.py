@@ -204,6 +204,14 @@ def _cmd_train(args) -> int:
         raise ValueError(f"--cuda-graph captures GPU steps: it needs --device cuda, got --device {args.device}")
     if args.cuda_graph and (args.nproc > 1 or distributed.launched_by_torchrun()):
         raise ValueError("--cuda-graph runs one process: leave out --nproc and torchrun")
+    if args.cuda_graph and args.bits != 32:
+        from .compress import Backend
+        from .compress.quantize import backend_in_use
+
+        used = backend_in_use(args.backend, device)
+        if used != Backend.TRITON:
+            raise ValueError(f"--cuda-graph quantizes with the Triton backend, but --backend {args.backend} runs "
+                             f"{used.value!r} on {device} (install triton, and use --backend auto or triton)")
     if args.nproc > 1:
         if distributed.launched_by_torchrun():
             raise ValueError("--nproc starts its own processes: leave it out under torchrun (use --nproc-per-node)")

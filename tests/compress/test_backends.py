@@ -713,11 +713,12 @@ def test_cpu_quantize_follows_torch_thread_count_after_its_plan_is_cached(monkey
 
 
 @pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("seed, salt", [(1234, 0), (1234, 1), (0, 2**32 - 1), (2**32 - 1, 2**40 + 7)])
+@pytest.mark.parametrize("seed, salt", [(1234, 0), (1234, 1), (0, 2**32 - 1), (2**32 - 1, 2**40 + 7), (7, -1),
+                                        (2**31, -(2**40) - 3)])
 def test_triton_device_salt_gives_the_reference_codes_of_the_salted_seed(backend, bits, seed, salt):
     """Inside `device_salt`, the quantize and keep-mask kernels read the salt from device memory and give
-    the reference's codes and masks for `salted_seed(seed, salt)` (its low 32 bits; a CUDA graph advances
-    it at every replay). Different salts give different codes."""
+    the reference's codes and masks for `salted_seed(seed, salt)` (the salt's low 32 bits, negative ones
+    as two's complement; a CUDA graph advances it at every replay). Different salts give different codes."""
     from tinykg.compress.masks import pack_mask_ref
     from tinykg.compress.rng import device_salt, salted_seed, uniform_noise
 
@@ -730,7 +731,7 @@ def test_triton_device_salt_gives_the_reference_codes_of_the_salted_seed(backend
     with device_salt(salt_tensor):
         packed = quantize(x, config, seed=seed)
         mask = triton_kernels.keep_bits_triton(1001, 0.3, seed, torch.device(device))
-    salted = salted_seed(seed, salt & 0xFFFFFFFF)
+    salted = salted_seed(seed, salt)
     assert_same_packed(packed, quantize_ref(x, config, salted))
     assert torch.equal(mask.cpu(), pack_mask_ref(uniform_noise(1001, salted) >= 0.3))
     with device_salt(salt_tensor + 1):

@@ -615,6 +615,10 @@ class KGAT(TopKModel):
 
     @torch.no_grad()
     def update_attention(self, chunk_size: int = 1 << 16) -> None:
-        """Recompute the attention of every edge and softmax-normalise it over the edges of each head."""
+        """Recompute the attention of every edge and softmax-normalise it over the edges of each head (and
+        write it into the cached CSR matrices at once: a step replayed from a CUDA graph reads them without
+        calling `adjacency`)."""
         scores = self.attention_scores(chunk_size)
         self.attention.copy_(segment_softmax(scores, self.head_index, self.num_nodes))
+        if "_adjacency_cache" in self.__dict__:
+            self.adjacency()

@@ -24,7 +24,8 @@ What a capture would freeze, and what replays change instead:
 Requirements: a CUDA model, an optimizer built with ``capturable=True`` (Adam, AdamW), one process (no
 DDP), and a loss with no host reads (``.item()``, boolean-mask indexing, ``.tolist()``): capture fails on
 those with CUDA's "operation not permitted when stream is capturing", which is re-raised naming the step.
-Batches of the captured shapes are replayed; others (a last, smaller batch) run eagerly.
+Batches of the captured shapes are replayed; others (a last, smaller batch) run eagerly. A run resumed
+from a checkpoint captures anew, with a new salt: it draws other noise than the uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -35,23 +36,29 @@ import torch
 
 from ..compress.rng import device_salt, draw_seed
 from ..compress.triton_kernels import exact_groups_to
+from .errors import TrainingError
 
 
-class ExactGroupsInGraph(RuntimeError):
+class ExactGroupsInGraph(TrainingError):
     """A replayed step met activations that must be kept exactly (non-finite, or beyond the dtype's range)."""
+
+
+def _signature(batch: tuple[torch.Tensor, ...]) -> tuple:
+    return tuple((t.shape, t.dtype, t.device) for t in batch)
 
 
 class GraphedStep:
     """``loss_fn(*batch)`` (a scalar loss), its backward and ``optimizer.step()``, run eagerly for the first
     ``warmup`` calls, then captured in one CUDA graph and replayed for every batch of the same shapes and
-    dtypes.
+    dtypes as the first call's (other batches, before the capture too, run eagerly).
 
-    Each call returns the step's loss: a tensor the next replay overwrites (read it, or clone it, before
-    the next call). Gradients are written into the same tensors at every replay; nothing else may replace
-    a parameter's ``.grad`` between calls.
+    Each call returns the step's loss, detached: a tensor the next replay overwrites (read it, or clone it,
+    before the next call). Replays write the gradients into the tensors the capture made; ``p.grad`` shows
+    them until something else replaces it (another optimizer's ``zero_grad(set_to_none=True)``, as KGAT's
+    TransR phase does), which does not disturb the replays: read gradients right after a call.
 
     Args:
-        loss_fn: the loss of one batch, from CUDA tensors.
+        loss_fn: the loss of one batch, from CUDA tensors on the parameters' device.
         optimizer: its ``step()`` is captured; it must have been built with ``capturable=True``.
         warmup: eager steps before the capture (lazy initialisation: the optimizer's state, kernel
             compilation, library workspaces), run on a side stream as capture requires.
@@ -66,19 +73,25 @@ class GraphedStep:
             if group.get("capturable") is not True:
                 raise ValueError(f"tinykg: a CUDA-graph step needs an optimizer built with capturable=True "
                                  f"({type(optimizer).__name__} has capturable={group.get('capturable')})")
+        devices = {p.device for group in optimizer.param_groups for p in group["params"]}
+        if len(devices) != 1 or next(iter(devices)).type != "cuda":
+            raise ValueError(f"tinykg: a CUDA-graph step needs its parameters on one CUDA device, got {sorted(map(str, devices))}")
         if warmup < 1:
             raise ValueError(f"warmup must be >= 1 eager step before the capture, got {warmup}")
         self.loss_fn, self.optimizer, self.warmup, self.name = loss_fn, optimizer, warmup, name
-        self.device = torch.device("cuda", torch.cuda.current_device())
-        # The salt starts from the quantizer's stream: a seeded run replays the same noise.
-        self._salt = torch.tensor([draw_seed()], dtype=torch.int64, device=self.device)
-        self._word = torch.zeros(1, dtype=torch.int32, device=self.device)  # set by a captured exact group
-        self._host_word = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+        self.device = next(iter(devices))
+        with torch.cuda.device(self.device):
+            # The salt starts from the quantizer's stream: a seeded run replays the same noise.
+            self._salt = torch.tensor([draw_seed()], dtype=torch.int64, device=self.device)
+            self._word = torch.zeros(1, dtype=torch.int32, device=self.device)  # set by a captured exact group
+            self._host_word = torch.zeros(1, dtype=torch.int32, pin_memory=True)
         self._graph: torch.cuda.CUDAGraph | None = None
+        self._signature: tuple | None = None  # the first batch's: the one captured
         self._static: tuple[torch.Tensor, ...] = ()
+        self._graph_grads: dict[int, torch.Tensor] = {}  # the gradient tensors the capture made, by id
         self._loss: torch.Tensor | None = None
         self._done: torch.cuda.Event | None = None  # the last replay's end
-        self.calls = self.replays = 0
+        self.calls = self.replays = self.eager_steps = 0
 
     def _params(self):
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -96,45 +109,51 @@ class GraphedStep:
         self._host_word.copy_(self._word, non_blocking=True)
         return loss.detach()
 
-    def _fits(self, batch: tuple[torch.Tensor, ...]) -> bool:
-        return len(batch) == len(self._static) and all(
-            a.shape == b.shape and a.dtype == b.dtype and a.device == b.device for a, b in zip(batch, self._static))
-
     def __call__(self, *batch: torch.Tensor) -> torch.Tensor:
-        self.check()
-        self.calls += 1
-        if self._graph is None and self.calls <= self.warmup:
-            return self._eager_warmup(batch)
-        if self._graph is None:
-            self._capture(batch)
-        elif not self._fits(batch):
-            return self._eager(batch)
-        else:
-            for static, value in zip(self._static, batch):
-                static.copy_(value, non_blocking=True)
-        self._graph.replay()
-        self.replays += 1
-        self._done = torch.cuda.Event()
-        self._done.record()
-        return self._loss
+        with torch.cuda.device(self.device):
+            self.check()
+            self.calls += 1
+            signature = _signature(batch)
+            if self._signature is None:
+                self._signature = signature
+            if signature != self._signature:
+                return self._eager(batch)
+            if self._graph is None and self.calls - self.eager_steps <= self.warmup:
+                return self._eager_warmup(batch)
+            if self._graph is None:
+                self._capture(batch)
+            else:
+                for static, value in zip(self._static, batch):
+                    static.copy_(value, non_blocking=True)
+            self._graph.replay()
+            self.replays += 1
+            self._done = torch.cuda.Event()
+            self._done.record(torch.cuda.current_stream(self.device))
+            return self._loss
 
     def _eager_warmup(self, batch) -> torch.Tensor:
+        current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
+        side.wait_stream(current)
         with torch.cuda.stream(side):
             self.optimizer.zero_grad(set_to_none=True)
             loss = self._body(batch)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        current.wait_stream(side)
         self._done = torch.cuda.Event()
-        self._done.record()
+        self._done.record(current)
         return loss
 
     def _eager(self, batch) -> torch.Tensor:
-        """A step of other shapes after the capture: the gradients are zeroed in place (the graph keeps
-        writing into the tensors it captured), with the quantizer's ordinary seeds."""
+        """A batch of another shape: an eager step with the quantizer's ordinary seeds. Gradients start from
+        nothing, as in an eager loop; those in the capture's tensors are zeroed in place (the graph keeps
+        writing into them), the others set to None."""
+        self.eager_steps += 1
         for p in self._params():
             if p.grad is not None:
-                p.grad.zero_()
+                if self._graph_grads.get(id(p.grad)) is p.grad:
+                    p.grad.zero_()
+                else:
+                    p.grad = None
         loss = self.loss_fn(*batch)
         loss.backward()
         self.optimizer.step()
@@ -144,19 +163,21 @@ class GraphedStep:
         self._static = tuple(t.clone() for t in batch)
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward writes fresh gradient tensors
         torch.cuda.synchronize(self.device)
+        caller_stream = torch.cuda.current_stream(self.device)
         graph = torch.cuda.CUDAGraph()
         try:
             with exact_groups_to(self._word), torch.cuda.graph(graph):
                 self._loss = self._body(self._static)
         except Exception as err:  # a failed capture raises again on leaving the block: keep the cause
-            torch.cuda.set_stream(torch.cuda.default_stream(self.device))  # it may leave its stream current
+            torch.cuda.set_stream(caller_stream)  # a capture that raised may leave its own stream current
             cause = err.__context__ if isinstance(err.__context__, Exception) else err
-            raise RuntimeError(
+            raise TrainingError(
                 f"tinykg: the {self.name} could not be captured in a CUDA graph ({type(cause).__name__}: "
                 f"{str(cause).splitlines()[0] if str(cause) else ''}); an op in it reads a result back to the "
                 "host (.item(), boolean-mask indexing, .tolist()) or is not capturable: train without "
                 "--cuda-graph") from cause
         self._graph = graph
+        self._graph_grads = {id(p.grad): p.grad for p in self._params() if p.grad is not None}
 
     def check(self) -> None:
         """Wait for the last replay and raise `ExactGroupsInGraph` if it met an exact group."""

@@ -22,12 +22,9 @@ from ..compress.quantize import backend_in_use
 from ..profile import ActivationTracker
 from . import distributed
 from .checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from .errors import TrainingError
 from .graphed import check_cuda_graph_device, graphed_step
 from .metrics import accuracy, f1_score, roc_auc
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. the loss became NaN or infinite)."""
 
 
 @dataclass(frozen=True)
