@@ -204,6 +204,11 @@ def _cmd_train(args) -> int:
         raise ValueError(f"--cuda-graph captures GPU steps: it needs --device cuda, got --device {args.device}")
     if args.cuda_graph and (args.nproc > 1 or distributed.launched_by_torchrun()):
         raise ValueError("--cuda-graph runs one process: leave out --nproc and torchrun")
+    if args.cuda_graph:
+        from .nn import _chunks
+
+        if _chunks.DEVICE_CHUNK_ELEMENTS:  # KGAT's chunked CSR product reads its chunk bounds to the host
+            raise ValueError("--cuda-graph cannot capture the GPU chunks of TINYKG_DEVICE_CHUNK_ELEMENTS: unset it")
     if args.cuda_graph and args.bits != 32:
         from .compress import Backend
         from .compress.quantize import backend_in_use

@@ -4,13 +4,17 @@ device check of benchmarks/RESULTS.md); the checks of settings run everywhere.""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
 from tinykg.compress import CompressionConfig, triton_kernels
 from tinykg.nn import compressed_linear
-from tinykg.train.errors import TrainingError
 from tinykg.train.graphed import ExactGroupsInGraph, GraphedStep, graphed_step
 from tinykg.train.loop import TrainConfig
 from tinykg.train.topk import TopKConfig
@@ -150,12 +154,27 @@ def test_training_loops_with_cuda_graphs(monkeypatch, model):
 
 @cuda
 def test_capture_failure_names_the_step():
-    weight = torch.nn.Parameter(torch.randn(4, device="cuda"))
-    optimizer = torch.optim.Adam([weight], capturable=True)
-    step = GraphedStep(lambda x: weight[x > 0].sum(), optimizer, warmup=1, name="toy step")
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        step(torch.randn(4, device="cuda"))
-        with pytest.raises(TrainingError, match="toy step could not be captured"):
+    """An op that reads a result to the host fails the capture with a TrainingError naming the step, and
+    the caller's stream is current again. In its own process: a failed capture can leave PyTorch's CUDA
+    state (generator, allocator) unusable."""
+    code = textwrap.dedent("""
+        import torch
+        from tinykg.train.errors import TrainingError
+        from tinykg.train.graphed import GraphedStep
+
+        weight = torch.nn.Parameter(torch.randn(4, device="cuda"))
+        optimizer = torch.optim.Adam([weight], capturable=True)
+        step = GraphedStep(lambda x: weight[x > 0].sum(), optimizer, warmup=1, name="toy step")
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
             step(torch.randn(4, device="cuda"))
-        assert torch.cuda.current_stream() == stream  # the caller's stream, restored
+            try:
+                step(torch.randn(4, device="cuda"))
+            except TrainingError as err:
+                assert "toy step could not be captured" in str(err), err
+                assert torch.cuda.current_stream() == stream
+                print("refused")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0 and "refused" in done.stdout, done.stderr[-3000:]

@@ -52,6 +52,20 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert resumed["best_epoch"] == expected["best_epoch"]
 
 
+def test_resume_takes_adams_capturable_setting_from_this_run(tmp_path):
+    """A checkpoint of a --cuda-graph run (Adam built with capturable=True) resumes without it, here on the
+    CPU, where a capturable Adam cannot step: the resumed run's own setting is used."""
+    ckpt = tmp_path / "ckpt"
+    argv = [*TRAIN[:TRAIN.index("--epochs")], "--epochs", "2", "--seed", "5", "--quiet", "--checkpoint", str(ckpt)]
+    assert main(argv) == 0
+    saved = torch.load(ckpt / CHECKPOINT_NAME, weights_only=True)
+    for group in saved["optimizer"]["param_groups"]:
+        group["capturable"] = True  # as a --cuda-graph run writes it
+    saved["epoch"] = 1  # one epoch left to train
+    torch.save(saved, ckpt / CHECKPOINT_NAME)
+    assert main([*argv, "--resume"]) == 0
+
+
 def test_checkpoint_write_is_atomic_and_weights_only(tmp_path):
     save_checkpoint(tmp_path, {"epoch": 1, "model": {"w": torch.ones(3)}})
     save_checkpoint(tmp_path, {"epoch": 2, "model": {"w": torch.zeros(3)}})

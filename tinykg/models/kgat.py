@@ -474,8 +474,10 @@ class KGAT(TopKModel):
     def adjacency(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The attention as a CSR matrix pi[h, t] (N, N) and its transpose, also CSR.
 
-        Built on first use and again whenever the attention or the edges change (their version counters,
-        e.g. after `update_attention` or loading a state dict) or move to another device. Not a buffer: it
+        Built on first use and again whenever the edges change (their version counters, e.g. after loading
+        a state dict) or move to another device; a new attention (`update_attention`) is written into the
+        same matrices, which a step captured in a CUDA graph holds (a rebuild after a capture would leave
+        the graph reading freed tensors: capture again). Not a buffer: it
         is derived state, never saved. Memory: 8 bytes per edge and direction (int32 column, fp32 value).
         """
         key = (self.attention.device, self.attention.data_ptr(), self.head_index._version, self.tail_index._version)

@@ -24,6 +24,7 @@ What a capture would freeze, and what replays change instead:
 Requirements: a CUDA model, an optimizer built with ``capturable=True`` (Adam, AdamW), one process (no
 DDP), and a loss with no host reads (``.item()``, boolean-mask indexing, ``.tolist()``): capture fails on
 those with CUDA's "operation not permitted when stream is capturing", which is re-raised naming the step.
+A failed capture can leave PyTorch's CUDA state (its generator, its allocator) unusable in that process.
 Batches of the captured shapes are replayed; others (a last, smaller batch) run eagerly. A run resumed
 from a checkpoint captures anew, with a new salt: it draws other noise than the uninterrupted run would.
 """
@@ -166,7 +167,9 @@ class GraphedStep:
         caller_stream = torch.cuda.current_stream(self.device)
         graph = torch.cuda.CUDAGraph()
         try:
-            with exact_groups_to(self._word), torch.cuda.graph(graph):
+            # A capture stream of this device (torch.cuda.graph's default one is made once per process, on
+            # whichever device was current then).
+            with exact_groups_to(self._word), torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device)):
                 self._loss = self._body(self._static)
         except Exception as err:  # a failed capture raises again on leaving the block: keep the cause
             torch.cuda.set_stream(caller_stream)  # a capture that raised may leave its own stream current
@@ -175,7 +178,7 @@ class GraphedStep:
                 f"tinykg: the {self.name} could not be captured in a CUDA graph ({type(cause).__name__}: "
                 f"{str(cause).splitlines()[0] if str(cause) else ''}); an op in it reads a result back to the "
                 "host (.item(), boolean-mask indexing, .tolist()) or is not capturable: train without "
-                "--cuda-graph") from cause
+                "--cuda-graph (CUDA may not recover from a failed capture in this process: restart it)") from cause
         self._graph = graph
         self._graph_grads = {id(p.grad): p.grad for p in self._params() if p.grad is not None}
 

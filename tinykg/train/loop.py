@@ -257,6 +257,10 @@ def fit_ctr(
                 raise ValueError(f"{config.checkpoint_dir}: the checkpoint does not fit this model "
                                  f"({' '.join(line.strip() for line in str(err).splitlines()[:2])}); resume with the same model, "
                                  "data and settings") from None
+            # Resumed with or without --cuda-graph: Adam's capturable setting is this run's (it decides where
+            # the step counters live), not the checkpoint's.
+            for group in saved["optimizer"]["param_groups"]:
+                group["capturable"] = config.cuda_graph
             optimizer.load_state_dict(saved["optimizer"])
             set_rng_state(saved["rng"])
             state = {k: saved[k] for k in state}
