@@ -22,7 +22,7 @@ from tinykg.data import Interactions, KnowledgeGraph, SyntheticConfig, make_synt
 from tinykg.data.ckg import build_ckg, kg_with_inverse
 from tinykg.models import BPRMF, KGAT, KGIN, TOPK_DEFAULTS, TOPK_MODELS
 from tinykg.models.base import head_config
-from tinykg.models.kgat import _bi_interaction, _csr, _propagate, _relation_project, segment_softmax
+from tinykg.models.kgat import _BiInteractionFunction, _bi_interaction, _csr, _propagate, _relation_project, segment_softmax
 from tinykg.models.kgin import _edge_count, _relational_mean, _scalar_parameter_function, cosine_independence, distance_correlation
 from tinykg.nn import _chunks, _saved
 from tinykg.profile import ActivationTracker
@@ -372,6 +372,67 @@ def test_bi_interaction_in_chunks_dequantizes_rows(monkeypatch):
     )
     for got, want, (n, term) in zip(results[1], results[0], bounds):
         torch.testing.assert_close(got, want, rtol=0, atol=2 * n * n * term * u)
+
+
+def _toy_adjacency(dtype, n=40, edges=160, seed=5):
+    """A (n, n) CSR pair (A, A^T) of random weights, one row without edges."""
+    g = torch.Generator().manual_seed(seed)
+    target, source = torch.randint(0, n, (edges,), generator=g), torch.randint(0, n, (edges,), generator=g)
+    target[target == 3] = 4
+    order = torch.argsort(target, stable=True)
+    target, source = target[order], source[order]
+    weight = torch.rand(edges, generator=g, dtype=dtype)
+    back = torch.argsort(source, stable=True)
+    return _csr(target, source, weight, n, n), _csr(source[back], target[back], weight[back], n, n)
+
+
+@pytest.mark.parametrize("budget", (1 << 30, 5), ids=("one piece", "chunks"))
+def test_bi_interaction_forming_the_neighbourhood_gradcheck(monkeypatch, budget):
+    """With the adjacency, the op forms e_N = A x itself and adds A^T g_side into x's gradient: in one
+    piece by the transposed CSR product, in chunks (8 rows, and slices of one edge) by edge after a zero
+    start. float64 is kept exactly, so gradcheck checks both backwards."""
+    monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", budget)
+    chunks = _chunks.row_chunks(40, 6, torch.zeros(1, dtype=torch.float64), per_thread=False, multiple=8)
+    assert len(chunks) == (1 if budget > 5 else 5)
+    adjacency = _toy_adjacency(torch.float64)
+    x, _, *weights = _bi_inputs()
+    config = config_for(2)
+    torch.autograd.gradcheck(lambda x, *w: _bi_interaction(x, None, *w, 0.2, config, adjacency=adjacency), [x, *weights])
+    # The op itself with the adjacency in one piece too (where `_bi_interaction` keeps `_propagate` apart).
+    torch.autograd.gradcheck(lambda x, *w: _BiInteractionFunction.apply(x, None, *w, 0.2, config, adjacency), [x, *weights])
+    with pytest.raises(ValueError, match="not both"):
+        _bi_interaction(x, x, *weights, 0.2, config_for(2), adjacency=adjacency)
+
+
+@pytest.mark.parametrize("dtype, budget", [(torch.float32, 1 << 30), (torch.float64, 5)], ids=("fp32 one piece", "fp64 chunks"))
+def test_bi_interaction_forming_the_neighbourhood_matches_propagate_then_the_op(monkeypatch, dtype, budget):
+    """The op with the adjacency inside against `_propagate` then the op, both compressed under the same
+    quantizer seed (x, then e_N quantized in the same order, the same codes): in one piece the same bits
+    (x's gradient is the same two tensors added); in chunks x's gradient adds the same terms in another
+    order (`_same_sums_in_another_order`: at most the 160 edges times 6 features plus 40 x 2 x 5 terms)."""
+    monkeypatch.setattr(_chunks, "CPU_CHUNK_ELEMENTS_PER_THREAD", budget)
+    monkeypatch.setattr(_saved, "_SHARE_BELOW", 1)  # packed copies dequantized by rows, as on a large graph
+    adjacency = _toy_adjacency(dtype)
+    inputs = [t.detach().to(dtype) for t in _bi_inputs(seed=3)]
+    grad_out = torch.linspace(-1.0, 1.0, 40 * 5, dtype=dtype).view(40, 5)
+    config = CompressionConfig(bits=2, group_size=16, backend="torch")
+    results = []
+    for fused in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (inputs[0], *inputs[2:])]
+        with restoring_quantizer_seed():
+            seed_quantizer(0)
+            x = leaves[0] * 1.0  # a non-leaf activation, as in the model
+            if fused:  # the op itself: `_bi_interaction` keeps `_propagate` apart in one piece
+                out = _BiInteractionFunction.apply(x, None, *leaves[1:], 0.2, config, adjacency)
+            else:
+                out = _bi_interaction(x, _propagate(x, adjacency), *leaves[1:], 0.2, config)
+            out.backward(grad_out)
+        results.append([out.detach()] + [t.grad for t in leaves])
+    if dtype == torch.float32:
+        for got, want in zip(results[1], results[0]):
+            assert torch.equal(got, want)
+    else:
+        _same_sums_in_another_order(results[1], results[0], terms=160 * 6 + 40 * 2 * 5)
 
 
 def test_bi_interaction_gradient_is_unbiased_and_keeps_two_packed_inputs():

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..compress import CompressionConfig, checkpoint
+from ..compress.gathered import scatter_index
 from ..nn import (
     compressed_bpr_loss,
     compressed_dropout,
@@ -148,13 +149,35 @@ def _propagate(x: torch.Tensor, adjacency: tuple[torch.Tensor, torch.Tensor]) ->
     return _PropagateFunction.apply(x, *adjacency)
 
 
+def _add_transposed_product(grad_x: torch.Tensor, adjacency: torch.Tensor, grad_side: torch.Tensor, part: slice,
+                            first: int, last: int) -> None:
+    """``grad_x += A[part]^T grad_side`` for the rows ``part`` of the CSR ``adjacency`` (whose nonzeros are
+    ``first:last``) and their gradient ``grad_side`` (len(part), d): each edge's message added at its column,
+    in edge order, in slices of edges within the chunk budget."""
+    crow = adjacency.crow_indices()
+    counts = crow[part.start + 1 : part.stop + 1] - crow[part.start : part.stop]
+    row_of_edge = torch.repeat_interleave(torch.arange(part.stop - part.start, device=counts.device), counts)
+    col, values = adjacency.col_indices()[first:last], adjacency.values()[first:last]
+    for edges in row_chunks(last - first, grad_side.shape[1], grad_side):
+        edges = edges or slice(0, last - first)
+        messages = grad_side.index_select(0, row_of_edge[edges]).mul_(values[edges].unsqueeze(1))  # (e, d)
+        grad_x.index_add_(0, scatter_index(col[edges]), messages)
+
+
 class _BiInteractionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, side, w1, b1, w2, b2, slope, config):
+    def forward(ctx, x, side, w1, b1, w2, b2, slope, config, adjacency):
         # x, side: (N, d); w1, w2: (d', d); b1, b2: (d',) -> (N, d')
+        # adjacency: None, or the constant CSR pair (A, A^T) of `KGAT.adjacency`, and then side is None and
+        # computed here as A x (`_propagate` inside the op, so that its gradient A^T g_side is added into
+        # x's gradient chunk by chunk: apart, g_side and A^T g_side were two more (N, d) tensors beside x's
+        # gradient and grad_out at the peak of a large KGAT step).
         # Only x and e_N are kept (quantized; layer 0's x is the embedding table, kept by reference): the
         # backward rebuilds x + e_N and x * e_N from the two copies. Each copy is unbiased and their
         # rounding noise is independent, so the sum and the product are unbiased too.
+        if adjacency is not None:
+            side = _csr_mm(adjacency[0], x)
+        ctx.adjacency = adjacency
         x_saved, side_saved = maybe_quantize(x, config), maybe_quantize(side, config)
         num_rows, d_out = x.shape[0], w1.shape[0]
         # Row chunks on the CPU (`tinykg.nn._chunks`): x + e_N, x * e_N and the two (N, d') pre-activations
@@ -198,8 +221,17 @@ class _BiInteractionFunction(torch.autograd.Function):
         parts = row_chunks(num_rows, max(d, d_out), grad_out, per_thread=False,
                            multiple=row_multiple(x, side, positive1, positive2))
         chunked = len(parts) > 1
-        grad_x = grad_out.new_empty(num_rows, d) if need[0] and chunked else None
-        grad_side = grad_out.new_empty(num_rows, d) if need[1] and chunked else None
+        adjacency = ctx.adjacency
+        # With the adjacency inside the op, side's gradient feeds x's: A^T g_side, added into x's gradient
+        # (in chunks: by edge, after a zero start, since a chunk's edges reach any row).
+        need_side = need[1] or (adjacency is not None and need[0])
+        scatter = adjacency is not None and need[0] and chunked
+        if scatter:
+            grad_x = grad_out.new_zeros(num_rows, d)
+            bounds = adjacency[0].crow_indices()[[part.start for part in parts] + [num_rows]].tolist()
+        else:
+            grad_x = grad_out.new_empty(num_rows, d) if need[0] and chunked else None
+        grad_side = grad_out.new_empty(num_rows, d) if need_side and chunked and not scatter else None
         sums = [None, None, None, None]  # W1, b1, W2, b2: summed over the chunks
 
         def add(slot: int, value: torch.Tensor) -> None:
@@ -223,30 +255,51 @@ class _BiInteractionFunction(torch.autograd.Function):
             grad_product = g2 @ w2  # (n, d): gradient of x * e_N
             del g2
             if need[0]:
-                if chunked:
+                if scatter:
+                    grad_x[part].addcmul_(grad_product, side_part).add_(grad_in)
+                elif chunked:
                     torch.addcmul(grad_in, grad_product, side_part, out=grad_x[part])
                 else:
                     grad_x = torch.addcmul(grad_in, grad_product, side_part)
-            if need[1]:
-                if chunked:
+            if need_side:
+                if scatter:
+                    i = parts.index(part)
+                    _add_transposed_product(grad_x, adjacency[0], grad_in.addcmul_(grad_product, x_part), part,
+                                            bounds[i], bounds[i + 1])
+                elif chunked:
                     torch.addcmul(grad_in, grad_product, x_part, out=grad_side[part])
                 else:
                     grad_side = grad_in.addcmul_(grad_product, x_part)
-        return grad_x, grad_side, *sums, None, None
+        if adjacency is not None and need[0] and not scatter:
+            grad_x = grad_x.add_(_csr_mm(adjacency[1], grad_side))  # one piece: A^T g_side, as `_propagate`
+            grad_side = None
+        return grad_x, grad_side if need[1] else None, *sums, None, None, None
 
 
-def _bi_interaction(x, side, w1, b1, w2, b2, slope: float, config: CompressionConfig | None) -> torch.Tensor:
-    """KGAT's bi-interaction aggregator LeakyReLU(W1 (x + e_N) + b1) + LeakyReLU(W2 (x * e_N) + b2), (N, d').
+def _bi_interaction(x, side, w1, b1, w2, b2, slope: float, config: CompressionConfig | None,
+                    adjacency: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """KGAT's bi-interaction aggregator LeakyReLU(W1 (x + e_N) + b1) + LeakyReLU(W2 (x * e_N) + b2), (N, d'),
+    of x and its neighbourhood e_N: ``side``, or with ``adjacency`` (the pair of `KGAT.adjacency`, and side
+    None) A x (`_propagate`).
 
-    Compressed, one op that keeps 2-bit x and e_N and two 1-bit masks: the composition of compressed linears
+    Compressed, one op keeping 2-bit x and e_N and two 1-bit masks: the composition of compressed linears
     and a compressed product kept x + e_N, x, e_N and x * e_N (twice the codes, twice the quantize calls).
-    Without compression: the plain PyTorch composition (the fp32 baseline).
+    Where its backward runs in row chunks it also forms A x, and adds A^T g_side into x's gradient chunk by
+    chunk. Without compression: the plain PyTorch composition (the fp32 baseline).
     """
-    if not compression_active(config, x, side, w1, w2):
+    if (side is None) == (adjacency is None):
+        raise ValueError("give the neighbourhood side or the adjacency to form it, not both")
+    compressed = compression_active(config, x, side, w1, w2)
+    # A x inside the op only where its backward runs in chunks (the CPU, a large graph): in one piece it
+    # would hold A^T g_side beside g_side, x's gradient and grad_out, one (N, d) more than `_propagate`.
+    if adjacency is not None and not (compressed and len(row_chunks(x.shape[0], max(x.shape[1], w1.shape[0]), x,
+                                                                    per_thread=False)) > 1):
+        side, adjacency = _propagate(x, adjacency), None  # (N, d)
+    if not compressed:
         summed = compressed_linear(x + side, w1, b1, None, "leaky_relu", slope)
         product = compressed_linear(compressed_mul(x, side, None), w2, b2, None, "leaky_relu", slope)
         return summed + product
-    return _BiInteractionFunction.apply(x, side, w1, b1, w2, b2, float(slope), config)
+    return _BiInteractionFunction.apply(x, side, w1, b1, w2, b2, float(slope), config, adjacency)
 
 
 def _project_grouped(x: torch.Tensor, rel_type: torch.Tensor, projection: torch.Tensor) -> torch.Tensor:
@@ -503,10 +556,9 @@ class KGAT(TopKModel):
         """One bi-interaction layer: x (N, d_l) -> (the next x (N, d_l+1), its row-L2-normalised copy, or
         None without ``normalize``)."""
         config = self.active_config
-        side = _propagate(x, self.adjacency())  # (N, d_l)
         x = _bi_interaction(
-            x, side, self.gc_weights[layer], self.gc_biases[layer], self.bi_weights[layer], self.bi_biases[layer],
-            self.negative_slope, config,
+            x, None, self.gc_weights[layer], self.gc_biases[layer], self.bi_weights[layer], self.bi_biases[layer],
+            self.negative_slope, config, adjacency=self.adjacency(),
         )  # (N, d_l+1)
         x = compressed_dropout(x, self.mess_dropout[layer], self.training, config)
         return x, compressed_normalize(x, -1, 1e-12, config) if normalize else None

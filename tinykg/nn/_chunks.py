@@ -15,7 +15,9 @@ Every chunked gather / scatter computes each output element with the same operat
 the one-piece op (row-wise products and reductions, ``index_add_`` in edge order), so in fp32 and fp64 the
 results are bit for bit the same (the tests run the ops with a tiny budget against one piece); fp16 / bf16
 tensors run in one piece (`_CHUNKED_DTYPES`). So do the row-wise backwards of `compressed_normalize` and
-KGAT's CSR product. CKAN's fused attention (`tinykg.models.ckan`), KGCN's fused aggregation backward and
+KGAT's CSR product. Where KGAT's bi-interaction runs in chunks it also forms its neighbourhood A x and adds
+A^T g into x's gradient by edge, chunk by chunk: the same terms as the transposed CSR product, in another
+order. CKAN's fused attention (`tinykg.models.ckan`), KGCN's fused aggregation backward and
 KGAT's bi-interaction (`tinykg.models.kgcn`, `tinykg.models.kgat`) also run in chunks, and are not bit for
 bit one piece: their weight gradients are sums over the chunks (another order of the same terms), and a
 matrix product's bits may depend on its row count. Their chunks do not depend on the thread count.
