@@ -92,3 +92,36 @@ def test_kgcn_fused_aggregate_backward_holds_no_whole_batch_temporary(monkeypatc
     whole = _backward_peak(monkeypatch, 1 << 30, build)
     table_grad = e * d * 4
     assert chunked <= 3 * unit + table_grad < whole, (chunked, whole, unit)
+
+
+def test_bi_interaction_forming_the_neighbourhood_holds_one_gradient(monkeypatch):
+    """KGAT's bi-interaction with its adjacency inside, (N, d) = (4096, 16), about 4 edges a row, chunks of
+    256 rows: its backward returns x's gradient only (1 unit), A^T g_eN added into it edge by edge. Composed
+    as `_propagate` then the op, the same chunks held x's and e_N's gradients (2 units) and then A^T g_eN
+    beside them."""
+    n, d = 4096, 16
+    unit = n * d * 4
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(0, n, (4 * n,), generator=g).sort().values
+    source = torch.randint(0, n, (4 * n,), generator=g)
+    weight = torch.rand(4 * n, generator=g)
+    back = torch.argsort(source, stable=True)
+    adjacency = (_csr(target, source, weight, n, n), _csr(source[back], target[back], weight[back], n, n))
+    x0 = torch.randn(n, d, generator=g)
+    weights = [torch.randn(d, d, generator=g, requires_grad=True) if i % 2 == 0 else torch.zeros(d, requires_grad=True)
+               for i in range(4)]
+
+    def build(fused):
+        def make():
+            x = x0.clone().requires_grad_() * 1.0  # an activation, kept packed
+            if fused:
+                out = _bi_interaction(x, None, *weights, 0.2, CONFIG, adjacency=adjacency)
+                assert out.grad_fn.adjacency is adjacency  # the op formed A x itself
+            else:
+                out = _bi_interaction(x, _propagate(x, adjacency), *weights, 0.2, CONFIG)
+            return out, [x, *weights]
+        return make
+
+    fused = _backward_peak(monkeypatch, 256 * d, build(True))
+    composed = _backward_peak(monkeypatch, 256 * d, build(False))
+    assert fused <= 2 * unit < composed, (fused, composed, unit)

@@ -153,12 +153,14 @@ def _add_transposed_product(grad_x: torch.Tensor, adjacency: torch.Tensor, grad_
                             first: int, last: int) -> None:
     """``grad_x += A[part]^T grad_side`` for the rows ``part`` of the CSR ``adjacency`` (whose nonzeros are
     ``first:last``) and their gradient ``grad_side`` (len(part), d): each edge's message added at its column,
-    in edge order, in slices of edges within the chunk budget."""
+    in edge order, in slices of edges within one thread's chunk budget. (On a GPU, with
+    ``TINYKG_DEVICE_CHUNK_ELEMENTS`` set, ``index_add_`` adds with atomics: the bits may vary between runs.)"""
     crow = adjacency.crow_indices()
     counts = crow[part.start + 1 : part.stop + 1] - crow[part.start : part.stop]
-    row_of_edge = torch.repeat_interleave(torch.arange(part.stop - part.start, device=counts.device), counts)
+    rows = torch.arange(part.stop - part.start, dtype=torch.int32, device=counts.device)
+    row_of_edge = torch.repeat_interleave(rows, counts, output_size=last - first)  # (last - first,) int32
     col, values = adjacency.col_indices()[first:last], adjacency.values()[first:last]
-    for edges in row_chunks(last - first, grad_side.shape[1], grad_side):
+    for edges in row_chunks(last - first, grad_side.shape[1], grad_side, per_thread=False):
         edges = edges or slice(0, last - first)
         messages = grad_side.index_select(0, row_of_edge[edges]).mul_(values[edges].unsqueeze(1))  # (e, d)
         grad_x.index_add_(0, scatter_index(col[edges]), messages)
@@ -237,7 +239,7 @@ class _BiInteractionFunction(torch.autograd.Function):
         def add(slot: int, value: torch.Tensor) -> None:
             sums[slot] = value if sums[slot] is None else sums[slot].add_(value)
 
-        for part in parts:
+        for i, part in enumerate(parts):
             x_part, side_part = loaded_rows(x, part, dtype), loaded_rows(side, part, dtype)
             grad_part = rows_of(grad_out, part)
             g1 = mask_grad(positive1.rows(part), grad_part, ctx.slope)  # (n, d')
@@ -263,7 +265,6 @@ class _BiInteractionFunction(torch.autograd.Function):
                     grad_x = torch.addcmul(grad_in, grad_product, side_part)
             if need_side:
                 if scatter:
-                    i = parts.index(part)
                     _add_transposed_product(grad_x, adjacency[0], grad_in.addcmul_(grad_product, x_part), part,
                                             bounds[i], bounds[i + 1])
                 elif chunked:
