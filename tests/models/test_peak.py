@@ -49,17 +49,22 @@ def test_bi_interaction_backward_holds_its_two_gradients_and_chunks(monkeypatch)
     assert chunked <= 3 * unit < whole, (chunked, whole, unit)
 
 
+def _random_adjacency(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A CSR pair (A, A^T) of (n, n) with 4 n random edges, as `KGAT.adjacency` gives."""
+    target = torch.randint(0, n, (4 * n,), generator=g).sort().values
+    source = torch.randint(0, n, (4 * n,), generator=g)
+    weight = torch.rand(4 * n, generator=g)
+    back = torch.argsort(source, stable=True)
+    return _csr(target, source, weight, n, n), _csr(source[back], target[back], weight[back], n, n)
+
+
 def test_propagate_holds_one_output(monkeypatch):
     """KGAT's CSR product, (N, d) = (4096, 16): PyTorch's CSR @ dense fills a zero output and returns a new
     one (2 units); in chunks of 256 rows one output plus two chunk-sized ones and the chunk's row pointers."""
     n, d = 4096, 16
     unit = n * d * 4
     g = torch.Generator().manual_seed(1)
-    target = torch.randint(0, n, (4 * n,), generator=g).sort().values
-    source = torch.randint(0, n, (4 * n,), generator=g)
-    weight = torch.rand(4 * n, generator=g)
-    back = torch.argsort(source, stable=True)
-    adjacency = (_csr(target, source, weight, n, n), _csr(source[back], target[back], weight[back], n, n))
+    adjacency = _random_adjacency(n, g)
     x = torch.randn(n, d, generator=g)
     peaks = []
     for budget in (256 * d // torch.get_num_threads() or 1, 1 << 30):
@@ -102,11 +107,7 @@ def test_bi_interaction_forming_the_neighbourhood_holds_one_gradient(monkeypatch
     n, d = 4096, 16
     unit = n * d * 4
     g = torch.Generator().manual_seed(3)
-    target = torch.randint(0, n, (4 * n,), generator=g).sort().values
-    source = torch.randint(0, n, (4 * n,), generator=g)
-    weight = torch.rand(4 * n, generator=g)
-    back = torch.argsort(source, stable=True)
-    adjacency = (_csr(target, source, weight, n, n), _csr(source[back], target[back], weight[back], n, n))
+    adjacency = _random_adjacency(n, g)
     x0 = torch.randn(n, d, generator=g)
     weights = [torch.randn(d, d, generator=g, requires_grad=True) if i % 2 == 0 else torch.zeros(d, requires_grad=True)
                for i in range(4)]
