@@ -24,6 +24,10 @@ data-dependent size, so the host must learn whether any group is exact: the kern
 pinned host memory (`_FlagWords`), and the host reads it after an event, at once or, with ``defer_exact``
 (what `tinykg.nn` uses), when the packed copy is saved (`PackedActivation.resolve`).
 
+Inside `tinykg.compress.rng.device_salt` the seeded kernels (quantize, keep-mask) also read a salt from
+device memory (`stream_key`), so that a CUDA graph's replays draw new noise; inside `exact_groups_to`
+(a capture) quantize calls report exact groups to one device word instead of waiting.
+
 fp16 inputs are loaded natively, bf16 ones through an int16 view (the interpreter has no bf16), and the same
 for bf16 metadata and outputs.
 

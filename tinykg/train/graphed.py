@@ -13,8 +13,8 @@ What a capture would freeze, and what replays change instead:
   graph's first op advances: every replay uses new seeds, `salted_seed(seed, salt)`, each the reference's
   noise for that seed. The salt starts from a draw of the quantizer's seed stream, so a run is
   reproducible. Other backends raise inside a capture instead of freezing their seeds.
-- **PyTorch's own random ops** (``F.dropout``, ``torch.randperm``) advance their CUDA generator per replay
-  themselves.
+- **PyTorch's own random ops** on the GPU (``F.dropout``, ``torch.rand``) advance their CUDA generator per
+  replay themselves (not a small ``torch.randperm``, drawn on the host: KGIN sorts random keys instead).
 - **Exact groups** (groups with a non-finite value, or whose range passes the dtype's largest value) have a
   data-dependent size, and a capture cannot wait for the device. Captured quantize calls keep none and set
   one device word instead (`tinykg.compress.triton_kernels.exact_groups_to`); the graph copies it to the
