@@ -178,6 +178,25 @@ def _human_bytes(n: int | None) -> str:
     return str(n)
 
 
+def _check_cuda_graph_options(args, device) -> None:
+    """Refuse, before training, what `--cuda-graph` cannot capture."""
+    from .compress import Backend
+    from .compress.quantize import backend_in_use
+    from .nn import _chunks
+    from .train import distributed
+
+    if device.type != "cuda":
+        raise ValueError(f"--cuda-graph captures GPU steps: it needs --device cuda, got --device {args.device}")
+    if args.nproc > 1 or distributed.launched_by_torchrun():
+        raise ValueError("--cuda-graph runs one process: leave out --nproc and torchrun")
+    if _chunks.DEVICE_CHUNK_ELEMENTS:  # KGAT's chunked CSR product reads its chunk bounds to the host
+        raise ValueError("--cuda-graph cannot capture the GPU chunks of TINYKG_DEVICE_CHUNK_ELEMENTS: unset it")
+    used = backend_in_use(args.backend, device)
+    if args.bits != 32 and used != Backend.TRITON:
+        raise ValueError(f"--cuda-graph quantizes with the Triton backend, but --backend {args.backend} runs "
+                         f"{used.value!r} on {device} (install triton, and use --backend auto or triton)")
+
+
 def _cmd_train(args) -> int:
     import torch
 
@@ -200,23 +219,8 @@ def _cmd_train(args) -> int:
         raise ValueError(f"--device {args.device!r}: expected cpu, cuda or cuda:N")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"--device {args.device}: no such CUDA device on this machine")
-    if args.cuda_graph and device.type != "cuda":
-        raise ValueError(f"--cuda-graph captures GPU steps: it needs --device cuda, got --device {args.device}")
-    if args.cuda_graph and (args.nproc > 1 or distributed.launched_by_torchrun()):
-        raise ValueError("--cuda-graph runs one process: leave out --nproc and torchrun")
     if args.cuda_graph:
-        from .nn import _chunks
-
-        if _chunks.DEVICE_CHUNK_ELEMENTS:  # KGAT's chunked CSR product reads its chunk bounds to the host
-            raise ValueError("--cuda-graph cannot capture the GPU chunks of TINYKG_DEVICE_CHUNK_ELEMENTS: unset it")
-    if args.cuda_graph and args.bits != 32:
-        from .compress import Backend
-        from .compress.quantize import backend_in_use
-
-        used = backend_in_use(args.backend, device)
-        if used != Backend.TRITON:
-            raise ValueError(f"--cuda-graph quantizes with the Triton backend, but --backend {args.backend} runs "
-                             f"{used.value!r} on {device} (install triton, and use --backend auto or triton)")
+        _check_cuda_graph_options(args, device)
     if args.nproc > 1:
         if distributed.launched_by_torchrun():
             raise ValueError("--nproc starts its own processes: leave it out under torchrun (use --nproc-per-node)")

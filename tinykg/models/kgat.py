@@ -539,7 +539,7 @@ class KGAT(TopKModel):
         if cached is None or cached[0] != key:
             n = self.num_nodes
             forward = _csr(self.head_index, self.tail_index, self.attention, n, n)  # edges sorted by head
-            order = torch.argsort(self.tail_index, stable=True)
+            order = self._tail_order()
             transpose = _csr(self.tail_index[order], self.head_index[order], self.attention[order], n, n)
             cached = [key, self.attention._version, (forward, transpose)]
             self.__dict__["_adjacency_cache"] = cached
@@ -549,9 +549,13 @@ class KGAT(TopKModel):
             forward, transpose = cached[2]
             if forward.values().data_ptr() != self.attention.data_ptr():
                 forward.values().copy_(self.attention)
-            transpose.values().copy_(self.attention[torch.argsort(self.tail_index, stable=True)])
+            transpose.values().copy_(self.attention[self._tail_order()])
             cached[1] = self.attention._version
         return cached[2]
+
+    def _tail_order(self) -> torch.Tensor:
+        """The edges in the transposed matrix's order: by tail, heads in order within a tail."""
+        return torch.argsort(self.tail_index, stable=True)
 
     def propagate_layer(self, layer: int, x: torch.Tensor, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One bi-interaction layer: x (N, d_l) -> (the next x (N, d_l+1), its row-L2-normalised copy, or

@@ -18,7 +18,7 @@ What a capture would freeze, and what replays change instead:
 - **Exact groups** (groups with a non-finite value, or whose range passes the dtype's largest value) have a
   data-dependent size, and a capture cannot wait for the device. Captured quantize calls keep none and set
   one device word instead (`tinykg.compress.triton_kernels.exact_groups_to`); the graph copies it to the
-  host, and the next call (or `finish`) raises `ExactGroupsInGraph` if it was set: that replay computed
+  host, and the next call (or `check`) raises `ExactGroupsInGraph` if it was set: that replay computed
   with wrong values where the activations were non-finite or out of range.
 
 Requirements: a CUDA model, an optimizer built with ``capturable=True`` (Adam, AdamW), one process (no
@@ -195,7 +195,6 @@ class GraphedStep:
                 "(non-finite, or beyond the dtype's largest value); a captured step cannot keep them, so that "
                 "step's gradients are wrong there: train without --cuda-graph (this often means the run diverged)")
 
-    finish = check
 
 
 def graphed_step(loss_fn: Callable[..., torch.Tensor], optimizer: torch.optim.Optimizer, enabled: bool, *,
